@@ -1,0 +1,36 @@
+# diffspace: `make demo` and `make test` are the whole quick start.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: demo test bench bench-samplers lint venv clean
+
+venv: $(STAMP)
+
+# A user with CUDA can create .venv with their own torch first: pip keeps an installed torch>=2.4.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	@$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/diffspace train configs/demo.toml --set run.dir=runs/demo --overwrite
+	$(BIN)/diffspace eval runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+
+bench: bench-samplers
+
+bench-samplers: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,bench]"
+	$(BIN)/python benchmarks/samplers.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,81 @@
+"""The DDPM discrete-time schedule ([DDPM] Sec. 4: T = 1000, beta linear 1e-4..0.02) as a path.
+
+Timestep n in {0..T-1} (diffusers' indexing, alphas_cumprod[n] = prod_{i<=n} (1 - beta_i)) sits at
+t = (n + 1) / T. Between timesteps, log of the EDM noise level is linear in t, which is exactly the
+interpolation diffusers uses for fractional timesteps (`_sigma_to_t`), so a network trained the
+diffusers way sees the same conditioning here. Below t = 1/T the first segment is extended.
+"""
+
+import torch
+from torch import Tensor
+
+from diffspace.paths.base import Path
+
+
+class DDPMDiscrete(Path):
+    name = "ddpm"
+
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        self.T = num_timesteps
+        self.betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1 - self.betas, 0)
+        # log EDM sigma at the knots t_n = (n + 1) / T
+        self.log_sigmas = 0.5 * torch.log((1 - self.alphas_cumprod) / self.alphas_cumprod)
+        self.t_min, self.t_max = 1.0 / num_timesteps, 1.0
+        self._args = (num_timesteps, beta_start, beta_end)
+
+    def timestep_from_t(self, t: Tensor) -> Tensor:
+        return t * self.T - 1
+
+    def t_from_timestep(self, n: Tensor) -> Tensor:
+        return (n + 1) / self.T
+
+    def noise_cond(self, t: Tensor) -> Tensor:
+        return self.timestep_from_t(t)
+
+    def _segment(self, pos: Tensor):
+        """Left knot index and fraction for a fractional timestep position (extended at both ends)."""
+        i = pos.floor().clamp(0, self.T - 2).long()
+        return i, pos - i
+
+    def _log_sigma(self, t: Tensor):
+        ls = self.log_sigmas.to(t.device, t.dtype)
+        i, f = self._segment(self.timestep_from_t(t))
+        slope = (ls[i + 1] - ls[i]) * self.T  # d log sigma / dt on this segment
+        return ls[i] + f * (ls[i + 1] - ls[i]), slope
+
+    def edm_sigma(self, t):
+        return torch.exp(self._log_sigma(t)[0])
+
+    def alpha(self, t):
+        s = self.edm_sigma(t)
+        return torch.rsqrt(1 + s**2)
+
+    def sigma(self, t):
+        s = self.edm_sigma(t)
+        return s * torch.rsqrt(1 + s**2)
+
+    def d_alpha(self, t):
+        # alpha = (1 + s^2)^(-1/2), ds/dt = s * slope
+        log_s, slope = self._log_sigma(t)
+        s = torch.exp(log_s)
+        return -(s**2) * slope * (1 + s**2) ** -1.5
+
+    def d_sigma(self, t):
+        log_s, slope = self._log_sigma(t)
+        s = torch.exp(log_s)
+        return s * slope * (1 + s**2) ** -1.5
+
+    def logsnr(self, t):
+        return -2 * self._log_sigma(t)[0]
+
+    def t_from_logsnr(self, logsnr):
+        log_s = -0.5 * logsnr
+        ls = self.log_sigmas.to(logsnr.device, logsnr.dtype)
+        i = (torch.searchsorted(ls, log_s.contiguous()) - 1).clamp(0, self.T - 2)
+        pos = i + (log_s - ls[i]) / (ls[i + 1] - ls[i])
+        return self.t_from_timestep(pos)
+
+    def __repr__(self):
+        n, b0, b1 = self._args
+        return f"DDPMDiscrete(num_timesteps={n}, beta_start={b0}, beta_end={b1})"

@@ -1,0 +1,1 @@
+"""Samplers: grids, ODE and SDE solvers over the Denoiser contract."""
