@@ -1,0 +1,5 @@
+import sys
+
+from diffspace.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,153 @@
+"""Strict TOML configs as nested dataclasses.
+
+Unknown keys, wrong types and bad values fail with one line naming the key and the file. Each field
+may declare `choices` in its metadata; `--set a.b=value` overrides are parsed as TOML values.
+"""
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from diffspace.types import UserError
+
+
+def choice(default, *options):
+    """A field whose value must be one of `options`."""
+    return field(default=default, metadata={"choices": options})
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/default"
+    seed: int = 0
+    device: str = choice("auto", "auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = choice("cosine", "cosine", "constant")
+    grad_clip: float = 1.0
+    ema_halflife_steps: float = 100.0
+    amp: str = choice("none", "none", "bf16")
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_every: int = 0  # also keep a numbered checkpoint every this many steps (0: only the last)
+    minutes: float = 0.0  # wall-clock cap: stop (and checkpoint) after this many minutes; 0 = none
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(value: Any, tp, key: str, src: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check_value(value, args[0], key, src)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise UserError(f"{src}: [{key}] must be a table, got {value!r}")
+        return build(tp, value, src, prefix=key + ".")
+    if origin is list:
+        (item,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise UserError(f"{src}: {key} must be a list, got {value!r}")
+        return [_check_value(v, item, key, src) for v in value]
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        return value
+    raise UserError(f"{src}: {key} must be {_type_name(tp)}, got {value!r}")
+
+
+def build(cls, data: dict, src: str = "<config>", prefix: str = ""):
+    """Instantiate dataclass `cls` from a dict, strictly."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k in data:
+        if k not in fields:
+            raise UserError(f"{src}: unknown key {prefix}{k!r} (valid: {', '.join(fields)})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        value = _check_value(data[name], hints[name], key, src)
+        options = f.metadata.get("choices")
+        if options and value not in options:
+            raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(map(repr, options))}")
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    check = getattr(obj, "validate", None)
+    if check is not None:
+        check(src)
+    return obj
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'train.steps=100' -> (['train', 'steps'], 100). Values are TOML; bare words become strings."""
+    if "=" not in text:
+        raise UserError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_toml(path: str | Path, overrides: list[str] = ()) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{p}: malformed TOML ({e})") from None
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise UserError(f"--set {text}: {k!r} is not a table")
+        node[keys[-1]] = value
+    return data
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(data: dict, prefix: str = "") -> str:
+    """Write a nested dict of scalars/lists as TOML (enough for our configs)."""
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict) and v is not None}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in scalars.items()]
+    out = ([f"[{prefix}]"] if prefix and lines else []) + lines
+    for k, v in tables.items():
+        sub = to_toml(v, f"{prefix}.{k}" if prefix else k)
+        if sub:
+            out += ["", sub] if out else [sub]
+    return "\n".join(out)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,207 @@
+"""The `diffspace` command line. Bad input exits 2 with one line; a failed run exits 1."""
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from diffspace.types import UserError
+
+EPILOG = "Run `diffspace COMMAND --help` for the options of each command."
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own errors: one line, exit 2
+        self.exit(2, f"diffspace: error: {message}\n")
+
+
+def _add_device(p):
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run: auto picks CUDA when available")
+
+
+def _add_sampling(p, required_defaults: bool):
+    d = (lambda v: v) if required_defaults else (lambda v: None)
+    p.add_argument("--sampler", default=d("heun"), help="sampler name (see `diffspace samplers`)"
+                   + ("" if required_defaults else "; default: the run's [sample] sampler"))
+    p.add_argument("--steps", type=int, default=d(18), help="number of noise levels (steps)"
+                   + ("" if required_defaults else "; default: the run's [sample] steps"))
+    p.add_argument("--grid", default=d("karras"), help="noise-level grid"
+                   + ("" if required_defaults else "; default: the run's [sample] grid"))
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (samples depend only on it)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="diffspace", formatter_class=_Formatter, epilog=EPILOG,
+                description="Train, sample and evaluate diffusion and flow models in one design space.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", formatter_class=_Formatter, help="train a model from a TOML config",
+                       description="Train from a TOML config; writes a run directory (config, "
+                                   "checkpoints, log, loss plot).")
+    t.add_argument("config", help="TOML config file (or a run directory with --resume)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.steps=500 (repeatable)")
+    t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in run.dir from its last checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_device(t)
+
+    s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained run",
+                       description="Draw samples from a run directory or checkpoint file.")
+    s.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    s.add_argument("--n", type=int, default=10_000, help="number of samples")
+    s.add_argument("--out", default="", help="output .npz/.npy/.csv (default: RUN/samples.npz)")
+    _add_sampling(s, True)
+    _add_device(s)
+
+    e = sub.add_parser("eval", formatter_class=_Formatter, help="evaluate a trained run",
+                       description="Sample from a run and compare with held-out data; writes "
+                                   "RUN/metrics.json and pictures, prints a summary.")
+    e.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    e.add_argument("--n", type=int, default=0, help="number of samples (0: the run's [eval] n)")
+    e.add_argument("--json", default="", help="also write the metrics to this file")
+    _add_sampling(e, False)
+    _add_device(e)
+
+    i = sub.add_parser("info", formatter_class=_Formatter, help="describe a run or checkpoint",
+                       description="Print a run's config, progress and metrics.")
+    i.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    return p
+
+
+def cmd_train(args) -> None:
+    import torch
+
+    from diffspace.cli.config import build, load_toml, to_dict, to_toml
+    from diffspace.cli.runs import checkpoint_of
+    from diffspace.cli.tasks import task_of
+    from diffspace.train.loop import train
+    from diffspace.utils import resolve_device
+
+    src = args.config
+    if args.resume and Path(src).is_dir():
+        from diffspace.train.checkpoint import load_checkpoint
+
+        data = load_checkpoint(checkpoint_of(src))[1]["config"]
+        from diffspace.cli.config import parse_override
+
+        for text in args.set:
+            keys, value = parse_override(text)
+            node = data
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+    else:
+        data = load_toml(src, args.set)
+    task = task_of(data, src)
+    cfg = build(task.config_cls, data, src)
+    record = to_dict(cfg)
+    if args.dry_run:
+        print(to_toml(record))
+        return
+    if args.accumulate < 1:
+        raise UserError(f"--accumulate must be >= 1, got {args.accumulate}")
+    run_dir = Path(cfg.run.dir)
+    ckpt = run_dir / "checkpoints" / "last.safetensors"
+    if args.resume and not ckpt.is_file():
+        raise UserError(f"--resume: no checkpoint in {run_dir}")
+    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        if not args.overwrite:
+            raise UserError(f"run directory {run_dir} is not empty; use --resume to continue it or "
+                            "--overwrite to replace it")
+        shutil.rmtree(run_dir)
+    device = resolve_device(args.device if args.device != "auto" else cfg.run.device)
+    torch.manual_seed(cfg.run.seed)
+    setup, extra = task.build_setup(cfg, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(record) + "\n")
+    tr = train(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=args.resume,
+               accumulate=args.accumulate, progress=not args.no_progress, extra=extra)
+    if tr.rank == 0:
+        if task.after_train:
+            task.after_train(run_dir)
+        print(f"trained {tr.step} steps in {tr.elapsed:.0f} s; run directory: {run_dir}")
+
+
+def _load(args):
+    from diffspace.cli.runs import load_run
+    from diffspace.utils import resolve_device
+
+    args.device_obj = resolve_device(args.device)
+    return load_run(args.run, args.device_obj)
+
+
+def cmd_sample(args) -> None:
+    from diffspace.cli.tasks import task_of
+
+    run = _load(args)
+    task_of(run.meta["config"], args.run).sample(run, args)
+
+
+def cmd_eval(args) -> None:
+    from diffspace.cli.tasks import task_of
+
+    run = _load(args)
+    metrics = task_of(run.meta["config"], args.run).evaluate(run, args)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    width = max(len(k) for k in metrics)
+    print(f"evaluation of {run.dir} (step {run.step})")
+    for k, v in metrics.items():
+        print(f"  {k:<{width}}  {v:.5g}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+
+
+def cmd_info(args) -> None:
+    from diffspace.cli.config import to_toml
+    from diffspace.cli.runs import checkpoint_of, run_dir_of
+    from diffspace.train.checkpoint import load_checkpoint
+
+    ckpt = checkpoint_of(args.run)
+    tensors, meta = load_checkpoint(ckpt)
+    n_params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
+    run_dir = run_dir_of(ckpt)
+    print(f"checkpoint  {ckpt}\nstep        {meta['step']} of {meta['config']['train']['steps']}")
+    print(f"elapsed     {meta['elapsed']:.0f} s\nparameters  {n_params:,}")
+    log = run_dir / "log.jsonl"
+    if log.is_file() and log.read_text().strip():
+        last = json.loads(log.read_text().strip().splitlines()[-1])
+        print(f"last loss   {last['loss']:.5g} at step {last['step']}")
+    metrics = run_dir / "metrics.json"
+    if metrics.is_file():
+        print("metrics     " + json.dumps(json.loads(metrics.read_text())))
+    print("\n" + to_toml(meta["config"]))
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from diffspace.train.loop import TrainingError
+
+    try:
+        COMMANDS[args.command](args)
+    except UserError as e:
+        print(f"diffspace: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingError as e:
+        print(f"diffspace: training stopped: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("diffspace: interrupted; the last checkpoint is intact", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

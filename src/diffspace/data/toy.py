@@ -1,0 +1,72 @@
+"""Procedural 2-D data sets. Each is a function (n, generator) -> float32 tensor (n, 2).
+
+Scales are fixed so every set has roughly unit-to-2 spread; `checkerboard` is exactly uniform on
+8 unit squares in [-2, 2]^2 (differential entropy log 8), so likelihoods can be checked exactly.
+"""
+
+import math
+
+import torch
+from torch import Tensor
+
+from diffspace.data.gmm import eight_gaussians_mixture
+from diffspace.types import UserError
+
+
+def checkerboard(n: int, g: torch.Generator) -> Tensor:
+    """Uniform on the 8 black cells of a 4 x 4 board of unit cells covering [-2, 2]^2."""
+    x1 = torch.rand(n, generator=g, dtype=torch.float64) * 4 - 2
+    x2 = torch.rand(n, generator=g, dtype=torch.float64) - torch.randint(0, 2, (n,), generator=g) * 2
+    x2 = x2 + (torch.floor(x1) % 2)
+    return torch.stack([x1, x2], 1).float()
+
+
+def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
+    return eight_gaussians_mixture().sample(n, g).float()
+
+
+def moons(n: int, g: torch.Generator) -> Tensor:
+    half = n // 2
+    a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    upper = torch.stack([a.cos(), a.sin()], 1)[:half]
+    lower = torch.stack([1 - a.cos(), 0.5 - a.sin()], 1)[half:]
+    x = torch.cat([upper, lower]) + 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return (2 * (x - torch.tensor([0.5, 0.25], dtype=torch.float64))).float()
+
+
+def swiss_roll(n: int, g: torch.Generator) -> Tensor:
+    s = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
+    x = torch.stack([s * s.cos(), s * s.sin()], 1) / 5
+    return (x + 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def rings(n: int, g: torch.Generator) -> Tensor:
+    """Four concentric circles of radii 0.5, 1, 1.5, 2 with small radial noise."""
+    r = 0.5 * (1 + torch.randint(0, 4, (n,), generator=g)).double()
+    a = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
+    x = r[:, None] * torch.stack([a.cos(), a.sin()], 1)
+    return (x + 0.04 * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+
+
+def pinwheel(n: int, g: torch.Generator, arms: int = 5) -> Tensor:
+    """Gaussian blobs sheared into spiral arms."""
+    k = torch.randint(0, arms, (n,), generator=g).double()
+    f = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([0.3, 0.05]) + torch.tensor([1.0, 0])
+    ang = 2 * math.pi * k / arms + 0.25 * torch.exp(f[:, 0])
+    rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], 1), torch.stack([ang.sin(), ang.cos()], 1)], 1)
+    return (2 * torch.einsum("nij,nj->ni", rot, f)).float()
+
+
+TOY_SETS = {"checkerboard": checkerboard, "8gaussians": eight_gaussians, "moons": moons,
+            "swissroll": swiss_roll, "rings": rings, "pinwheel": pinwheel}
+
+# different seeds keep the held-out split disjoint from training data
+_SPLIT_OFFSET = {"train": 0, "test": 1_000_003}
+
+
+def make_toy(name: str, n: int, seed: int = 0, split: str = "train") -> Tensor:
+    """n points of toy set `name` (float32, (n, 2)); `split="test"` gives the held-out split."""
+    if name not in TOY_SETS:
+        raise UserError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_SETS)}")
+    g = torch.Generator().manual_seed(seed + _SPLIT_OFFSET[split])
+    return TOY_SETS[name](n, g)

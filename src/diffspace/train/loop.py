@@ -1,0 +1,222 @@
+"""One readable training loop for every task (vectors, images, text).
+
+A task hands the loop a `TrainSetup`:
+  model  the nn.Module whose parameters are trained (and averaged into the EMA);
+  batch  batch(generator, n) -> a batch of n examples *including all of its randomness* (data,
+         noise levels, noise, label dropout), as a dict of tensors with leading dim n, on the device;
+  loss   loss(model, batch) -> per-example losses (B,), deterministic given the batch.
+Because all randomness lives in the batch, a run is exactly reproducible, resumable, and equal
+across world sizes: every rank draws the same global batch and keeps its own slice.
+
+Under torchrun (torch.distributed initialised) the model is wrapped in DistributedDataParallel;
+rank 0 alone writes logs and checkpoints.
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from diffspace.cli.config import TrainConfig
+from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, split_prefix
+
+Batch = dict[str, Tensor]
+
+
+@dataclass
+class TrainSetup:
+    model: nn.Module
+    batch: Callable[[torch.Generator, int], Batch]
+    loss: Callable[[nn.Module, Batch], Tensor]
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss, a lost rank): the CLI prints one line, exit 1."""
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def make_ema(model: nn.Module, halflife_steps: float) -> AveragedModel:
+    """EMA with a half-life in optimizer steps ([EDM] Sec. 5 uses a half-life in images)."""
+    decay = 0.5 ** (1.0 / halflife_steps)
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay to 0 or constant."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return f
+
+
+def _slice(batch: Batch, lo: int, hi: int) -> Batch:
+    return {k: v[lo:hi] for k, v in batch.items()}
+
+
+class Trainer:
+    """State of one run: model, EMA, optimizer, LR schedule, data generator, step."""
+
+    def __init__(self, setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed: int,
+                 accumulate: int = 1, extra: dict | None = None):
+        self.setup, self.cfg, self.run_dir, self.record = setup, cfg, Path(run_dir), record
+        self.extra = extra or {}
+        self.rank, self.world_size = world()
+        if cfg.batch_size % (self.world_size * accumulate):
+            raise TrainingError(f"train.batch_size={cfg.batch_size} is not divisible by world size "
+                                f"{self.world_size} x accumulation {accumulate}")
+        self.accumulate = accumulate
+        self.model = setup.model
+        self.ema = make_ema(self.model, cfg.ema_halflife_steps)
+        fused = next(self.model.parameters()).is_cuda
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     fused=fused or None)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.step, self.elapsed = 0, 0.0
+        self.ddp = self.model
+        if self.world_size > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(self.model)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def ckpt_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.safetensors"
+
+    def state(self) -> tuple[dict[str, Tensor], dict]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in self.ema.state_dict().items()}
+        opt = self.opt.state_dict()
+        for i, s in opt["state"].items():
+            tensors |= {f"optim.{i}.{k}": torch.as_tensor(v) for k, v in s.items()}
+        tensors["rng.torch"] = torch.get_rng_state()
+        tensors["rng.data"] = self.gen.get_state()
+        meta = {"step": self.step, "elapsed": self.elapsed, "config": self.record,
+                "optim_groups": opt["param_groups"], "sched": self.sched.state_dict(), **self.extra}
+        return tensors, meta
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        tensors, meta = self.state()
+        save_checkpoint(self.ckpt_path, tensors, meta)
+        if self.cfg.keep_every and self.step % self.cfg.keep_every == 0:
+            save_checkpoint(self.ckpt_path.with_name(f"step_{self.step:08d}.safetensors"), tensors, meta)
+
+    def restore(self, path: Path) -> None:
+        tensors, meta = load_checkpoint(path)
+        load_weights(self.model, split_prefix(tensors, "model."), path)
+        load_weights(self.ema, split_prefix(tensors, "ema."), path)
+        state: dict[int, dict[str, Any]] = {}
+        for k, v in split_prefix(tensors, "optim.").items():
+            i, name = k.split(".", 1)
+            state.setdefault(int(i), {})[name] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["optim_groups"]})
+        self.sched.load_state_dict(meta["sched"])
+        torch.set_rng_state(tensors["rng.torch"])
+        self.gen.set_state(tensors["rng.data"])
+        self.step, self.elapsed = meta["step"], meta["elapsed"]
+
+    # ---- one step ----------------------------------------------------------------------------
+    def train_step(self) -> tuple[float, float]:
+        cfg = self.cfg
+        batch = self.setup.batch(self.gen, cfg.batch_size)  # the global batch, same on every rank
+        per_rank = cfg.batch_size // self.world_size
+        local = _slice(batch, self.rank * per_rank, (self.rank + 1) * per_rank)
+        micro = per_rank // self.accumulate
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp == "bf16" and
+               next(self.model.parameters()).is_cuda else nullcontext())
+        total = torch.zeros(())
+        self.opt.zero_grad(set_to_none=True)
+        for j in range(self.accumulate):
+            last = j == self.accumulate - 1
+            sync = nullcontext() if last or self.world_size == 1 else self.ddp.no_sync()
+            with sync, amp:
+                loss = self.setup.loss(self.ddp, _slice(local, j * micro, (j + 1) * micro)).mean()
+                (loss / self.accumulate).backward()
+            total += loss.detach().float().cpu() / self.accumulate
+        if self.world_size > 1:  # report the global mean loss
+            dist.all_reduce(total := total.to(next(self.model.parameters()).device))
+            total = total.cpu() / self.world_size
+        if not torch.isfinite(total):
+            raise TrainingError(f"loss became {float(total)} at step {self.step + 1} "
+                                f"(lr={self.sched.get_last_lr()[0]:.3g}); the last good checkpoint "
+                                f"is kept at {self.ckpt_path}")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
+        self.opt.step()
+        self.sched.step()
+        self.ema.update_parameters(self.model)
+        self.step += 1
+        return float(total), float(grad_norm)
+
+
+def _trim_log(log: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (a crash leaves such lines)."""
+    if log.is_file():
+        keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
+        log.write_text("".join(ln + "\n" for ln in keep))
+
+
+def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed: int = 0,
+          resume: bool = False, accumulate: int = 1, progress: bool = True,
+          stop_after: int | None = None, extra: dict | None = None) -> Trainer:
+    """Train until cfg.steps (or cfg.minutes, or `stop_after` steps in this call); return the Trainer.
+
+    `record` is the resolved config stored in every checkpoint, `extra` more JSON metadata (e.g. the
+    data shape needed to rebuild the model). With `resume`, continue from
+    run_dir/checkpoints/last.safetensors exactly where it stopped.
+    """
+    from tqdm import tqdm
+
+    tr = Trainer(setup, cfg, run_dir, record, seed, accumulate, extra)
+    log = tr.run_dir / "log.jsonl"
+    if resume:
+        tr.restore(tr.ckpt_path)
+        if tr.rank == 0:
+            _trim_log(log, tr.step)
+    bar = tqdm(total=cfg.steps, initial=tr.step, disable=not progress or tr.rank != 0,
+               dynamic_ncols=True, desc="train")
+    t0, last_t, last_step = time.perf_counter(), time.perf_counter(), tr.step
+    start_elapsed, run_steps = tr.elapsed, 0
+    while tr.step < cfg.steps:
+        loss, gnorm = tr.train_step()
+        run_steps += 1
+        tr.elapsed = start_elapsed + time.perf_counter() - t0
+        out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
+        stop = out_of_time or (stop_after is not None and run_steps >= stop_after)
+        if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
+            now = time.perf_counter()
+            its = (tr.step - last_step) / max(now - last_t, 1e-9)
+            last_t, last_step = now, tr.step
+            if tr.rank == 0:
+                with open(log, "a") as f:
+                    f.write(json.dumps({"step": tr.step, "loss": loss, "grad_norm": gnorm,
+                                        "lr": tr.sched.get_last_lr()[0], "it_s": its,
+                                        "elapsed_s": tr.elapsed}) + "\n")
+            bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{its:.1f}")
+        bar.update(1)
+        if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps or stop:
+            tr.save()
+        if stop:
+            break
+    bar.close()
+    return tr
