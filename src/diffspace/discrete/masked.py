@@ -1,0 +1,98 @@
+"""Masked (absorbing) diffusion: forward masking, the SUBS parameterization, the continuous-time NELBO
+(MDLM, LLaDA), block diffusion (BD3-LM) and the autoregressive cross-entropy.
+
+Every loss returns the per-example NELBO (or NLL) in nats per token, shape (B,); summed over the L
+tokens it is a bound on -log p(x0). References: [MDLM] arXiv 2406.07524v2, [LLADA] arXiv 2502.09992v3,
+[BD3] arXiv 2503.09573v2.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffspace.discrete.schedules import Schedule
+from diffspace.losses.proposals import stratified_t, uniform_t
+from diffspace.nets.transformer import bd3_train_mask, causal_mask
+
+T_SCALE = 1000.0  # a network sees noise_cond = 1000 t ("timestep units")
+
+
+def mask_tokens(x0: Tensor, alpha_t: Tensor, mask_id: int, g: torch.Generator) -> Tensor:
+    """[MDLM] Eq. 2: each token independently becomes mask_id with probability 1 - alpha_t.
+    alpha_t has shape (B,) or (B, L)."""
+    alpha = alpha_t.reshape(len(x0), -1)
+    u = torch.rand(x0.shape, generator=g, dtype=torch.float64).to(alpha.device)
+    return torch.where(u < 1 - alpha, torch.full_like(x0, mask_id), x0)
+
+
+def subs(logits: Tensor, x_t: Tensor, mask_id: int) -> Tensor:
+    """[MDLM] Sec. 3.2.3 SUBS: zero probability on the mask token, and an unmasked token is copied
+    ("carry-over unmasking"). Returns log-probabilities of p(x0 | x_t), (B, L, V)."""
+    logits = logits.clone()
+    logits[..., mask_id] = -torch.inf
+    logp = logits.log_softmax(-1)
+    clean = x_t != mask_id
+    keep = torch.full_like(logp, -torch.inf).scatter_(-1, x_t[..., None], 0.0)
+    return torch.where(clean[..., None], keep, logp)
+
+
+def masked_nelbo(logp: Tensor, x0: Tensor, x_t: Tensor, weight: Tensor, mask_id: int) -> Tensor:
+    """[MDLM] Eq. 10 integrand: sum over masked tokens of -alpha'/(1-alpha) * -log p(x0 | x_t),
+    divided by L. weight (B,) or (B, L)."""
+    nll = -logp.gather(-1, x0[..., None])[..., 0]
+    masked = (x_t == mask_id).to(nll.dtype)
+    w = weight.reshape(len(x0), -1).to(nll.dtype)
+    return (w * masked * nll).mean(dim=1)
+
+
+def draw_t(n: int, g: torch.Generator, t_min: float, antithetic: bool) -> Tensor:
+    """t in [t_min, 1]: stratified ("antithetic", [MDLM] Sec. 3.5.1) or i.i.d. uniform ([LLADA])."""
+    return (stratified_t if antithetic else uniform_t)(n, g, t_min, 1.0)
+
+
+def masked_denoiser(net: nn.Module, mask_id: int, time_cond: bool) -> Callable[[Tensor, Tensor], Tensor]:
+    """A DiscreteDenoiser: log p(x0 | x_t) under SUBS from a network's logits."""
+    def denoise(x_t: Tensor, t: Tensor) -> Tensor:
+        nc = (T_SCALE * t).float() if time_cond else None
+        return subs(net(x_t, nc), x_t, mask_id)
+    return denoise
+
+
+def mdlm_loss(net: nn.Module, x0: Tensor, schedule: Schedule, mask_id: int, g: torch.Generator,
+              time_cond: bool = False, t_min: float = 1e-3, antithetic: bool = True) -> Tensor:
+    """MDLM's NELBO, nats per token (B,). With schedule=Linear, time_cond=False, antithetic=False it is
+    LLaDA's loss ([LLADA] Eq. 3: weight 1/t on masked tokens, normalized by L)."""
+    t = draw_t(len(x0), g, t_min, antithetic).to(x0.device)
+    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, g)
+    logp = masked_denoiser(net, mask_id, time_cond)(x_t, t)
+    return masked_nelbo(logp, x0, x_t, schedule.weight(t), mask_id)
+
+
+def bd3_loss(net: nn.Module, x0: Tensor, schedule: Schedule, mask_id: int, block: int, g: torch.Generator,
+             time_cond: bool = False, t_min: float = 1e-3, antithetic: bool = True) -> Tensor:
+    """[BD3] Eq. 7: one t per block, each noisy block denoised given the clean blocks before it, all in
+    one pass over [x_t, x0] with the mask of Sec. 3.2. block = 1 is AR, block = L is MDLM."""
+    B, L = x0.shape
+    n_blocks = L // block
+    t = draw_t(B * n_blocks, g, t_min, antithetic).to(x0.device).view(B, n_blocks)
+    t_tok = t.repeat_interleave(block, dim=1)  # (B, L)
+    x_t = mask_tokens(x0, schedule.alpha(t_tok), mask_id, g)
+    pos = torch.arange(L, device=x0.device).repeat(2)
+    nc = (T_SCALE * torch.cat([t_tok, torch.zeros_like(t_tok)], dim=1)).float() if time_cond else None
+    logits = net(torch.cat([x_t, x0], dim=1), nc, pos=pos, mask=bd3_train_mask(L, block, x0.device))
+    logp = subs(logits[:, :L], x_t, mask_id)
+    return masked_nelbo(logp, x0, x_t, schedule.weight(t_tok), mask_id)
+
+
+def ar_inputs(x0: Tensor, start_id: int) -> Tensor:
+    """Shift right behind a start token (the mask id, which never occurs in data), so that all L tokens
+    are predicted, as the diffusion bounds do."""
+    return torch.cat([torch.full_like(x0[:, :1], start_id), x0[:, :-1]], dim=1)
+
+
+def ar_loss(net: nn.Module, x0: Tensor, start_id: int) -> Tensor:
+    """Exact autoregressive NLL, nats per token (B,)."""
+    logits = net(ar_inputs(x0, start_id), mask=causal_mask(x0.shape[1], x0.device))
+    return F.cross_entropy(logits.transpose(1, 2), x0, reduction="none").mean(dim=1)

@@ -1,0 +1,178 @@
+"""Samplers for token models: categorical draws with float64 Gumbel noise, MDLM ancestral sampling with
+the no-change cache, LLaDA remasking (low-confidence or random, semi-autoregressive blocks), block
+diffusion decoding and autoregressive decoding, both with an optional key/value cache.
+
+[GUMBEL64] arXiv 2409.02908v3 Sec. 4: Gumbel noise drawn in float32 truncates the tail and acts as a
+lowered temperature; drawing it in float64 removes that. [MDLM] arXiv 2406.07524v2, [LLADA]
+arXiv 2502.09992v3, [BD3] arXiv 2503.09573v2.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from diffspace.discrete.masked import T_SCALE, subs
+from diffspace.discrete.schedules import Schedule
+from diffspace.nets.transformer import block_causal_mask, causal_mask
+
+
+class Sampling(NamedTuple):
+    """How logits become a draw: temperature, then top-k (0 = off), then top-p (1 = off)."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+
+PLAIN = Sampling()  # draw from the model's own distribution
+
+
+def filter_logits(logits: Tensor, how: Sampling) -> Tensor:
+    """Temperature, top-k and nucleus (top-p) filtering of logits (..., V) in float64."""
+    logits = logits.double() / max(how.temperature, 1e-8)
+    if how.top_k > 0:
+        kth = logits.topk(min(how.top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if how.top_p < 1.0:
+        srt, idx = logits.sort(dim=-1, descending=True)
+        cum = srt.softmax(-1).cumsum(-1)
+        drop = cum - srt.softmax(-1) >= how.top_p  # why: keep the token that crosses top_p
+        logits = logits.masked_fill(drop.scatter(-1, idx, drop), -torch.inf)
+    return logits
+
+
+def gumbel_argmax(logits: Tensor, g: torch.Generator) -> Tensor:
+    """Categorical draw via argmax(logits + Gumbel) with the uniforms and the noise in float64."""
+    u = torch.rand(logits.shape, generator=g, dtype=torch.float64).to(logits.device)
+    u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
+    return (logits.double() - torch.log(-torch.log(u))).argmax(-1)
+
+
+def sample_categorical(logits: Tensor, g: torch.Generator, how: Sampling = PLAIN) -> Tensor:
+    return gumbel_argmax(filter_logits(logits, how), g)
+
+
+def ancestral_logprobs(logp0: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor, mask_id: int) -> Tensor:
+    """[MDLM] Eq. 7 reverse step t -> s < t for a masked token: x0 ~ p with probability
+    (alpha_s - alpha_t) / (1 - alpha_t), else stay masked; unmasked tokens are kept (SUBS)."""
+    a_t, a_s = alpha_t.double().view(-1, 1, 1), alpha_s.double().view(-1, 1, 1)
+    logp = logp0.double() + torch.log((a_s - a_t) / (1 - a_t))
+    stay = torch.log((1 - a_s) / (1 - a_t)).expand_as(logp[..., :1])
+    logp = torch.cat([logp[..., :mask_id], stay, logp[..., mask_id + 1:]], dim=-1)
+    keep = torch.full_like(logp, -torch.inf).scatter_(-1, x_t[..., None], 0.0)
+    return torch.where((x_t == mask_id)[..., None], logp, keep)
+
+
+class Decoded(NamedTuple):
+    tokens: Tensor  # (B, L)
+    nfe: int  # network evaluations actually made
+
+
+def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, mask_id: int,
+                g: torch.Generator, how: Sampling = PLAIN, cache: bool = True) -> Decoded:
+    """[MDLM] ancestral sampling from t = 1 to 0 over `steps` uniform steps; masked entries of x are
+    generated, others kept (a prompt). With `cache`, a step in which no token changed reuses the last
+    prediction instead of calling the network ([MDLM] Sec. 4.2), exact when the denoiser ignores t."""
+    ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=x.device)
+    logp, nfe = None, 0
+    for i in range(steps):
+        t, s = ts[i].expand(len(x)), ts[i + 1].expand(len(x))
+        if logp is None or not cache:
+            logp, nfe = filter_logits(denoise(x, t), how).log_softmax(-1), nfe + 1
+        x_new = gumbel_argmax(ancestral_logprobs(logp, x, schedule.alpha(t), schedule.alpha(s), mask_id), g)
+        if not torch.equal(x_new, x):
+            logp, x = None, x_new
+    return Decoded(x, nfe)
+
+
+def low_confidence(logp: Tensor, x0_hat: Tensor, g: torch.Generator) -> Tensor:
+    """[LLADA] Alg. 5: confidence = predicted probability of the drawn token."""
+    return logp.gather(-1, x0_hat[..., None])[..., 0].exp()
+
+
+def random_confidence(logp: Tensor, x0_hat: Tensor, g: torch.Generator) -> Tensor:
+    """[LLADA] Alg. 4 random remasking: which tokens are kept is independent of their values."""
+    return torch.rand(x0_hat.shape, generator=g, dtype=torch.float64).to(x0_hat.device)
+
+
+def sample_remasking(denoise: Callable, x: Tensor, steps: int, mask_id: int, g: torch.Generator,
+                     how: Sampling = PLAIN, block: int = 0,
+                     confidence: Callable = low_confidence) -> Decoded:
+    """[LLADA] Sec. 2.4 reverse process with remasking: each step predicts every masked token and keeps
+    the most confident ones (an even share of what is left), remasking the rest. With `block` > 0 the
+    masked span is decoded left to right in blocks of that size (semi-autoregressive, Alg. 5)."""
+    masked0 = x == mask_id
+    first = int(masked0.float().argmax(dim=1).min())  # earliest generated position
+    span = x.shape[1] - first
+    block = block if block > 0 else span
+    n_blocks = -(-span // block)
+    per_block = max(steps // n_blocks, 1)
+    for b in range(n_blocks):
+        zone = torch.zeros_like(masked0)
+        zone[:, first + b * block: first + (b + 1) * block] = True
+        for k in range(per_block):
+            todo = (x == mask_id) & zone
+            t = (x == mask_id).double().mean(dim=1)  # fraction still masked, as a linear-schedule t
+            logp = filter_logits(denoise(x, t), how).log_softmax(-1)
+            x0_hat = gumbel_argmax(logp, g)
+            conf = confidence(logp, x0_hat, g).masked_fill(~todo, -torch.inf)
+            n_keep = -(-todo.sum(dim=1) // (per_block - k))  # ceil: the last step keeps all
+            rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
+            x = torch.where(todo & (rank < n_keep[:, None]), x0_hat, x)
+    return Decoded(x, n_blocks * per_block)
+
+
+@torch.no_grad()
+def sample_ar(net: nn.Module, prompt: Tensor, length: int, start_id: int, g: torch.Generator,
+              how: Sampling = PLAIN, kv_cache: bool = True) -> Decoded:
+    """Autoregressive decoding to `length` tokens after the start token and the prompt (B, P)."""
+    x = torch.cat([torch.full_like(prompt[:, :1], start_id), prompt], dim=1)
+    cache = net.new_cache() if kv_cache else None
+    step_in, nfe = x, 0
+    while x.shape[1] < length + 1:
+        if kv_cache:
+            mask = causal_mask(step_in.shape[1], x.device) if cache.length == 0 else None
+            logits = net(step_in, mask=mask, cache=cache, commit=True)[:, -1]
+        else:
+            logits = net(x, mask=causal_mask(x.shape[1], x.device))[:, -1]
+        nxt = sample_categorical(logits, g, how)[:, None]
+        x, step_in, nfe = torch.cat([x, nxt], dim=1), nxt, nfe + 1
+    return Decoded(x[:, 1:], nfe)
+
+
+@torch.no_grad()
+def sample_bd3(net: nn.Module, x: Tensor, block: int, steps: int, schedule: Schedule, mask_id: int,
+               g: torch.Generator, how: Sampling = PLAIN, kv_cache: bool = True,
+               time_cond: bool = False) -> Decoded:
+    """[BD3] Alg. 2: blocks left to right; inside a block, MDLM ancestral steps conditioned on the clean
+    blocks before it; a finished block is run once more as clean context and its keys/values cached.
+    Masked entries of x (B, L) are generated; L must be a multiple of `block`."""
+    B, L = x.shape
+    cache = net.new_cache() if kv_cache else None
+    nfe = 0
+    for start in range(0, L, block):
+        pos = torch.arange(start, start + block, device=x.device)
+
+        def denoise(xb, t, prefix=x[:, :start], pos=pos):
+            nc = (T_SCALE * t).float() if time_cond else None
+            if kv_cache:
+                return subs(net(xb, nc, pos=pos, cache=cache), xb, mask_id)
+            n = prefix.shape[1]
+            nc_seq = None if nc is None else torch.cat([torch.zeros(B, n, device=xb.device),
+                                                        nc[:, None].expand(B, block)], dim=1)
+            seq = torch.cat([prefix, xb], dim=1)
+            logits = net(seq, nc_seq, mask=block_causal_mask(n + block, block, xb.device))
+            return subs(logits[:, n:], xb, mask_id)
+
+        xb = x[:, start:start + block]
+        if (xb == mask_id).any():
+            xb, n = sample_mdlm(denoise, xb, schedule, steps, mask_id, g, how)
+            nfe += n
+        x = torch.cat([x[:, :start], xb, x[:, start + block:]], dim=1)
+        if kv_cache and start + block < L:
+            nc = torch.zeros(B, device=x.device) if time_cond else None
+            net(xb, nc, pos=pos, cache=cache, commit=True)
+            nfe += 1
+    return Decoded(x, nfe)

@@ -1,0 +1,127 @@
+"""SEDD: score entropy for the absorbing and uniform processes, and its Euler and Tweedie tau-leaping
+samplers ([SEDD] arXiv 2310.16834v3).
+
+The network's raw output r (B, L, V) gives log-ratios: absorbing, log s_y = r_y + log(alpha/(1-alpha))
+(the scaling of [SEDD] App. C.2, so that exp(r) estimates p(x0 = y | x_t)); uniform, log s_y = r_y with
+s_y ~ p_t(x with this token set to y) / p_t(x). Losses are nats per token, shape (B,).
+"""
+
+import torch
+from torch import Tensor, nn
+
+from diffspace.discrete.masked import T_SCALE, draw_t, mask_tokens
+from diffspace.discrete.sampling import Decoded, ancestral_logprobs, gumbel_argmax
+from diffspace.discrete.schedules import Schedule
+
+
+def _net_out(net: nn.Module, x_t: Tensor, t: Tensor, time_cond: bool) -> Tensor:
+    return net(x_t, (T_SCALE * t).float() if time_cond else None)
+
+
+def absorb_score_entropy(raw: Tensor, x0: Tensor, x_t: Tensor, weight: Tensor, mask_id: int) -> Tensor:
+    """[SEDD] Eq. 9 (DWDSE) for the absorbing process. At a masked token the only nonzero ratio is
+    r = alpha/(1-alpha) at y = x0 and the rate is sigma(t) = -alpha'/alpha; with log s = raw + log r the
+    log r terms cancel and the loss is -alpha'/(1-alpha) * (sum_y exp(raw_y) - raw_x0 - 1)."""
+    raw = raw.clone()
+    raw[..., mask_id] = -torch.inf  # why: no transition into the mask state in reverse
+    term = raw.exp().sum(-1) - raw.gather(-1, x0[..., None])[..., 0] - 1
+    masked = (x_t == mask_id).to(term.dtype)
+    return (weight.reshape(len(x0), -1) * masked * term).mean(dim=1)
+
+
+def sedd_absorb_loss(net: nn.Module, x0: Tensor, schedule: Schedule, mask_id: int, g: torch.Generator,
+                     time_cond: bool = True, t_min: float = 1e-3) -> Tensor:
+    t = draw_t(len(x0), g, t_min, antithetic=True).to(x0.device)
+    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, g)
+    return absorb_score_entropy(_net_out(net, x_t, t, time_cond), x0, x_t, schedule.weight(t), mask_id)
+
+
+def uniform_corrupt(x0: Tensor, alpha_t: Tensor, n_tokens: int, g: torch.Generator) -> Tensor:
+    """Keep a token with probability alpha_t, else replace it by a uniform draw of the n_tokens."""
+    u = torch.rand(x0.shape, generator=g, dtype=torch.float64).to(x0.device)
+    y = torch.randint(n_tokens, x0.shape, generator=g).to(x0.device)
+    return torch.where(u < alpha_t.view(-1, 1), x0, y)
+
+
+def uniform_score_entropy(raw: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, schedule: Schedule) -> Tensor:
+    """[SEDD] Eq. 9 for Q = 11^T / V - I: weight sigma(t)/V over y != x_t, target ratios
+    q(y | x0) / q(x_t | x0) with q(. | x0) = alpha onehot(x0) + (1 - alpha) / V."""
+    V = raw.shape[-1]
+    alpha = schedule.alpha(t).view(-1, 1, 1).to(raw.dtype)
+    q = (1 - alpha) / V + alpha * torch.nn.functional.one_hot(x0, V).to(raw.dtype)  # (B, L, V)
+    ratio = q / q.gather(-1, x_t[..., None])
+    k = ratio * (ratio.log() - 1)  # K(a) = a (log a - 1) makes each term >= 0
+    terms = raw.exp() - ratio * raw + k
+    terms = terms.scatter(-1, x_t[..., None], 0.0)  # why: y = x_t is not a transition
+    rate = schedule.rate(t).view(-1, 1).to(raw.dtype) / V
+    return (rate * terms.sum(-1)).mean(dim=1)
+
+
+def sedd_uniform_loss(net: nn.Module, x0: Tensor, schedule: Schedule, n_tokens: int, g: torch.Generator,
+                      time_cond: bool = True, t_min: float = 1e-3) -> Tensor:
+    t = draw_t(len(x0), g, t_min, antithetic=True).to(x0.device)
+    x_t = uniform_corrupt(x0, schedule.alpha(t), n_tokens, g)
+    return uniform_score_entropy(_net_out(net, x_t, t, time_cond)[..., :n_tokens], x0, x_t, t, schedule)
+
+
+def absorb_tweedie(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor, mask_id: int) -> Tensor:
+    """[SEDD] Thm. 4.2 for the absorbing process: exactly the MDLM ancestral step with p0 = exp(raw)
+    renormalized. Returns log-probabilities of x_s."""
+    raw = raw.clone()
+    raw[..., mask_id] = -torch.inf
+    return ancestral_logprobs(raw.log_softmax(-1), x_t, alpha_t, alpha_s, mask_id)
+
+
+def absorb_euler(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor, mask_id: int) -> Tensor:
+    """[SEDD] Eq. 17 Euler (tau-leaping) step: jump M -> y with probability
+    (sigma_bar_t - sigma_bar_s) s_y, s_y = exp(raw_y) alpha_t / (1 - alpha_t); clipped, renormalized."""
+    a_t, a_s = alpha_t.double().view(-1, 1, 1), alpha_s.double().view(-1, 1, 1)
+    p = (torch.log(a_s / a_t) * a_t / (1 - a_t)) * raw.double().exp()
+    p[..., mask_id] = 0.0
+    return _stay_rest(p, x_t, mask_id)
+
+
+def uniform_euler(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor) -> Tensor:
+    """Euler step for the uniform process: jump x -> y with probability (sigma_bar_t - sigma_bar_s)/V s_y."""
+    V = raw.shape[-1]
+    p = torch.log(alpha_s / alpha_t).double().view(-1, 1, 1) / V * raw.double().exp()
+    return _stay_rest(p.scatter(-1, x_t[..., None], 0.0), x_t, None)
+
+
+def uniform_tweedie(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor) -> Tensor:
+    """[SEDD] Thm. 4.2 with exp(sQ) = e^-s I + (1 - e^-s) 11^T / V: p(x_s = y | x_t) is proportional to
+    [exp(-dQ) s]_y exp(dQ)(x_t, y), d = sigma_bar_t - sigma_bar_s, beta = e^-d = alpha_t / alpha_s."""
+    V = raw.shape[-1]
+    beta = (alpha_t / alpha_s).double().view(-1, 1, 1)
+    s = raw.double().exp().scatter(-1, x_t[..., None], 1.0)  # s_x = 1: the ratio of x to itself
+    back = s / beta + (1 - 1 / beta) * s.sum(-1, keepdim=True) / V
+    fwd = (1 - beta) / V + beta * torch.nn.functional.one_hot(x_t, V).double()
+    return (back.clamp_min(0) * fwd).clamp_min(1e-300).log()
+
+
+def _stay_rest(p: Tensor, x_t: Tensor, mask_id: int | None) -> Tensor:
+    """Put the leftover probability 1 - sum(p) on staying at x_t (clipped at 0); tokens that cannot
+    move (unmasked, absorbing case) stay. Returns log-probabilities."""
+    p = p.scatter(-1, x_t[..., None], (1 - p.sum(-1, keepdim=True)).clamp_min(0))
+    logp = (p / p.sum(-1, keepdim=True)).clamp_min(1e-300).log()
+    if mask_id is None:
+        return logp
+    keep = torch.full_like(logp, -torch.inf).scatter_(-1, x_t[..., None], 0.0)
+    return torch.where((x_t == mask_id)[..., None], logp, keep)
+
+
+@torch.no_grad()
+def sample_sedd(net: nn.Module, x: Tensor, schedule: Schedule, steps: int, step_fn, g: torch.Generator,
+                final_fn, time_cond: bool = True, n_tokens: int | None = None) -> Decoded:
+    """Reverse sampling from t = 1 to t_min = 1/steps' grid end with `step_fn` (an Euler or Tweedie
+    step above, bound to mask_id for the absorbing case), then one Tweedie step to t = 0 (`final_fn`)
+    as [SEDD] App. C.3's final denoising. x holds the prior draw (all masks, or uniform tokens)."""
+    ts = torch.linspace(1.0, 1e-3, steps + 1, dtype=torch.float64, device=x.device)
+    ts = torch.cat([ts, ts.new_zeros(1)])
+    for i in range(steps + 1):
+        t, s = ts[i].expand(len(x)), ts[i + 1].expand(len(x))
+        raw = _net_out(net, x, t, time_cond)
+        raw = raw if n_tokens is None else raw[..., :n_tokens]
+        fn = step_fn if i < steps else final_fn
+        x = gumbel_argmax(fn(raw, x, schedule.alpha(t), schedule.alpha(s)), g)
+    return Decoded(x, steps + 1)

@@ -1,0 +1,155 @@
+"""A small pre-norm transformer over token ids: RoPE, SDPA attention, optional adaLN noise
+conditioning, and a key/value cache.
+
+The attention pattern is an explicit boolean mask (True = may attend), built by the helpers below:
+bidirectional (None), causal, block-causal, and the BD3-LM training mask over a noisy copy and a clean
+copy of the sequence side by side ([BD3] Sec. 3.2, arXiv 2503.09573v2). The network knows nothing
+about diffusion: forward(x, noise_cond, ...) maps ids (B, L) to logits (B, L, V).
+
+RoPE: Su et al. 2021, arXiv 2104.09864; adaLN-Zero: [DIT] Sec. 3.2 (arXiv 2212.09748).
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from diffspace.nets.embedding import NoiseEmbedding
+
+
+def causal_mask(n: int, device=None) -> Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
+
+
+def block_causal_mask(n: int, block: int, device=None) -> Tensor:
+    """Token i attends to j when j's block is not after i's block (full attention inside a block)."""
+    b = torch.arange(n, device=device) // block
+    return b[:, None] >= b[None, :]
+
+
+def bd3_train_mask(n: int, block: int, device=None) -> Tensor:
+    """[BD3] Sec. 3.2 vectorized training over [x_t, x0] (length 2n): a noisy block attends to itself
+    and to the clean blocks before it; a clean block attends block-causally to clean blocks."""
+    b = torch.arange(n, device=device) // block
+    same = b[:, None] == b[None, :]
+    before = b[:, None] > b[None, :]
+    top = torch.cat([same, before], dim=1)  # noisy queries: [noisy keys | clean keys]
+    bottom = torch.cat([torch.zeros_like(same), same | before], dim=1)  # clean queries
+    return torch.cat([top, bottom], dim=0)
+
+
+def rope(x: Tensor, pos: Tensor, base: float = 10_000.0) -> Tensor:
+    """Rotary position embedding of x (B, H, L, Dh) at integer positions pos (L,)."""
+    half = x.shape[-1] // 2
+    freqs = base ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    ang = pos.to(torch.float32)[:, None] * freqs[None]  # (L, Dh/2)
+    cos, sin = ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class KVCache:
+    """Per-layer keys and values (B, H, T, Dh) of tokens that are final (AR prefix, finished blocks)."""
+
+    def __init__(self, n_layers: int):
+        self.k: list[Tensor | None] = [None] * n_layers
+        self.v: list[Tensor | None] = [None] * n_layers
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def extend(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys/values of cache + new; nothing is stored (see `commit`)."""
+        if self.k[i] is None:
+            return k, v
+        return torch.cat([self.k[i], k], dim=2), torch.cat([self.v[i], v], dim=2)
+
+    def commit(self, i: int, k: Tensor, v: Tensor) -> None:
+        self.k[i], self.v[i] = k, v
+
+
+@dataclass
+class TransformerConfig:
+    vocab_size: int
+    max_len: int = 256
+    dim: int = 256
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    noise_cond: bool = False  # adaLN-Zero conditioning on the noise level
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        d, self.heads = cfg.dim, cfg.heads
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=not cfg.noise_cond)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=not cfg.noise_cond)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.proj = nn.Linear(d, d, bias=False)
+        hidden = int(cfg.mlp_ratio * d)
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, d))
+        self.ada = nn.Linear(d, 6 * d) if cfg.noise_cond else None
+        if self.ada is not None:  # why: adaLN-Zero starts each block as the identity [DIT]
+            nn.init.zeros_(self.ada.weight)
+            nn.init.zeros_(self.ada.bias)
+
+    def attend(self, h: Tensor, pos: Tensor, mask, cache, i: int, commit: bool) -> Tensor:
+        B, L, D = h.shape
+        q, k, v = self.qkv(h).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        q, k = rope(q, pos), rope(k, pos)
+        if cache is not None:
+            k, v = cache.extend(i, k, v)
+            if commit:
+                cache.commit(i, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+
+    def forward(self, x, emb, pos, mask, cache, i, commit):
+        if self.ada is None:
+            x = x + self.attend(self.norm1(x), pos, mask, cache, i, commit)
+            return x + self.mlp(self.norm2(x))
+        sh1, sc1, g1, sh2, sc2, g2 = self.ada(emb).chunk(6, dim=-1)  # (B, L or 1, D) each
+        x = x + g1 * self.attend(self.norm1(x) * (1 + sc1) + sh1, pos, mask, cache, i, commit)
+        return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
+
+
+class Transformer(nn.Module):
+    """forward(x (B, L) ids, noise_cond (B,) or (B, L) or None, pos, mask, cache, commit) -> (B, L, V).
+
+    `pos` (L,) are RoPE positions (default: after the cache); `mask` (L, T_cache + L) booleans, None for
+    full attention; with `cache`, new queries see cached keys, and `commit=True` stores the new keys.
+    """
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.emb = NoiseEmbedding(cfg.dim) if cfg.noise_cond else None
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        nn.init.normal_(self.tok.weight, std=0.02)
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.depth)
+
+    def forward(self, x: Tensor, noise_cond: Tensor | None = None, pos: Tensor | None = None,
+                mask: Tensor | None = None, cache: KVCache | None = None, commit: bool = False) -> Tensor:
+        B, L = x.shape
+        if pos is None:
+            start = 0 if cache is None else cache.length
+            pos = torch.arange(start, start + L, device=x.device)
+        h = self.tok(x)
+        emb = None
+        if self.emb is not None:
+            nc = torch.zeros(B, device=x.device) if noise_cond is None else noise_cond
+            if nc.ndim == 1:  # one level per sequence, broadcast over positions
+                emb = F.silu(self.emb(nc))[:, None]
+            else:  # one level per token (block diffusion)
+                emb = F.silu(self.emb(nc.reshape(-1))).view(B, L, -1)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, emb, pos, mask, cache, i, commit)
+        return self.head(self.norm(h)).float()

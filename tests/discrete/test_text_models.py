@@ -1,0 +1,81 @@
+"""The transformer's attention modes and key/value cache against the losses that use them: block
+diffusion at both ends of its range (L' = 1 is AR, L' = L is MDLM) and cached = uncached decoding."""
+
+import pytest
+import torch
+
+from diffspace.discrete.masked import ar_inputs, bd3_loss, mdlm_loss, subs
+from diffspace.discrete.sampling import sample_ar, sample_bd3
+from diffspace.discrete.schedules import make_schedule
+from diffspace.nets.transformer import Transformer, TransformerConfig, causal_mask
+
+V, MASK, L = 11, 10, 16
+
+
+def _net(noise_cond=False, seed=0):
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(vocab_size=V, max_len=64, dim=32, depth=2, heads=4, noise_cond=noise_cond)
+    net = Transformer(cfg)
+    if noise_cond:  # why: adaLN-Zero starts at the identity; perturb it so the conditioning matters
+        for blk in net.blocks:
+            torch.nn.init.normal_(blk.ada.weight, std=0.05)
+    return net.eval()
+
+
+def _x0(n=3, seed=1):
+    return torch.randint(MASK, (n, L), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def test_block_diffusion_with_block_1_is_the_autoregressive_nll():
+    net, x0 = _net(), _x0()
+    # t = 1 under the linear schedule: every token masked, NELBO weight -alpha'/(1 - alpha) = 1
+    loss = bd3_loss(net, x0, make_schedule("linear"), MASK, 1, torch.Generator().manual_seed(0), t_min=1.0)
+    # the same model read as an AR model: token l is predicted from a mask at l after the cached x_<l
+    cache, nll, masks = net.new_cache(), torch.zeros(len(x0)), torch.full((len(x0), 1), MASK)
+    for i in range(L):
+        pos = torch.tensor([i])
+        logp = subs(net(masks, pos=pos, cache=cache), masks, MASK)
+        nll -= logp[:, 0].gather(-1, x0[:, i:i + 1])[:, 0]
+        net(x0[:, i:i + 1], pos=pos, cache=cache, commit=True)
+    torch.testing.assert_close(loss, nll / L, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_block_diffusion_with_one_block_is_mdlm():
+    net, x0, sch = _net(), _x0(), make_schedule("cosine")
+    a = bd3_loss(net, x0, sch, MASK, L, torch.Generator().manual_seed(3))
+    b = mdlm_loss(net, x0, sch, MASK, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@torch.no_grad()
+def test_ar_predictions_depend_only_on_the_past():
+    net, x0 = _net(), _x0()
+    y = x0.clone()
+    y[:, 5] = (y[:, 5] + 1) % MASK
+    la, lb = (net(ar_inputs(z, MASK), mask=causal_mask(L)) for z in (x0, y))
+    assert torch.equal(la[:, :6], lb[:, :6]) and (la[:, 6:] - lb[:, 6:]).abs().amax() > 1e-4
+
+
+@torch.no_grad()
+def test_ar_kv_cache_gives_the_same_tokens():
+    net = _net()
+    prompt = _x0(4)[:, :3]
+    a = sample_ar(net, prompt, 24, MASK, torch.Generator().manual_seed(9), kv_cache=True)
+    b = sample_ar(net, prompt, 24, MASK, torch.Generator().manual_seed(9), kv_cache=False)
+    assert torch.equal(a.tokens, b.tokens) and a.tokens.shape == (4, 24)
+    assert torch.equal(a.tokens[:, :3], prompt)
+
+
+@pytest.mark.parametrize("noise_cond", [False, True])
+@torch.no_grad()
+def test_block_diffusion_kv_cache_gives_the_same_tokens(noise_cond):
+    net, sch = _net(noise_cond), make_schedule("loglinear")
+    x = torch.full((4, 24), MASK)
+    x[:, :6] = _x0(4)[:, :6]  # a prompt that ends inside the second block
+    kw = dict(block=4, steps=5, schedule=sch, mask_id=MASK, time_cond=noise_cond)
+    a = sample_bd3(net, x, g=torch.Generator().manual_seed(2), kv_cache=True, **kw)
+    b = sample_bd3(net, x, g=torch.Generator().manual_seed(2), kv_cache=False, **kw)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.equal(a.tokens[:, :6], x[:, :6]) and (a.tokens != MASK).all()
