@@ -13,6 +13,7 @@ from diffspace.eval.metrics import mmd_rbf, sliced_w2
 from diffspace.eval.plots import loss_curve, scatter_2d
 from diffspace.samplers.grids import GRIDS
 from diffspace.samplers.ode import sample_euler, sample_heun
+from diffspace.train.distributed import gather_shares, my_share
 from diffspace.types import UserError
 
 __all__ = ["ContinuousConfig", "setup_for_cli", "module_for_cli", "sample_cmd", "eval_cmd", "after_train"]
@@ -34,8 +35,11 @@ def after_train(run_dir: Path) -> None:
 
 
 def generate(run: Run, n: int, sampler: str, steps: int, grid: str, seed: int = 0,
-             chunk: int = 2500, device: torch.device | str = "cpu") -> torch.Tensor:
-    """n samples from a run; sample i depends only on (seed, i // chunk), not on batch layout."""
+             chunk: int = 2500, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    """n samples from a run; sample i depends only on (seed, i // chunk), not on batch layout.
+
+    Under torchrun the chunks are dealt to the ranks and gathered: rank 0 gets all n samples (the
+    same as one process), the other ranks get None."""
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     if grid not in GRIDS:
@@ -50,8 +54,9 @@ def generate(run: Run, n: int, sampler: str, steps: int, grid: str, seed: int = 
     shape = tuple(run.meta["data_shape"])
     parts = [sample_chunk(denoiser, shape, hi - lo, sigmas, lambda d, x, s, generator: fn(d, x, s), s_,
                           torch.device(device))
-             for lo, hi, s_ in chunk_seeds(n, seed, chunk)]
-    return torch.cat(parts)
+             for lo, hi, s_ in my_share(chunk_seeds(n, seed, chunk))]
+    parts = gather_shares(parts)
+    return None if parts is None else torch.cat(parts)
 
 
 def _write_samples(x: torch.Tensor, out: Path) -> None:
@@ -68,6 +73,8 @@ def _write_samples(x: torch.Tensor, out: Path) -> None:
 
 def sample_cmd(run: Run, args) -> None:
     x = generate(run, args.n, args.sampler, args.steps, args.grid, args.seed, device=args.device_obj)
+    if x is None:  # not rank 0
+        return
     out = Path(args.out) if args.out else run.dir / "samples.npz"
     _write_samples(x, out)
     if x.ndim == 2 and x.shape[1] >= 2:
@@ -83,6 +90,8 @@ def eval_cmd(run: Run, args) -> dict:
     x_test, x_train = data["x_test"][:n], data["x_train"]
     x = generate(run, n, args.sampler or cfg.sample.sampler, args.steps or cfg.sample.steps,
                  args.grid or cfg.sample.grid, args.seed, device=args.device_obj)
+    if x is None:  # not rank 0: metrics are computed once, there
+        return {}
     if not torch.isfinite(x).all():
         raise UserError("the model produced non-finite samples")
     base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]

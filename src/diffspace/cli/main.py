@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained run",
                        description="Draw samples from a run directory or checkpoint file.")
     s.add_argument("run", help="run directory or checkpoint (.safetensors)")
-    s.add_argument("--n", type=int, default=10_000, help="number of samples")
+    # why --num-samples: torchrun's own parser rejects "--n" as an ambiguous prefix of its options
+    s.add_argument("--n", "--num-samples", dest="n", type=int, default=10_000, help="number of samples")
     s.add_argument("--out", default="", help="output .npz/.npy/.csv (default: RUN/samples.npz)")
     _add_sampling(s, True)
     _add_device(s)
@@ -67,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample from a run and compare with held-out data; writes "
                                    "RUN/metrics.json and pictures, prints a summary.")
     e.add_argument("run", help="run directory or checkpoint (.safetensors)")
-    e.add_argument("--n", type=int, default=0, help="number of samples (0: the run's [eval] n)")
+    e.add_argument("--n", "--num-samples", dest="n", type=int, default=0,
+                   help="number of samples (0: the run's [eval] n)")
     e.add_argument("--json", default="", help="also write the metrics to this file")
     _add_sampling(e, False)
     _add_device(e)
@@ -84,6 +86,7 @@ def cmd_train(args) -> None:
     from diffspace.cli.config import build, load_toml, to_dict, to_toml
     from diffspace.cli.runs import checkpoint_of
     from diffspace.cli.tasks import task_of
+    from diffspace.train.distributed import init_distributed, peer_guard
     from diffspace.train.loop import train
     from diffspace.utils import resolve_device
 
@@ -111,47 +114,65 @@ def cmd_train(args) -> None:
     if args.accumulate < 1:
         raise UserError(f"--accumulate must be >= 1, got {args.accumulate}")
     run_dir = Path(cfg.run.dir)
-    ckpt = run_dir / "checkpoints" / "last.safetensors"
-    if args.resume and not ckpt.is_file():
-        raise UserError(f"--resume: no checkpoint in {run_dir}")
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
-        if not args.overwrite:
-            raise UserError(f"run directory {run_dir} is not empty; use --resume to continue it or "
-                            "--overwrite to replace it")
-        shutil.rmtree(run_dir)
-    device = resolve_device(args.device if args.device != "auto" else cfg.run.device)
+    device = init_distributed(resolve_device(args.device if args.device != "auto" else cfg.run.device))
+    _prepare_run_dir(run_dir, args, to_toml(record))
     torch.manual_seed(cfg.run.seed)
     setup, extra = task.build_setup(cfg, device)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(to_toml(record) + "\n")
-    tr = train(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=args.resume,
-               accumulate=args.accumulate, progress=not args.no_progress, extra=extra)
+    with peer_guard(f"the last checkpoint in {run_dir / 'checkpoints'} is intact; continue with "
+                    f"`diffspace train {run_dir} --resume` (under torchrun or not)"):
+        tr = train(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=args.resume,
+                   accumulate=args.accumulate, progress=not args.no_progress, extra=extra)
     if tr.rank == 0:
         if task.after_train:
             task.after_train(run_dir)
         print(f"trained {tr.step} steps in {tr.elapsed:.0f} s; run directory: {run_dir}")
 
 
+def _prepare_run_dir(run_dir: Path, args, config_toml: str) -> None:
+    """Check the run directory on every rank, then let rank 0 alone clear it and write the config."""
+    from diffspace.train.distributed import barrier, is_main
+
+    if args.resume and not (run_dir / "checkpoints" / "last.safetensors").is_file():
+        raise UserError(f"--resume: no checkpoint in {run_dir}")
+    occupied = not args.resume and run_dir.exists() and any(run_dir.iterdir())
+    if occupied and not args.overwrite:
+        raise UserError(f"run directory {run_dir} is not empty; use --resume to continue it or "
+                        "--overwrite to replace it")
+    barrier()  # why: every rank looks before rank 0 changes anything, or they would see its config
+    if is_main():
+        if occupied:
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.toml").write_text(config_toml + "\n")
+
+
 def _load(args):
     from diffspace.cli.runs import load_run
+    from diffspace.train.distributed import init_distributed
     from diffspace.utils import resolve_device
 
-    args.device_obj = resolve_device(args.device)
+    args.device_obj = init_distributed(resolve_device(args.device))
     return load_run(args.run, args.device_obj)
 
 
 def cmd_sample(args) -> None:
     from diffspace.cli.tasks import task_of
+    from diffspace.train.distributed import peer_guard
 
     run = _load(args)
-    task_of(run.meta["config"], args.run).sample(run, args)
+    with peer_guard("nothing was written"):
+        task_of(run.meta["config"], args.run).sample(run, args)
 
 
 def cmd_eval(args) -> None:
     from diffspace.cli.tasks import task_of
+    from diffspace.train.distributed import is_main, peer_guard
 
     run = _load(args)
-    metrics = task_of(run.meta["config"], args.run).evaluate(run, args)
+    with peer_guard("no metrics were written"):
+        metrics = task_of(run.meta["config"], args.run).evaluate(run, args)
+    if not is_main():  # the other ranks only helped sample
+        return
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
@@ -187,6 +208,7 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from diffspace.train.distributed import shutdown
     from diffspace.train.loop import TrainingError
 
     try:
@@ -195,11 +217,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffspace: error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
-        print(f"diffspace: training stopped: {e}", file=sys.stderr)
+        print(f"diffspace: {args.command} stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("diffspace: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
+    finally:
+        shutdown()
     return 0
 
 

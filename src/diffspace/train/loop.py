@@ -202,6 +202,10 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
         run_steps += 1
         tr.elapsed = start_elapsed + time.perf_counter() - t0
         out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
+        if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
+            from diffspace.train.distributed import stop_together
+
+            out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
         stop = out_of_time or (stop_after is not None and run_steps >= stop_after)
         if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
             now = time.perf_counter()
