@@ -1,8 +1,13 @@
-"""Deterministic samplers on the probability-flow ODE in sigma space ([EDM] Eq. 4 with s = 1):
+"""One-step (Runge-Kutta) solvers of the probability-flow ODE in sigma space ([EDM] Eq. 4, s = 1):
 
-    dx/dsigma = (x - D(x, sigma)) / sigma.
+    dx/dsigma = (x - D(x, sigma)) / sigma,
 
-Pure `*_step` functions plus thin loops; history, if any, is explicit. Grids come from `grids.py`.
+the same Runge-Kutta steps for a VelocityField u(x_t, t) in t, and the adaptive reference solution.
+References: [EDM] arXiv 2206.00364v2, [FM] 2210.02747v2.
+
+Pure `*_step` functions plus thin loops. Grid values are read once as Python floats (float64), so
+step coefficients are exact float64 scalars whatever the dtype of x. Every loop calls
+`callback(step, sigma, x_next, x0_hat)` after each step (x0_hat is None for velocity fields).
 """
 
 from collections.abc import Callable
@@ -10,50 +15,119 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from diffspace.types import Denoiser
+from diffspace.types import Denoiser, VelocityField
 
-Callback = Callable[[int, Tensor, Tensor, Tensor], None]  # (step, sigma, x, x0_hat)
-
-
-def _sig(sigma: Tensor, x: Tensor) -> Tensor:
-    """A grid value as a (B,) noise level in x's dtype."""
-    return sigma.to(x).expand(x.shape[0])
+Callback = Callable[[int, float, Tensor, Tensor | None], None]  # (step, sigma, x, x0_hat)
 
 
-def euler_step(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, **cond):
+def sigma_batch(sigma: float, x: Tensor) -> Tensor:
+    """A grid value as a (B,) noise level in x's dtype and device."""
+    return x.new_full((x.shape[0],), sigma)
+
+
+def _slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
+    return (x - denoiser(x, sigma_batch(sigma, x), **cond)) / sigma
+
+
+def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """One Euler step of the PF-ODE; returns (x_next, x0_hat). [EDM] Alg. 1 lines 4-5."""
-    x0 = denoiser(x, _sig(sigma, x), **cond)
-    d = (x - x0) / sigma
-    return x + (sigma_next - sigma) * d, x0
+    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
+    return x + (sigma_next - sigma) * ((x - x0) / sigma), x0
 
 
-def heun_step(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor, **cond):
+def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """[EDM] Alg. 1: Euler step, then the 2nd-order correction unless sigma_next = 0 (1 NFE there)."""
-    x0 = denoiser(x, _sig(sigma, x), **cond)
+    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
     d = (x - x0) / sigma
     x_next = x + (sigma_next - sigma) * d  # Euler step
     if sigma_next > 0:  # Apply 2nd order correction
-        d_next = (x_next - denoiser(x_next, _sig(sigma_next, x), **cond)) / sigma_next
-        x_next = x + (sigma_next - sigma) * 0.5 * (d + d_next)
+        x_next = x + (sigma_next - sigma) * 0.5 * (d + _slope(denoiser, x_next, sigma_next, cond))
     return x_next, x0
 
 
-def _loop(step, denoiser, x, sigmas, callback, cond):
-    for i in range(len(sigmas) - 1):
-        x, x0 = step(denoiser, x, sigmas[i], sigmas[i + 1], **cond)
+def midpoint_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
+    """Explicit midpoint rule for dx/ds = f(x, s) given k1 = f(x, s)."""
+    h = s_next - s
+    return x + h * f(x + 0.5 * h * k1, s + 0.5 * h)
+
+
+def rk4_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
+    """Classical 4th-order Runge-Kutta for dx/ds = f(x, s) given k1 = f(x, s)."""
+    h = s_next - s
+    k2 = f(x + 0.5 * h * k1, s + 0.5 * h)
+    k3 = f(x + 0.5 * h * k2, s + 0.5 * h)
+    k4 = f(x + h * k3, s_next)
+    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+def midpoint_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
+    """Midpoint rule in sigma: 2 NFE per step (the midpoint sigma / 2 of a last step is still > 0)."""
+    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
+    f = lambda y, s: _slope(denoiser, y, s, cond)
+    return midpoint_from(f, x, sigma, sigma_next, (x - x0) / sigma), x0
+
+
+def rk4_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
+    """RK4 in sigma: 4 NFE per step; a last step to sigma = 0 (where the slope is undefined) is Euler."""
+    if sigma_next == 0:
+        return euler_step(denoiser, x, sigma, sigma_next, **cond)
+    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
+    f = lambda y, s: _slope(denoiser, y, s, cond)
+    return rk4_from(f, x, sigma, sigma_next, (x - x0) / sigma), x0
+
+
+def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, cond: dict) -> Tensor:
+    """The thin loop shared by one-step samplers: step(denoiser, x, sigma, sigma_next, **cond)."""
+    grid = sigmas.tolist()
+    for i in range(len(grid) - 1):
+        x, x0 = step(denoiser, x, grid[i], grid[i + 1], **cond)
         if callback is not None:
-            callback(i, sigmas[i], x, x0)
+            callback(i, grid[i], x, x0)
     return x
 
 
-def sample_euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None = None, **cond):
+def sample_euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
+                 callback: Callback | None = None, **cond) -> Tensor:
     """x: noise already scaled by sigmas[0]. One NFE per step."""
-    return _loop(euler_step, denoiser, x, sigmas, callback, cond)
+    return run_steps(euler_step, denoiser, x, sigmas, callback, cond)
 
 
-def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None = None, **cond):
+def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
+                callback: Callback | None = None, **cond) -> Tensor:
     """Two NFE per step, one on a final step to sigma = 0."""
-    return _loop(heun_step, denoiser, x, sigmas, callback, cond)
+    return run_steps(heun_step, denoiser, x, sigmas, callback, cond)
+
+
+def sample_midpoint(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
+                    callback: Callback | None = None, **cond) -> Tensor:
+    return run_steps(midpoint_step, denoiser, x, sigmas, callback, cond)
+
+
+def sample_rk4(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
+               callback: Callback | None = None, **cond) -> Tensor:
+    return run_steps(rk4_step, denoiser, x, sigmas, callback, cond)
+
+
+def _velocity_loop(rule, velocity: VelocityField, x_t: Tensor, ts: Tensor, callback, cond) -> Tensor:
+    f = lambda y, t: velocity(y, y.new_full((y.shape[0],), t), **cond)
+    grid = ts.tolist()
+    for i in range(len(grid) - 1):
+        x_t = rule(f, x_t, grid[i], grid[i + 1], f(x_t, grid[i]))
+        if callback is not None:
+            callback(i, grid[i], x_t, None)
+    return x_t
+
+
+def sample_velocity_midpoint(velocity: VelocityField, x_t: Tensor, ts: Tensor, *,
+                             callback: Callback | None = None, **cond) -> Tensor:
+    """Integrate dx_t/dt = u(x_t, t) along the time grid ts (e.g. 1 -> 0) with the midpoint rule."""
+    return _velocity_loop(midpoint_from, velocity, x_t, ts, callback, cond)
+
+
+def sample_velocity_rk4(velocity: VelocityField, x_t: Tensor, ts: Tensor, *,
+                        callback: Callback | None = None, **cond) -> Tensor:
+    """Integrate dx_t/dt = u(x_t, t) along the time grid ts with classical RK4 (4 NFE per step)."""
+    return _velocity_loop(rk4_from, velocity, x_t, ts, callback, cond)
 
 
 def sample_adaptive(denoiser: Denoiser, x: Tensor, sigma_max: float, sigma_min: float,
@@ -74,6 +148,18 @@ def sample_adaptive(denoiser: Denoiser, x: Tensor, sigma_max: float, sigma_min: 
     if denoise_last:
         y = denoiser(y, torch.full((y.shape[0],), sigma_min, dtype=y.dtype, device=y.device), **cond)
     return y
+
+
+def sample_rk45(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
+                generator=None, callback: Callback | None = None, **cond) -> Tensor:
+    """Adaptive Dormand-Prince from sigmas[0] to the last nonzero sigma (only the ends of the grid are
+    used); if the grid ends in 0 the result is denoised there. NFE set by rtol/atol."""
+    nonzero = sigmas[sigmas > 0]
+    x = sample_adaptive(denoiser, x, float(nonzero[0]), float(nonzero[-1]), rtol, atol,
+                        denoise_last=bool(sigmas[-1] == 0), **cond)
+    if callback is not None:
+        callback(0, float(nonzero[0]), x, None)
+    return x
 
 
 class CountingDenoiser:

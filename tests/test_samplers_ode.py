@@ -1,0 +1,118 @@
+"""Deterministic samplers against the exact Gaussian-mixture denoiser: measured convergence orders,
+the DDIM = Euler = DPM-Solver++(1) identity, honest NFE counts, velocity-field RK solvers."""
+
+import numpy as np
+import pytest
+import torch
+from torchdiffeq import odeint
+
+from diffspace.data.gmm import eight_gaussians_mixture
+from diffspace.param import VelocityFromDenoiser
+from diffspace.paths import LinearFlow
+from diffspace.samplers.grids import karras_sigmas, logsnr_sigmas
+from diffspace.samplers.multistep import History, dpmpp_2m_step, push
+from diffspace.samplers.ode import (
+    CountingDenoiser,
+    euler_step,
+    sample_adaptive,
+    sample_velocity_midpoint,
+    sample_velocity_rk4,
+)
+from diffspace.samplers.registry import SAMPLERS, describe_samplers
+from diffspace.samplers.sde import ddim_step
+
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
+# why std 0.5: with the issue's 8 gaussians of std 0.1 the solution has sharp features and the
+# asymptotic regime starts beyond 256 steps (Heun 1.84-1.98, DPM++3M 2.5-2.9 at n = 32..256); at std
+# 0.5 every method is asymptotic from n = 32 (measured at n = 64..256: Euler 1.01, Heun 2.05, 2M 2.05,
+# 3M 3.1, UniPC 3.07, DEIS 2.9, RK4 4.05 on Karras grids), so the fitted order tests the method, not the data.
+GMM = eight_gaussians_mixture(radius=2.0, std=0.5)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * SIGMA_MAX
+    ref = sample_adaptive(GMM.denoiser, x, SIGMA_MAX, SIGMA_MIN, rtol=1e-10, atol=1e-10, denoise_last=False)
+    return x, ref
+
+
+def measured_order(fn, x, ref, grid, ns, **opts) -> float:
+    """Least-squares slope of -log(RMSE) against log(n) on grids that stop at SIGMA_MIN (no final 0)."""
+    outs = [fn(GMM.denoiser, x, grid(n, SIGMA_MIN, SIGMA_MAX)[:-1], **opts) for n in ns]
+    errs = [float((y - ref).pow(2).mean().sqrt()) for y in outs]
+    return -np.polyfit(np.log(ns), np.log(errs), 1)[0]
+
+
+# (name, declared order, step counts where the order is asymptotic; DEIS's extrapolation in sigma
+# needs finer steps before its third order shows)
+ORDERS = [("euler", 1, (32, 64, 128)), ("heun", 2, (32, 64, 128)), ("midpoint", 2, (32, 64, 128)),
+          ("rk4", 4, (16, 32, 64)), ("dpmpp_2m", 2, (32, 64, 128)), ("dpmpp_3m", 3, (32, 64, 128)),
+          ("unipc", 3, (32, 64, 128)), ("deis", 3, (128, 256, 512))]
+
+
+@pytest.mark.parametrize("name,declared,ns", ORDERS)
+def test_measured_order_at_least_declared(problem, name, declared, ns):
+    spec = SAMPLERS[name]
+    assert spec.order == declared
+    for grid in (karras_sigmas, logsnr_sigmas):
+        order = measured_order(spec.fn, *problem, grid, ns)
+        assert order >= declared - 0.15, (name, grid.__name__, order)
+
+
+def test_ddim_equals_euler_equals_dpmpp1_step_for_step():
+    x = GMM.sample(256, torch.Generator().manual_seed(0)) + 3.0 * torch.randn(256, 2, dtype=torch.float64)
+    sigmas = karras_sigmas(12, SIGMA_MIN, SIGMA_MAX).tolist()
+    xe = xd = xp = x
+    for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        xe = euler_step(GMM.denoiser, xe, s, s_next)[0]
+        xd = ddim_step(GMM.denoiser, xd, s, s_next, eta=0.0)[0]
+        # DPM-Solver++ first order: a history of one point
+        x0 = GMM.denoiser(xp, torch.full((256,), s, dtype=torch.float64))
+        xp = dpmpp_2m_step(xp, s_next, push(History(), s, x0, 2))
+        scale = xe.abs().max()
+        assert (xe - xd).abs().max() <= 1e-10 * scale
+        assert (xe - xp).abs().max() <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("name", [n for n in SAMPLERS if SAMPLERS[n].nfe is not None])
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_nfe_rule_counts_network_calls(name, n):
+    spec, counter = SAMPLERS[name], CountingDenoiser(GMM.denoiser)
+    x = torch.randn(8, 2, dtype=torch.float64) * SIGMA_MAX
+    g = torch.Generator().manual_seed(0)
+    out = spec.fn(counter, x, karras_sigmas(n, SIGMA_MIN, SIGMA_MAX), generator=g)
+    assert counter.nfe == spec.nfe(n)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def test_callback_sees_every_step_with_x0_hat():
+    seen = []
+    x = torch.randn(4, 2, dtype=torch.float64) * SIGMA_MAX
+    sigmas = logsnr_sigmas(5, SIGMA_MIN, SIGMA_MAX)
+    SAMPLERS["unipc"].fn(GMM.denoiser, x, sigmas, callback=lambda i, s, y, x0: seen.append((i, s, x0.shape)))
+    assert [(i, s) for i, s, _ in seen] == list(enumerate(sigmas[:-1].tolist()))
+    assert all(shape == x.shape for *_, shape in seen)
+
+
+def test_velocity_midpoint_and_rk4_orders():
+    """The same RK rules on a VelocityField: the linear-flow velocity of the mixture, t from 1 to 0.05
+    (t = 0 is x0 itself; stopping before keeps the field smooth), against the adaptive reference."""
+    path = LinearFlow()
+    u = VelocityFromDenoiser(GMM.denoiser, path)
+    x1 = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t_end = 0.05
+    span = torch.tensor([path.t_max, t_end], dtype=torch.float64)
+    ref = odeint(lambda t, y: u(y, t.expand(len(y))), x1, span, rtol=1e-10, atol=1e-10)[-1]
+    for fn, order, ns in ((sample_velocity_midpoint, 2, (32, 64, 128)),
+                          (sample_velocity_rk4, 4, (16, 32, 64))):
+        errs = [float((fn(u, x1, torch.linspace(path.t_max, t_end, n + 1, dtype=torch.float64)) - ref)
+                      .pow(2).mean().sqrt()) for n in ns]
+        assert -np.polyfit(np.log(ns), np.log(errs), 1)[0] >= order - 0.15, (fn.__name__, errs)
+
+
+def test_describe_samplers_lists_every_sampler():
+    text = describe_samplers()
+    for name, spec in SAMPLERS.items():
+        line = next(row for row in text.splitlines() if row.split()[0] == name)
+        assert str(spec.order) in line
+    assert "2n-1" in next(r for r in text.splitlines() if r.startswith("heun"))
