@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 
 from diffspace.train.checkpoint import load_checkpoint
+from diffspace.train.distributed import gather_shares, init_distributed, my_share, peer_guard
+from diffspace.train.loop import TrainingError
 from distributed_helpers import CONFIG, TINY, in_process, sets, torchrun
 
 STEPS = 12  # checkpoints (kept) every 4 steps: the runs are compared at steps 4, 8 and 12
@@ -75,3 +78,25 @@ def test_two_ranks_sample_exactly_like_one(runs, tmp_path):
     one, two = np.load(tmp_path / "one.npz")["samples"], np.load(tmp_path / "two.npz")["samples"]
     assert one.shape == (6000, 2) and np.isfinite(one).all()
     assert np.array_equal(one, two), f"max difference {np.abs(one - two).max():.3e}"
+
+
+def test_peer_guard_names_a_lost_peer_and_lets_other_errors_through():
+    with pytest.raises(TrainingError, match=r"lost contact with another rank \(Read error: Connection reset "
+                                            r"by peer\); resume from here$"):
+        with peer_guard("resume from here"):
+            raise dist.DistBackendError("[pair.cc:537] Read error: Connection reset by peer. This is ...")
+    with pytest.raises(RuntimeError, match="mat1 and mat2") as caught:  # a bug stays a traceback
+        with peer_guard("resume from here"):
+            raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    assert not isinstance(caught.value, TrainingError)
+    with pytest.raises(TrainingError, match="^loss became nan"):  # the trainer's own errors pass unchanged
+        with peer_guard("resume from here"):
+            raise TrainingError("loss became nan at step 3")
+
+
+def test_one_process_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed(torch.device("cpu")) == torch.device("cpu")
+    assert not dist.is_initialized()
+    items = list(range(7))
+    assert gather_shares([i * i for i in my_share(items)]) == [i * i for i in items]
