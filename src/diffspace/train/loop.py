@@ -189,6 +189,8 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
 
     tr = Trainer(setup, cfg, run_dir, record, seed, accumulate, extra)
     log = tr.run_dir / "log.jsonl"
+    if tr.rank == 0:
+        tr.run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         tr.restore(tr.ckpt_path)
         if tr.rank == 0:

@@ -1,0 +1,104 @@
+"""The command line as a user meets it: help, dry runs, and every bad input -> one line, exit 2."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--set", "model.mlp.hidden=16", "--set", "model.mlp.depth=1", "--set", "train.steps=4",
+        "--set", "train.batch_size=32", "--set", "data.n_train=500", "--set", "data.n_test=100",
+        "--set", "eval.n=100", "--no-progress"]
+
+
+def cli(*args, cwd=None):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "diffspace", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
+
+
+def assert_one_line_error(res, *words):
+    assert res.returncode == 2, res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("diffspace: error:"), res.stderr
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli") / "run"
+    res = cli("train", ROOT / "configs/demo.toml", "--set", f"run.dir={d}", *TINY)
+    assert res.returncode == 0, res.stderr
+    return d
+
+
+def test_help_describes_every_option_with_default():
+    for sub in ["", "train", "sample", "eval", "info"]:
+        res = cli(*([sub] if sub else []), "--help")
+        assert res.returncode == 0
+        assert "usage: diffspace" in res.stdout
+    out = " ".join(cli("sample", "--help").stdout.split())
+    for opt in ["--n", "--out", "--sampler", "--steps", "--grid", "--seed", "--device"]:
+        assert opt in out
+    assert "(default: heun)" in out and "(default: 10000)" in out
+
+
+def test_dry_run_prints_resolved_config():
+    res = cli("train", ROOT / "configs/demo.toml", "--dry-run", "--set", "train.steps=7")
+    assert res.returncode == 0 and "steps = 7" in res.stdout and 'path = "edm"' in res.stdout
+
+
+def test_train_writes_run_and_sample_eval_info_work(run, tmp_path):
+    for name in ["config.toml", "log.jsonl", "loss.png", "checkpoints/last.safetensors"]:
+        assert (run / name).is_file(), name
+    out = tmp_path / "s.npz"
+    res = cli("sample", run, "--n", 50, "--steps", 3, "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert out.is_file() and out.with_suffix(".png").is_file()
+    res = cli("eval", run, "--n", 100, "--steps", 3, "--json", tmp_path / "m.json")
+    assert res.returncode == 0, res.stderr
+    assert "sw2_data_baseline" in (tmp_path / "m.json").read_text()
+    res = cli("info", run)
+    assert res.returncode == 0 and "step        4 of 4" in res.stdout
+
+
+@pytest.mark.parametrize("text,words", [
+    ("[train\nsteps = 3\n", ["malformed TOML"]),
+    ("[train]\nstepz = 3\n", ["unknown key", "train.stepz"]),
+    ('[model]\npath = "vpp"\n', ["model.path", "vpp"]),
+    ("[train]\nsteps = -3\n", ["train.steps", "positive"]),
+    ('[train]\nlr = "fast"\n', ["train.lr", "float"]),
+    ('[data]\nname = "file"\nfile = "/nonexistent/x.npy"\n', ["not found", "/nonexistent/x.npy"]),
+])
+def test_bad_config_is_one_line_exit_2(tmp_path, text, words):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(text)
+    res = cli("train", cfg, "--set", f"run.dir={tmp_path / 'r'}", *TINY[:-1])
+    assert_one_line_error(res, str(cfg) if "not found" not in words else "", *words)
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_bad_sampling_arguments(run):
+    assert_one_line_error(cli("sample", run, "--steps", -2), "--steps")
+    assert_one_line_error(cli("sample", run, "--sampler", "nope"), "nope")
+    assert_one_line_error(cli("sample", ROOT / "no-such-run"), "no checkpoint")
+
+
+def test_existing_run_is_not_overwritten(run):
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    res = cli("train", ROOT / "configs/demo.toml", "--set", f"run.dir={run}", *TINY)
+    assert_one_line_error(res, "not empty", "--resume")
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+
+
+def test_checkpoint_of_another_model_and_corrupt_checkpoint(run, tmp_path):
+    res = cli("train", ROOT / "configs/demo.toml", "--resume", "--set", f"run.dir={run}",
+              *TINY[:-1], "--set", "model.mlp.hidden=24", "--set", "train.steps=8")
+    assert_one_line_error(res, "does not fit this model")
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00garbage" * 10)
+    assert_one_line_error(cli("sample", bad), "not a readable diffspace checkpoint")
+    assert_one_line_error(cli("info", bad), "not a readable diffspace checkpoint")
