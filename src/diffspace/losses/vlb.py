@@ -81,9 +81,14 @@ def vlb_term(denoiser, x0: Tensor, path: DDPMDiscrete, n: Tensor, *, variance: s
     cn = (1 - beta).sqrt() * (1 - abar_prev) / (1 - abar)
     var_q = (1 - abar_prev) / (1 - abar) * beta
     var_p = var_q if variance == "small" else beta
-    kl = _sum_dims(_gaussian_kl(c0 * x0 + cn * x_n, var_q.clamp(min=1e-30), c0 * x0_hat + cn * x_n, var_p))
-    nll0 = -_sum_dims(discretized_gaussian_log_prob(x0, x0_hat, beta.sqrt(), levels))  # [DDPM] Eq. 13
-    return torch.where(n > 0, kl, nll0)
+    out = torch.zeros(x0.shape[0], dtype=x0.dtype, device=x0.device)
+    dec, k = n == 0, n > 0  # why: index each term's examples so no work is spent on the other term
+    if dec.any():  # L_0, [DDPM] Eq. 13
+        out[dec] = -_sum_dims(discretized_gaussian_log_prob(x0[dec], x0_hat[dec], beta[dec].sqrt(), levels))
+    if k.any():
+        mean_q, mean_p = c0[k] * x0[k] + cn[k] * x_n[k], c0[k] * x0_hat[k] + cn[k] * x_n[k]
+        out[k] = _sum_dims(_gaussian_kl(mean_q, var_q[k], mean_p, var_p[k]))
+    return out
 
 
 def _check(x0: Tensor, path, variance: str, levels: int):

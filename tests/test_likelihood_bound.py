@@ -1,0 +1,162 @@
+"""The DDPM variational bound, bits/dim and dequantization against quantities known exactly."""
+
+import math
+
+import pytest
+import torch
+
+from diffspace.data.gmm import GaussianMixture
+from diffspace.eval.bits import bits_per_dim, dequantization_offset, dequantize, nll_report
+from diffspace.losses.vlb import ddpm_bound, discretized_gaussian_log_prob
+from diffspace.param import NetDenoiser
+from diffspace.paths import DDPMDiscrete
+from diffspace.types import UserError
+
+LEVELS, STD, DIM = 256, 0.3, 2
+DELTA = 2 / (LEVELS - 1)  # bin width of the 256-level grid on [-1, 1]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # why: these tensors are tiny; a second thread only adds synchronisation, which on a busy
+    # 2-core machine made this file several times slower
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def quantized_gaussian(n: int, seed: int = 0):
+    """N(0, STD^2 I) data rounded to the 256-level grid, and each example's exact -log P(bins)."""
+    gm = GaussianMixture(torch.zeros(1, DIM), torch.tensor(STD))
+    k = ((gm.sample(n, torch.Generator().manual_seed(seed)) + 1) / DELTA).round().clamp(0, LEVELS - 1)
+    x0 = k * DELTA - 1
+    cdf = torch.distributions.Normal(0.0, STD).cdf
+    lo = torch.where(k == 0, -math.inf, x0 - DELTA / 2)
+    hi = torch.where(k == LEVELS - 1, math.inf, x0 + DELTA / 2)
+    return gm, x0, -torch.log(cdf(hi) - cdf(lo)).sum(1)
+
+
+def expected_gap_per_dim(path: DDPMDiscrete, variance: str) -> float:
+    """E[bound] - h per dimension for continuous N(0, s^2) data and its exact denoiser, in closed form.
+
+    Given x_n, x0 ~ N(x0_hat, v_n) with v_n = s^2 sig_n^2 / (s^2 + sig_n^2), so each KL's expectation
+    is the variance mismatch plus c0^2 v_n / (2 var_p). The decoder term is the Gaussian NLL minus
+    log(delta) and the data entropy h also carries -log(delta), so delta cancels (bins << s).
+    """
+    ab, beta = path.alphas_cumprod, path.betas
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    s2, sig2 = STD**2, (1 - ab) / ab
+    v = s2 * sig2 / (s2 + sig2)
+    c0 = ab_prev.sqrt() * beta / (1 - ab)
+    var_q = (1 - ab_prev) / (1 - ab) * beta
+    var_p = var_q if variance == "small" else beta
+    r = var_q[1:] / var_p[1:]
+    kl = 0.5 * (r - 1 - torch.log(r)) + c0[1:] ** 2 * v[1:] / (2 * var_p[1:])
+    dec = 0.5 * math.log(2 * math.pi * beta[0]) + v[0] / (2 * beta[0])
+    prior = 0.5 * (ab[-1] * s2 - ab[-1] - torch.log(1 - ab[-1]))
+    return float(kl.sum() + dec + prior - 0.5 * math.log(2 * math.pi * math.e * s2))
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_bound_with_exact_denoiser_is_above_true_nll_by_the_predicted_gap(variance):
+    gm, x0, true_nll = quantized_gaussian(4000)
+    path = DDPMDiscrete()
+    bound = ddpm_bound(gm.denoiser, x0, path, variance=variance, generator=torch.Generator().manual_seed(1))
+    gap = (bound - true_nll) / DIM
+    se = gap.std() / math.sqrt(len(gap))
+    expected = expected_gap_per_dim(path, variance)  # 0.446 (small), 0.0037 (large) nats/dim
+    assert expected >= 0
+    assert gap.mean() > -3 * se, "the bound must not fall below the true NLL"
+    assert (gap.mean() - expected).abs() < 3 * se, f"gap {gap.mean():.4f} vs {expected:.4f} +- {se:.4f}"
+
+
+def test_monte_carlo_over_timesteps_agrees_with_full_sum():
+    gm, x0, _ = quantized_gaussian(2000, seed=2)
+    path = DDPMDiscrete()
+    full = ddpm_bound(gm.denoiser, x0, path, generator=torch.Generator().manual_seed(3))
+    mc = ddpm_bound(gm.denoiser, x0, path, n_t=4, generator=torch.Generator().manual_seed(4))
+    se = math.sqrt(mc.var() / len(mc) + full.var() / len(full))
+    assert (mc.mean() - full.mean()).abs() < 3 * se
+
+
+def test_eps_prediction_network_gives_the_same_bound():
+    """An eps network on the DDPM path, wrapped by NetDenoiser, sees integer timesteps n."""
+    gm, x0, _ = quantized_gaussian(64, seed=5)
+    path = DDPMDiscrete()
+    seen = []
+
+    def eps_net(x_t, n):
+        seen.append(n)
+        abar = path.alphas_cumprod[n.round().long()][:, None]
+        x0_hat = gm.denoiser(x_t / abar.sqrt(), ((1 - abar) / abar).sqrt()[:, 0])
+        return (x_t - abar.sqrt() * x0_hat) / (1 - abar).sqrt()
+
+    wrapped = NetDenoiser(eps_net, path, "eps")
+    a = ddpm_bound(wrapped, x0, path, n_t=3, generator=torch.Generator().manual_seed(6))
+    b = ddpm_bound(gm.denoiser, x0, path, n_t=3, generator=torch.Generator().manual_seed(6))
+    n = torch.cat(seen)
+    assert (n - n.round()).abs().max() < 1e-6 and n.min() >= 0 and n.max() <= path.T - 1
+    assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
+def test_discretized_gaussian_is_a_distribution_over_the_grid():
+    grid = torch.linspace(-1, 1, LEVELS, dtype=torch.float64)
+    for mean, std in [(0.0, 0.3), (0.5, 0.01), (-0.999, 1e-3), (3.0, 0.05), (0.2, 1e-5)]:
+        logp = discretized_gaussian_log_prob(grid, torch.tensor(mean, dtype=torch.float64), std)
+        assert torch.isfinite(logp).all() or mean == 3.0  # far outside, inner bins underflow to -inf
+        assert abs(float(logp.exp().sum()) - 1) < 1e-9, (mean, std)
+
+
+def test_bound_rejects_data_off_the_grid():
+    gm, x0, _ = quantized_gaussian(8)
+    with pytest.raises(UserError, match="grid"):
+        ddpm_bound(gm.denoiser, dequantize(x0, LEVELS), DDPMDiscrete())
+    with pytest.raises(UserError, match="DDPMDiscrete"):
+        ddpm_bound(gm.denoiser, x0, "vp")
+
+
+def test_dequantization_offset_recovers_discrete_entropy_exactly():
+    """A density constant on each bin (P(k) / delta) makes Jensen's bound tight: after the offset, the
+    dequantized NLL in bits/dim equals -log2 P(x) / D for every example, whatever u was drawn."""
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625], dtype=torch.float64)  # entropy 1.875 bits
+    levels = torch.tensor([0, 1, 7, 128, 255])  # first and last bins sit on the edges of [-1, 1]
+    g = torch.Generator().manual_seed(0)
+    idx = torch.multinomial(probs, 3000 * DIM, replacement=True, generator=g).reshape(-1, DIM)
+    x = levels[idx].double() * DELTA - 1
+    y = dequantize(x, LEVELS, seed=1)
+    assert ((y - x).abs() <= DELTA / 2).all()
+    k = ((y + 1) / DELTA).round().long()  # the bin each dequantized point fell in
+    density = torch.zeros(LEVELS, dtype=torch.float64).index_put_((levels,), probs / DELTA)
+    nll = -torch.log(density[k]).sum(1)
+    bpd = bits_per_dim(nll + dequantization_offset(DIM, LEVELS), DIM)
+    assert torch.allclose(bpd, -torch.log2(probs[idx]).sum(1) / DIM, atol=1e-12)
+    entropy_bits = float(-(probs * probs.log2()).sum())
+    assert abs(float(bpd.mean()) - entropy_bits) < 3 * float(bpd.std()) / math.sqrt(len(bpd))
+
+
+def test_dequantization_is_uniform_and_batch_independent():
+    x = torch.zeros(4000, 1, dtype=torch.float64)
+    u = (dequantize(x, LEVELS, seed=2) - x) / DELTA + 0.5
+    assert abs(float(u.mean()) - 0.5) < 3 * math.sqrt(1 / 12 / 4000)
+    assert abs(float(u.var()) - 1 / 12) < 0.005
+    split = torch.cat([dequantize(x[:10], LEVELS, seed=2),
+                       dequantize(x[10:20], LEVELS, seed=2, index_offset=10)])
+    assert torch.equal(split, dequantize(x[:20], LEVELS, seed=2))
+
+
+def test_nll_report_on_continuous_and_8bit_data():
+    gm, x0, true_nll = quantized_gaussian(300, seed=7)
+    cont = gm.sample(300, torch.Generator().manual_seed(8))
+    path = DDPMDiscrete()
+    r = nll_report(gm.denoiser, path, cont, rtol=1e-6, atol=1e-6)
+    true_cont = -gm.log_prob(cont)
+    assert abs(r["nll_nats"] - float(true_cont.mean())) < 0.01  # prior error ~ |x0| / sigma_max, averaged
+    assert math.isclose(r["bits_per_dim"], r["nll_nats"] / (DIM * math.log(2)))
+    assert r["nfe"] > 0 and "bound_bits_per_dim" not in r
+    # 8-bit data: dequantized ODE NLL + offset, and the bound, both bound the same discrete NLL
+    q = nll_report(gm.denoiser, path, x0, levels=LEVELS, rtol=1e-6, atol=1e-6, bound_n_t=20)
+    true_bpd = float(true_nll.mean()) / (DIM * math.log(2))
+    assert abs(q["bits_per_dim"] - true_bpd) < 3 * q["bits_per_dim_stderr"] + 0.01
+    assert q["bound_bits_per_dim"] > true_bpd - 3 * q["bound_bits_per_dim_stderr"]
+    assert math.isclose(q["dequantization_offset_bits"], math.log2(1 / DELTA))
