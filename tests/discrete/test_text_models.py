@@ -4,7 +4,7 @@ diffusion at both ends of its range (L' = 1 is AR, L' = L is MDLM) and cached = 
 import pytest
 import torch
 
-from diffspace.discrete.masked import ar_inputs, bd3_loss, mdlm_loss, subs
+from diffspace.discrete.masked import ar_inputs, bd3_loss, draw_noise, mdlm_loss, subs
 from diffspace.discrete.sampling import sample_ar, sample_bd3
 from diffspace.discrete.schedules import make_schedule
 from diffspace.nets.transformer import Transformer, TransformerConfig, causal_mask
@@ -30,7 +30,8 @@ def _x0(n=3, seed=1):
 def test_block_diffusion_with_block_1_is_the_autoregressive_nll():
     net, x0 = _net(), _x0()
     # t = 1 under the linear schedule: every token masked, NELBO weight -alpha'/(1 - alpha) = 1
-    loss = bd3_loss(net, x0, make_schedule("linear"), MASK, 1, torch.Generator().manual_seed(0), t_min=1.0)
+    noise = draw_noise(len(x0), L, torch.Generator().manual_seed(0), t_min=1.0, t_per_seq=L)
+    loss = bd3_loss(net, x0, **noise, schedule=make_schedule("linear"), mask_id=MASK, block=1)
     # the same model read as an AR model: token l is predicted from a mask at l after the cached x_<l
     cache, nll, masks = net.new_cache(), torch.zeros(len(x0)), torch.full((len(x0), 1), MASK)
     for i in range(L):
@@ -44,8 +45,9 @@ def test_block_diffusion_with_block_1_is_the_autoregressive_nll():
 @torch.no_grad()
 def test_block_diffusion_with_one_block_is_mdlm():
     net, x0, sch = _net(), _x0(), make_schedule("cosine")
-    a = bd3_loss(net, x0, sch, MASK, L, torch.Generator().manual_seed(3))
-    b = mdlm_loss(net, x0, sch, MASK, torch.Generator().manual_seed(3))
+    noise = draw_noise(len(x0), L, torch.Generator().manual_seed(3))
+    a = bd3_loss(net, x0, **noise, schedule=sch, mask_id=MASK, block=L)
+    b = mdlm_loss(net, x0, **noise, schedule=sch, mask_id=MASK)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 

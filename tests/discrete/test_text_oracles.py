@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 from torch import nn
 
 from diffspace.discrete import sedd
-from diffspace.discrete.masked import mask_tokens, masked_denoiser, mdlm_loss
+from diffspace.discrete.masked import draw_noise, mask_tokens, masked_denoiser, mdlm_loss
 from diffspace.discrete.sampling import (
     gumbel_argmax,
     low_confidence,
@@ -54,7 +54,8 @@ def test_masking_frequency_is_one_minus_alpha(name):
     sch = make_schedule(name)
     x0, g = _data(400, 250, 1)
     t = torch.linspace(0.05, 0.95, 400, dtype=torch.float64)
-    frac = (mask_tokens(x0, sch.alpha(t), MASK, g) == MASK).double().mean(1)  # 250 tokens per t
+    u = torch.rand(x0.shape, generator=g, dtype=torch.float64)
+    frac = (mask_tokens(x0, sch.alpha(t), MASK, u) == MASK).double().mean(1)  # 250 tokens per t
     expect = 1 - sch.alpha(t)
     sd = (expect * (1 - expect) / 250).sqrt()
     z = (frac - expect) / sd
@@ -65,7 +66,8 @@ def test_masking_frequency_is_one_minus_alpha(name):
 def test_mdlm_nelbo_of_exact_posterior_is_entropy(name):
     L = 32
     x0, g = _data(16384, L, 2)
-    per_tok = mdlm_loss(IIDOracle(), x0, make_schedule(name), MASK, g, t_min=1e-4)
+    per_tok = mdlm_loss(IIDOracle(), x0, **draw_noise(*x0.shape, g, t_min=1e-4), schedule=make_schedule(name),
+                        mask_id=MASK)
     nelbo = L * per_tok.mean().item()
     assert abs(nelbo / (L * H) - 1) < 0.03, (nelbo, L * H)
 
@@ -73,8 +75,9 @@ def test_mdlm_nelbo_of_exact_posterior_is_entropy(name):
 def test_sedd_absorb_nelbo_of_exact_scores_is_entropy():
     L = 32
     x0, g = _data(16384, L, 3)
-    nelbo = L * sedd.sedd_absorb_loss(IIDOracle(), x0, make_schedule("loglinear"), MASK, g,
-                                      time_cond=False, t_min=1e-4).mean().item()
+    nelbo = L * sedd.sedd_absorb_loss(IIDOracle(), x0, **draw_noise(*x0.shape, g, t_min=1e-4),
+                                      schedule=make_schedule("loglinear"), mask_id=MASK,
+                                      time_cond=False).mean().item()
     assert abs(nelbo / (L * H) - 1) < 0.03, (nelbo, L * H)
 
 
@@ -82,7 +85,9 @@ def test_sedd_uniform_nelbo_of_exact_scores_is_entropy():
     L = 32
     sch = make_schedule("loglinear")
     x0, g = _data(65536, L, 4)  # this estimator has ~4x the variance of MDLM
-    nelbo = L * sedd.sedd_uniform_loss(IIDOracle(sch), x0, sch, V, g, t_min=1e-4).mean().item()
+    y = torch.randint(V, x0.shape, generator=g)
+    nelbo = L * sedd.sedd_uniform_loss(IIDOracle(sch), x0, **draw_noise(*x0.shape, g, t_min=1e-4), y=y,
+                                       schedule=sch, n_tokens=V).mean().item()
     # the prior term KL(q_1 || uniform) is O(eps^2) for alpha_1 = eps = 1e-3, hence left out
     assert abs(nelbo / (L * H) - 1) < 0.03, (nelbo, L * H)
 

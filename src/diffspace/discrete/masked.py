@@ -19,12 +19,10 @@ from diffspace.nets.transformer import bd3_train_mask, causal_mask
 T_SCALE = 1000.0  # a network sees noise_cond = 1000 t ("timestep units")
 
 
-def mask_tokens(x0: Tensor, alpha_t: Tensor, mask_id: int, g: torch.Generator) -> Tensor:
-    """[MDLM] Eq. 2: each token independently becomes mask_id with probability 1 - alpha_t.
-    alpha_t has shape (B,) or (B, L)."""
-    alpha = alpha_t.reshape(len(x0), -1)
-    u = torch.rand(x0.shape, generator=g, dtype=torch.float64).to(alpha.device)
-    return torch.where(u < 1 - alpha, torch.full_like(x0, mask_id), x0)
+def mask_tokens(x0: Tensor, alpha_t: Tensor, mask_id: int, u: Tensor) -> Tensor:
+    """[MDLM] Eq. 2: each token independently becomes mask_id with probability 1 - alpha_t, decided by
+    uniforms u (B, L). alpha_t has shape (B,) or (B, L)."""
+    return torch.where(u < 1 - alpha_t.reshape(len(x0), -1), torch.full_like(x0, mask_id), x0)
 
 
 def subs(logits: Tensor, x_t: Tensor, mask_id: int) -> Tensor:
@@ -52,6 +50,13 @@ def draw_t(n: int, g: torch.Generator, t_min: float, antithetic: bool) -> Tensor
     return (stratified_t if antithetic else uniform_t)(n, g, t_min, 1.0)
 
 
+def draw_noise(n: int, seq_len: int, g: torch.Generator, t_min: float = 1e-3, antithetic: bool = True,
+               t_per_seq: int = 1) -> dict[str, Tensor]:
+    """All the randomness of a masked-diffusion loss: t (n, t_per_seq) and uniforms u (n, seq_len)."""
+    t = draw_t(n * t_per_seq, g, t_min, antithetic).view(n, t_per_seq)
+    return {"t": t, "u": torch.rand(n, seq_len, generator=g, dtype=torch.float64)}
+
+
 def masked_denoiser(net: nn.Module, mask_id: int, time_cond: bool) -> Callable[[Tensor, Tensor], Tensor]:
     """A DiscreteDenoiser: log p(x0 | x_t) under SUBS from a network's logits."""
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
@@ -60,25 +65,25 @@ def masked_denoiser(net: nn.Module, mask_id: int, time_cond: bool) -> Callable[[
     return denoise
 
 
-def mdlm_loss(net: nn.Module, x0: Tensor, schedule: Schedule, mask_id: int, g: torch.Generator,
-              time_cond: bool = False, t_min: float = 1e-3, antithetic: bool = True) -> Tensor:
-    """MDLM's NELBO, nats per token (B,). With schedule=Linear, time_cond=False, antithetic=False it is
-    LLaDA's loss ([LLADA] Eq. 3: weight 1/t on masked tokens, normalized by L)."""
-    t = draw_t(len(x0), g, t_min, antithetic).to(x0.device)
-    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, g)
+def mdlm_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedule, mask_id: int,
+              time_cond: bool = False) -> Tensor:
+    """MDLM's NELBO, nats per token (B,), at times t (B,) with mask uniforms u (B, L). With the linear
+    schedule, no time conditioning and i.i.d. t it is LLaDA's loss ([LLADA] Eq. 3: weight 1/t on masked
+    tokens, normalized by L)."""
+    t = t.reshape(len(x0))
+    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, u)
     logp = masked_denoiser(net, mask_id, time_cond)(x_t, t)
     return masked_nelbo(logp, x0, x_t, schedule.weight(t), mask_id)
 
 
-def bd3_loss(net: nn.Module, x0: Tensor, schedule: Schedule, mask_id: int, block: int, g: torch.Generator,
-             time_cond: bool = False, t_min: float = 1e-3, antithetic: bool = True) -> Tensor:
-    """[BD3] Eq. 7: one t per block, each noisy block denoised given the clean blocks before it, all in
-    one pass over [x_t, x0] with the mask of Sec. 3.2. block = 1 is AR, block = L is MDLM."""
+def bd3_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedule, mask_id: int,
+             block: int, time_cond: bool = False) -> Tensor:
+    """[BD3] Eq. 7: one t per block (t has shape (B, L / block)), each noisy block denoised given the
+    clean blocks before it, all in one pass over [x_t, x0] with the mask of Sec. 3.2. block = 1 is AR,
+    block = L is MDLM."""
     B, L = x0.shape
-    n_blocks = L // block
-    t = draw_t(B * n_blocks, g, t_min, antithetic).to(x0.device).view(B, n_blocks)
     t_tok = t.repeat_interleave(block, dim=1)  # (B, L)
-    x_t = mask_tokens(x0, schedule.alpha(t_tok), mask_id, g)
+    x_t = mask_tokens(x0, schedule.alpha(t_tok), mask_id, u)
     pos = torch.arange(L, device=x0.device).repeat(2)
     nc = (T_SCALE * torch.cat([t_tok, torch.zeros_like(t_tok)], dim=1)).float() if time_cond else None
     logits = net(torch.cat([x_t, x0], dim=1), nc, pos=pos, mask=bd3_train_mask(L, block, x0.device))

@@ -128,7 +128,7 @@ def sample_remasking(denoise: Callable, x: Tensor, steps: int, mask_id: int, g: 
 def sample_ar(net: nn.Module, prompt: Tensor, length: int, start_id: int, g: torch.Generator,
               how: Sampling = PLAIN, kv_cache: bool = True) -> Decoded:
     """Autoregressive decoding to `length` tokens after the start token and the prompt (B, P)."""
-    x = torch.cat([torch.full_like(prompt[:, :1], start_id), prompt], dim=1)
+    x = torch.cat([torch.full((len(prompt), 1), start_id, dtype=torch.long, device=prompt.device), prompt], 1)
     cache = net.new_cache() if kv_cache else None
     step_in, nfe = x, 0
     while x.shape[1] < length + 1:

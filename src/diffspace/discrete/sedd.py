@@ -9,7 +9,7 @@ s_y ~ p_t(x with this token set to y) / p_t(x). Losses are nats per token, shape
 import torch
 from torch import Tensor, nn
 
-from diffspace.discrete.masked import T_SCALE, draw_t, mask_tokens
+from diffspace.discrete.masked import T_SCALE, mask_tokens
 from diffspace.discrete.sampling import Decoded, ancestral_logprobs, gumbel_argmax
 from diffspace.discrete.schedules import Schedule
 
@@ -29,17 +29,16 @@ def absorb_score_entropy(raw: Tensor, x0: Tensor, x_t: Tensor, weight: Tensor, m
     return (weight.reshape(len(x0), -1) * masked * term).mean(dim=1)
 
 
-def sedd_absorb_loss(net: nn.Module, x0: Tensor, schedule: Schedule, mask_id: int, g: torch.Generator,
-                     time_cond: bool = True, t_min: float = 1e-3) -> Tensor:
-    t = draw_t(len(x0), g, t_min, antithetic=True).to(x0.device)
-    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, g)
+def sedd_absorb_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedule, mask_id: int,
+                     time_cond: bool = True) -> Tensor:
+    """Score entropy of the absorbing process at times t (B,) with mask uniforms u (B, L)."""
+    t = t.reshape(len(x0))
+    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, u)
     return absorb_score_entropy(_net_out(net, x_t, t, time_cond), x0, x_t, schedule.weight(t), mask_id)
 
 
-def uniform_corrupt(x0: Tensor, alpha_t: Tensor, n_tokens: int, g: torch.Generator) -> Tensor:
-    """Keep a token with probability alpha_t, else replace it by a uniform draw of the n_tokens."""
-    u = torch.rand(x0.shape, generator=g, dtype=torch.float64).to(x0.device)
-    y = torch.randint(n_tokens, x0.shape, generator=g).to(x0.device)
+def uniform_corrupt(x0: Tensor, alpha_t: Tensor, u: Tensor, y: Tensor) -> Tensor:
+    """Keep a token with probability alpha_t (uniforms u), else replace it by y, uniform over the tokens."""
     return torch.where(u < alpha_t.view(-1, 1), x0, y)
 
 
@@ -57,10 +56,11 @@ def uniform_score_entropy(raw: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, sched
     return (rate * terms.sum(-1)).mean(dim=1)
 
 
-def sedd_uniform_loss(net: nn.Module, x0: Tensor, schedule: Schedule, n_tokens: int, g: torch.Generator,
-                      time_cond: bool = True, t_min: float = 1e-3) -> Tensor:
-    t = draw_t(len(x0), g, t_min, antithetic=True).to(x0.device)
-    x_t = uniform_corrupt(x0, schedule.alpha(t), n_tokens, g)
+def sedd_uniform_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, y: Tensor, schedule: Schedule,
+                      n_tokens: int, time_cond: bool = True) -> Tensor:
+    """Score entropy of the uniform process at times t (B,); uniforms u and replacement tokens y (B, L)."""
+    t = t.reshape(len(x0))
+    x_t = uniform_corrupt(x0, schedule.alpha(t), u, y)
     return uniform_score_entropy(_net_out(net, x_t, t, time_cond)[..., :n_tokens], x0, x_t, t, schedule)
 
 

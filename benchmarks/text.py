@@ -1,0 +1,171 @@
+"""Text benchmark: AR, MDLM, SEDD (absorbing) and block diffusion (L' = 4, 16) with the same transformer,
+data (the default pydoc corpus, bytes) and CPU-time training budget, trained by the library's loop.
+
+Reports validation bits/char (exact for AR, NELBO bound with its Monte Carlo standard error for the
+others), generation speed (tokens/s) at several step counts with and without caches, and the samples'
+generative perplexity under the AR model together with their n-gram entropies and the data's.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py            # 5 x 1.5 CPU-min training + eval
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py --minutes 0.2 --out /tmp/text   # smoke
+
+Writes benchmarks/results/text.json and text.md (machine and thread count named in both).
+"""
+
+import argparse
+import copy
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from diffspace.cli.config import TrainConfig, build, to_dict
+from diffspace.discrete.task import TextConfig, build_text_setup, eval_text, generate_tokens
+from diffspace.train.loop import train
+
+MODELS = {"ar": {"kind": "ar"}, "mdlm": {"kind": "mdlm"}, "sedd_absorb": {"kind": "sedd_absorb"},
+          "bd3_4": {"kind": "bd3", "block": 4}, "bd3_16": {"kind": "bd3", "block": 16}}
+# (label, sampler, steps, kv/no-change cache) rows of the speed table per model
+SPEED = {"ar": [("ar", "auto", 0, True), ("ar", "auto", 0, False)],
+         "mdlm": [("ancestral", "ancestral", s, c) for s in (16, 64, 256) for c in (True, False)],
+         "sedd_absorb": [("tweedie", "tweedie", s, False) for s in (16, 64)],
+         "bd3_4": [("bd3", "auto", s, c) for s in (1, 4) for c in (True, False)],
+         "bd3_16": [("bd3", "auto", s, c) for s in (4, 16) for c in (True, False)]}
+
+
+def config(name: str, args, run_dir: Path) -> TextConfig:
+    model = {"dim": args.dim, "depth": args.depth, "heads": 4, **MODELS[name]}
+    return build(TextConfig, {"task": "text", "run": {"dir": str(run_dir), "seed": 0},
+                              "data": {"seq_len": args.seq_len}, "model": model,
+                              "eval": {"max_chunks": args.val_chunks, "n_mc": args.n_mc, "n_samples": 32}})
+
+
+def cpu_seconds_per_step(setup, batch: int, n: int = 6) -> float:
+    """CPU time of one optimizer step, measured on a copy (the machine is shared, so wall-clock time
+    would hand each model a different share of the CPU)."""
+    model = copy.deepcopy(setup.model)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(123)
+    for i in range(n + 1):
+        if i == 1:
+            t0 = time.process_time()
+        loss = setup.loss(model, setup.batch(g, batch)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return (time.process_time() - t0) / n
+
+
+def train_one(name: str, args, root: Path):
+    """Train for an equal CPU-time budget: steps = budget / measured CPU seconds per step."""
+    cfg = config(name, args, root / name)
+    torch.manual_seed(0)
+    setup, data = build_text_setup(cfg, torch.device("cpu"))
+    per_step = cpu_seconds_per_step(setup, args.batch)
+    steps = max(int(60 * args.minutes / per_step), 100)
+    tc = TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=50, schedule="cosine",
+                     ema_halflife_steps=50.0, log_every=50, ckpt_every=1_000_000)
+    (root / name).mkdir(parents=True, exist_ok=True)
+    c0 = time.process_time()
+    tr = train(setup, tc, root / name, to_dict(cfg), seed=0, progress=False)
+    cpu = time.process_time() - c0
+    print(f"{name}: {tr.step} steps, {cpu:.0f} CPU s, {tr.elapsed:.0f} wall s", flush=True)
+    return cfg, data, tr.ema.module.eval(), {"train_steps": tr.step, "train_cpu_seconds": cpu,
+                                             "cpu_seconds_per_step": per_step}
+
+
+def speed_rows(name: str, net, cfg, n_tokens: int, n: int) -> list[dict]:
+    rows = []
+    for label, sampler, steps, cache in SPEED[name]:
+        g = torch.Generator().manual_seed(0)
+        t0 = time.perf_counter()
+        out = generate_tokens(net, cfg, n_tokens, n, g, sampler, steps, kv_cache=cache)
+        dt = time.perf_counter() - t0
+        rows.append({"model": name, "sampler": label, "steps": steps or cfg.data.seq_len, "cache": cache,
+                     "nfe": out.nfe, "tokens_per_s": n * cfg.data.seq_len / dt})
+    return rows
+
+
+def default_steps(cfg) -> int:
+    """Steps for the quality samples: one token per step on average (per block for bd3)."""
+    return cfg.model.block if cfg.model.kind == "bd3" else cfg.data.seq_len
+
+
+def run(args) -> dict:
+    root = Path(args.runs)
+    trained = {name: train_one(name, args, root) for name in args.models}
+    ar_net = trained["ar"][2] if "ar" in trained else None
+    results, speed = {}, []
+    for name, (cfg, data, net, info) in trained.items():
+        with torch.no_grad():
+            m = eval_text(net, cfg, data, ar_net, seed=0, steps=default_steps(cfg))
+            speed += speed_rows(name, net, cfg, data.tok.size, args.speed_n)
+            g = torch.Generator().manual_seed(3)
+            sample = generate_tokens(net, cfg, data.tok.size, 2, g, steps=default_steps(cfg)).tokens
+        results[name] = {**info, **m, "sample_steps": default_steps(cfg),
+                         "samples": [data.tok.decode(r) for r in sample.tolist()]}
+        print(name, json.dumps({k: v for k, v in results[name].items() if k != "samples"}), flush=True)
+    return {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                       f"{torch.get_num_threads()} thread(s)",
+            "settings": vars(args), "models": results, "speed": speed}
+
+
+def markdown(res: dict) -> str:
+    s = res["settings"]
+    lines = ["# Text benchmark (`benchmarks/text.py`)\n",
+             f"Machine: {res['machine']}. Same transformer (dim {s['dim']}, depth {s['depth']}, 4 heads, "
+             f"byte tokens, context {s['seq_len']}), pydoc corpus, {s['minutes']} CPU-minutes of training "
+             f"each (steps = budget / measured CPU s per step; batch {s['batch']}, lr {s['lr']} cosine, "
+             "EMA weights evaluated). Tokens/s are wall-clock on a shared machine: compare within a run.\n",
+             "| model | steps | val bits/char | ± s.e. | bound | vs AR | gen-ppl (AR) | H1 | H2 | H3 |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    ar = res["models"].get("ar", {}).get("bits_per_char")
+    for name, m in res["models"].items():
+        rel = f"{100 * (m['bits_per_char'] / ar - 1):+.1f} %" if ar else "-"
+        lines.append(f"| {name} | {m['train_steps']} | {m['bits_per_char']:.3f} | "
+                     f"{m['bits_per_char_stderr']:.3f} | {m['bound']} | {rel} | "
+                     f"{m.get('gen_ppl', float('nan')):.2f} | "
+                     f"{m['sample_entropy_1gram_bits']:.2f} | {m['sample_entropy_2gram_bits']:.2f} | "
+                     f"{m['sample_entropy_3gram_bits']:.2f} |")
+    d = next(iter(res["models"].values()))
+    lines.append(f"| *data (val)* | | | | | | {d.get('data_gen_ppl', float('nan')):.2f} | "
+                 f"{d['data_entropy_1gram_bits']:.2f} | {d['data_entropy_2gram_bits']:.2f} | "
+                 f"{d['data_entropy_3gram_bits']:.2f} |")
+    lines += ["\nH1-H3: entropy (bits) of the pooled 1-, 2-, 3-grams of 32 samples (data: 32 val chunks).\n",
+              "## Generation speed\n", "| model | sampler | steps | cache | network calls | tokens/s |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['sampler']} | {r['steps']} | {'on' if r['cache'] else 'off'} | "
+              f"{r['nfe']} | {r['tokens_per_s']:.0f} |" for r in res["speed"]]
+    lines.append("\n## Samples\n")
+    for name, m in res["models"].items():
+        lines.append(f"**{name}** ({m['sample_steps']} steps): `{m['samples'][0]!r}`\n")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=1.5, help="CPU-minutes of training per model")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--val-chunks", type=int, default=128)
+    p.add_argument("--n-mc", type=int, default=8)
+    p.add_argument("--speed-n", type=int, default=16)
+    p.add_argument("--runs", default="runs/bench-text")
+    p.add_argument("--out", default="benchmarks/results/text")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    res = run(args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""The text task: config schema, model/loss/sampler construction, and the `diffspace train / sample /
+eval` hooks for `task = "text"`.
+
+Model kinds: ar (causal), mdlm (masked diffusion), llada (masked, linear schedule, 1/t, no time input),
+sedd_absorb / sedd_uniform (score entropy), bd3 (block diffusion, block size model.block).
+The vocabulary is the tokenizer's plus one mask token (mask_id = n_tokens); AR uses that id as its
+start token.
+"""
+
+import json
+import sys
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from diffspace.cli.config import RunConfig, TrainConfig, choice
+from diffspace.data import text as tx
+from diffspace.discrete import evaluate as ev
+from diffspace.discrete import sedd
+from diffspace.discrete.masked import ar_loss, bd3_loss, draw_noise, masked_denoiser, mdlm_loss
+from diffspace.discrete.sampling import (
+    PLAIN,
+    Sampling,
+    low_confidence,
+    random_confidence,
+    sample_ar,
+    sample_bd3,
+    sample_mdlm,
+    sample_remasking,
+)
+from diffspace.discrete.schedules import SCHEDULES, make_schedule
+from diffspace.nets.transformer import Transformer, TransformerConfig
+from diffspace.train.loop import TrainSetup
+from diffspace.types import UserError
+
+KINDS = ("mdlm", "llada", "sedd_absorb", "sedd_uniform", "bd3", "ar")
+SAMPLERS = {  # sampler names allowed per kind; the first is the default
+    "ar": ("ar",), "bd3": ("bd3",), "mdlm": ("ancestral", "remask", "remask_random"),
+    "llada": ("remask", "remask_random", "ancestral"), "sedd_absorb": ("tweedie", "euler"),
+    "sedd_uniform": ("tweedie", "euler"),
+}
+
+
+@dataclass
+class TextDataConfig:
+    corpus: str = "pydoc"  # "pydoc" (CPython's help topics), a text file, or a folder of files
+    tokenizer: str = choice("byte", "byte", "char", "bpe")
+    bpe_vocab: int = 512
+    seq_len: int = 128
+    pack: bool = True  # chunks may cross document boundaries (documents joined by a blank line)
+
+
+@dataclass
+class TextModelConfig:
+    kind: str = choice("mdlm", *KINDS)
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    noise_cond: bool = False  # adaLN conditioning on t (MDLM finds it unnecessary for masking)
+    block: int = 4  # bd3 block size L'
+
+
+@dataclass
+class TextLossConfig:
+    schedule: str = choice("loglinear", *SCHEDULES)
+    t_min: float = 1e-3
+    antithetic: bool = True
+
+
+@dataclass
+class TextSampleConfig:
+    sampler: str = "auto"  # auto: the kind's default (see SAMPLERS)
+    steps: int = 128
+    n: int = 8
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    block: int = 0  # remask: semi-AR block length (0 = none); bd3: override of model.block
+    prompt: str = ""
+
+
+@dataclass
+class TextEvalConfig:
+    max_chunks: int = 128  # validation chunks (0 = all)
+    n_mc: int = 4  # Monte Carlo draws per chunk for the NELBO
+    n_samples: int = 32  # samples for generative perplexity and entropy
+    ar_run: str = ""  # run directory of an AR model for generative perplexity ("" = itself if AR)
+
+
+@dataclass
+class TextConfig:
+    task: str = choice("text", "text")
+    run: RunConfig = field(default_factory=RunConfig)
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    model: TextModelConfig = field(default_factory=TextModelConfig)
+    loss: TextLossConfig = field(default_factory=TextLossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: TextSampleConfig = field(default_factory=TextSampleConfig)
+    eval: TextEvalConfig = field(default_factory=TextEvalConfig)
+
+    def validate(self, src: str) -> None:
+        m, d = self.model, self.data
+        for key, v in [("data.seq_len", d.seq_len), ("model.dim", m.dim), ("model.depth", m.depth),
+                       ("model.heads", m.heads), ("model.block", m.block),
+                       ("sample.steps", self.sample.steps), ("sample.n", self.sample.n),
+                       ("eval.n_mc", self.eval.n_mc)]:
+            if v <= 0:
+                raise UserError(f"{src}: {key} must be positive, got {v}")
+        if m.dim % (2 * m.heads):
+            raise UserError(f"{src}: model.dim={m.dim} must be a multiple of 2 * model.heads={2 * m.heads}")
+        if m.kind == "bd3" and d.seq_len % m.block:
+            raise UserError(f"{src}: data.seq_len={d.seq_len} must be a multiple of model.block={m.block}")
+        if m.kind == "llada" and self.loss.schedule != "linear":
+            raise UserError(f"{src}: model.kind = 'llada' uses loss.schedule = 'linear', "
+                            f"got {self.loss.schedule!r}")
+        if self.sample.sampler != "auto" and self.sample.sampler not in SAMPLERS[m.kind]:
+            raise UserError(f"{src}: sample.sampler = {self.sample.sampler!r} does not fit model.kind = "
+                            f"{m.kind!r} (use one of {', '.join(SAMPLERS[m.kind])})")
+        if not 0 < self.loss.t_min < 1:
+            raise UserError(f"{src}: loss.t_min must be in (0, 1), got {self.loss.t_min}")
+
+
+# ---- data and model ------------------------------------------------------------------------------
+
+@dataclass
+class TextData:
+    tok: object
+    train: tx.TokenStream
+    val: tx.TokenStream
+    test: tx.TokenStream
+
+
+def load_text_data(cfg: TextConfig) -> TextData:
+    d = cfg.data
+    splits = tx.split_corpus(tx.load_corpus(d.corpus))
+    tok = tx.make_tokenizer(d.tokenizer, splits["train"], d.bpe_vocab)
+    streams = {k: tx.tokenize_split(tok, v, d.seq_len, d.pack) for k, v in splits.items()}
+    return TextData(tok, streams["train"], streams["val"], streams["test"])
+
+
+def build_text_model(cfg: TextConfig, n_tokens: int) -> Transformer:
+    m = cfg.model
+    tc = TransformerConfig(vocab_size=n_tokens + 1, max_len=cfg.data.seq_len, dim=m.dim, depth=m.depth,
+                           heads=m.heads, mlp_ratio=m.mlp_ratio, noise_cond=m.noise_cond)
+    return Transformer(tc)
+
+
+def _time_cond(cfg: TextConfig) -> bool:
+    return cfg.model.noise_cond and cfg.model.kind != "llada"
+
+
+def text_loss(cfg: TextConfig, n_tokens: int):
+    """loss(model, batch) -> (B,) nats per token, deterministic given the batch."""
+    kind, mask_id, tc = cfg.model.kind, n_tokens, _time_cond(cfg)
+    sch = make_schedule("linear" if kind == "llada" else cfg.loss.schedule)
+    if kind == "ar":
+        return lambda net, b: ar_loss(net, b["x0"], mask_id)
+    if kind == "bd3":
+        return lambda net, b: bd3_loss(net, b["x0"], b["t"], b["u"], sch, mask_id, cfg.model.block, tc)
+    if kind == "sedd_absorb":
+        return lambda net, b: sedd.sedd_absorb_loss(net, b["x0"], b["t"], b["u"], sch, mask_id, tc)
+    if kind == "sedd_uniform":
+        return lambda net, b: sedd.sedd_uniform_loss(net, b["x0"], b["t"], b["u"], b["y"], sch, n_tokens, tc)
+    return lambda net, b: mdlm_loss(net, b["x0"], b["t"], b["u"], sch, mask_id, tc)
+
+
+def draw_batch(cfg: TextConfig, stream: tx.TokenStream, n_tokens: int, g: torch.Generator, n: int,
+               x0: Tensor | None = None) -> dict[str, Tensor]:
+    """A batch with all of its randomness: chunks x0 (drawn unless given), t, mask uniforms u, and
+    for the uniform process the replacement tokens y."""
+    L, kind = cfg.data.seq_len, cfg.model.kind
+    x0 = tx.random_chunks(stream, n, L, g) if x0 is None else x0
+    if kind == "ar":
+        return {"x0": x0}
+    per_seq = L // cfg.model.block if kind == "bd3" else 1
+    antithetic = cfg.loss.antithetic and kind != "llada"
+    b = {"x0": x0, **draw_noise(n, L, g, cfg.loss.t_min, antithetic, per_seq)}
+    if kind == "sedd_uniform":
+        b["y"] = torch.randint(n_tokens, (n, L), generator=g)
+    return b
+
+
+def build_text_setup(cfg: TextConfig, device: torch.device) -> tuple[TrainSetup, TextData]:
+    data = load_text_data(cfg)
+    model = build_text_model(cfg, data.tok.size).to(device)
+
+    def batch(g: torch.Generator, n: int) -> dict[str, Tensor]:
+        return {k: v.to(device) for k, v in draw_batch(cfg, data.train, data.tok.size, g, n).items()}
+
+    return TrainSetup(model, batch, text_loss(cfg, data.tok.size)), data
+
+
+# ---- sampling and evaluation ---------------------------------------------------------------------
+
+def encode_prompt(tok, prompt: str, seq_len: int) -> Tensor:
+    ids = tok.encode(prompt) if prompt else []
+    if len(ids) >= seq_len:
+        raise UserError(f"prompt of {len(ids)} tokens leaves no room in the context of {seq_len} tokens")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _sedd_steps(kind: str, sampler: str, mask_id: int):
+    """(step, final) functions of sample_sedd for a process and sampler name."""
+    if kind == "sedd_uniform":
+        return (sedd.uniform_euler if sampler == "euler" else sedd.uniform_tweedie), sedd.uniform_tweedie
+    bind = lambda f: partial(_with_mask, f, mask_id)
+    return bind(sedd.absorb_euler if sampler == "euler" else sedd.absorb_tweedie), bind(sedd.absorb_tweedie)
+
+
+def _with_mask(f, mask_id, raw, x, a_t, a_s):
+    return f(raw, x, a_t, a_s, mask_id)
+
+
+@torch.no_grad()
+def generate_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, g: torch.Generator,
+                    sampler: str = "auto", steps: int = 0, prompt: Tensor | None = None, block: int = 0,
+                    how: Sampling = PLAIN, kv_cache: bool = True):
+    """n sequences of data.seq_len tokens (a Decoded with the network-call count)."""
+    kind, L, mask_id, tc = cfg.model.kind, cfg.data.seq_len, n_tokens, _time_cond(cfg)
+    sampler = SAMPLERS[kind][0] if sampler == "auto" else sampler
+    if sampler not in SAMPLERS[kind]:
+        raise UserError(f"sampler {sampler!r} does not fit model kind {kind!r} "
+                        f"(use {', '.join(SAMPLERS[kind])})")
+    dev = next(net.parameters()).device
+    steps = steps or cfg.sample.steps
+    prompt = torch.zeros(0, dtype=torch.long) if prompt is None else prompt
+    x = torch.full((n, L), mask_id, dtype=torch.long)
+    x[:, :len(prompt)] = prompt
+    x = x.to(dev)
+    sch = make_schedule("linear" if kind == "llada" else cfg.loss.schedule)
+    if kind == "ar":
+        return sample_ar(net, x[:, :len(prompt)], L, mask_id, g, how, kv_cache)
+    if kind == "bd3":
+        return sample_bd3(net, x, block or cfg.model.block, steps, sch, mask_id, g, how, kv_cache, tc)
+    if kind.startswith("sedd"):
+        if kind == "sedd_uniform":
+            if len(prompt):
+                raise UserError("prompts are not supported for model.kind = 'sedd_uniform'")
+            x = torch.randint(n_tokens, (n, L), generator=g).to(dev)
+        step, final = _sedd_steps(kind, sampler, mask_id)
+        keep = n_tokens if kind == "sedd_uniform" else None  # why: the absorbing scores include the mask
+        return sedd.sample_sedd(net, x, sch, steps, step, g, final, tc, keep)
+    den = masked_denoiser(net, mask_id, tc)
+    if sampler == "ancestral":
+        return sample_mdlm(den, x, sch, steps, mask_id, g, how, cache=kv_cache)
+    conf = low_confidence if sampler == "remask" else random_confidence
+    return sample_remasking(den, x, steps, mask_id, g, how, block, conf)
+
+
+def sample_text(net: nn.Module, cfg: TextConfig, tok, n: int, seed: int = 0, sampler: str = "auto",
+                steps: int = 0, prompt: str = "", block: int = 0, how: Sampling | None = None) -> list[str]:
+    s = cfg.sample
+    how = how or Sampling(s.temperature, s.top_k, s.top_p)
+    ids = encode_prompt(tok, prompt, cfg.data.seq_len)
+    out = generate_tokens(net, cfg, tok.size, n, torch.Generator().manual_seed(seed), sampler, steps, ids,
+                          block, how)
+    return [tok.decode(row) for row in out.tokens.cpu().tolist()]
+
+
+def nelbo_values(net: nn.Module, cfg: TextConfig, n_tokens: int, chunks: Tensor, n_mc: int,
+                 g: torch.Generator) -> Tensor:
+    """Per-(chunk, draw) NELBO (nats/token) for diffusion kinds, exact NLL per chunk for AR."""
+    if cfg.model.kind == "ar":
+        return ev.ar_nll(net, chunks, n_tokens)
+    loss = text_loss(cfg, n_tokens)
+    dev = next(net.parameters()).device
+
+    def one(x0, g):
+        b = draw_batch(cfg, None, n_tokens, g, len(x0), x0=x0)
+        return loss(net, {k: v.to(dev) for k, v in b.items()})
+
+    with torch.no_grad():
+        return ev.nelbo_mc(one, chunks, n_mc, g)
+
+
+def eval_text(net: nn.Module, cfg: TextConfig, data: TextData, ar_net: nn.Module | None = None,
+              seed: int = 0, sampler: str = "auto", steps: int = 0, ppl_only: bool = False) -> dict:
+    """Validation bits/char (exact or bound, with standard error); unless ppl_only, also samples'
+    generative perplexity under ar_net and their n-gram entropies next to the data's."""
+    e, L, V = cfg.eval, cfg.data.seq_len, data.tok.size
+    chunks = tx.eval_chunks(data.val, L, e.max_chunks)
+    vals = nelbo_values(net, cfg, V, chunks, e.n_mc, torch.Generator().manual_seed(seed))
+    out = {"kind": cfg.model.kind, "val_chunks": len(chunks),
+           **ev.bits_report(vals, data.val.chars_per_token, cfg.model.kind == "ar")}
+    if ppl_only:
+        return out
+    g = torch.Generator().manual_seed(seed + 1)
+    samples = generate_tokens(net, cfg, V, e.n_samples, g, sampler, steps).tokens.cpu()
+    out |= {f"sample_{k}": v for k, v in ev.entropy_report(samples).items()}
+    out |= {f"data_{k}": v for k, v in ev.entropy_report(chunks[:e.n_samples]).items()}
+    if ar_net is not None:
+        out["gen_ppl"] = ev.gen_perplexity(ar_net, samples, V)
+        out["data_gen_ppl"] = ev.gen_perplexity(ar_net, chunks[:e.n_samples], V)
+    return out
+
+
+# ---- `diffspace train / sample / eval` hooks (cli/tasks.py) ---------------------------------------
+
+def setup_for_cli(cfg: TextConfig, device: torch.device):
+    setup, data = build_text_setup(cfg, device)
+    return setup, {"n_tokens": data.tok.size}
+
+
+def module_for_cli(cfg: TextConfig, meta: dict) -> nn.Module:
+    return build_text_model(cfg, meta["n_tokens"])
+
+
+def after_train(run_dir: Path) -> None:
+    from diffspace.eval.plots import loss_curve
+
+    loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
+
+
+def sample_cmd(run, args) -> None:
+    """Writes RUN/samples.txt (or --out) and prints the samples. Reads --n, --steps, --sampler, --seed,
+    and the text flags --prompt and --block when the CLI has them."""
+    cfg, data = run.cfg, load_text_data(run.cfg)
+    n = min(args.n, 1000) if getattr(args, "n", 0) else cfg.sample.n
+    texts = sample_text(run.module, cfg, data.tok, n, args.seed, _arg(args, "sampler", "auto"),
+                        _arg(args, "steps", 0), _arg(args, "prompt", cfg.sample.prompt),
+                        _arg(args, "block", cfg.sample.block))
+    out = Path(args.out) if getattr(args, "out", "") else run.dir / "samples.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"=== sample {i}\n{t}\n" for i, t in enumerate(texts)))
+    for i, t in enumerate(texts):
+        print(f"=== sample {i}\n{t}")
+    print(f"wrote {len(texts)} samples to {out}")
+
+
+def eval_cmd(run, args) -> dict:
+    """Bits/char (and perplexity) on the validation split; with --ppl only that, else also samples'
+    gen-ppl (under eval.ar_run, or the model itself if AR) and entropies. Writes RUN/metrics.json."""
+    from diffspace.cli.runs import load_run
+
+    cfg = run.cfg
+    ar_net = run.module if cfg.model.kind == "ar" else None
+    if ar_net is None and cfg.eval.ar_run:
+        if (Path(cfg.eval.ar_run) / "checkpoints" / "last.safetensors").is_file():
+            ar_net = load_run(cfg.eval.ar_run, next(run.module.parameters()).device).module
+        else:
+            print(f"note: no AR run at {cfg.eval.ar_run}; generative perplexity is left out", file=sys.stderr)
+    metrics = {"step": run.step, **eval_text(run.module, cfg, load_text_data(cfg), ar_net, args.seed,
+                                             _arg(args, "sampler", "auto"), _arg(args, "steps", 0),
+                                             bool(getattr(args, "ppl", False)))}
+    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+CONTINUOUS_DEFAULTS = {"sampler": "heun"}  # why: the shared `sample` parser defaults to a continuous sampler
+
+
+def _arg(args, name: str, default):
+    v = getattr(args, name, None)
+    return default if v is None or v == "" or CONTINUOUS_DEFAULTS.get(name) == v else v
+
+
+def text_task():
+    """The Task record that cli/tasks.py registers under "text"."""
+    from diffspace.cli.tasks import Task
+
+    return Task(TextConfig, setup_for_cli, module_for_cli, sample_cmd, eval_cmd, after_train)
