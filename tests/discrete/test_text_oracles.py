@@ -11,9 +11,11 @@ from torch import nn
 from diffspace.discrete import sedd
 from diffspace.discrete.masked import draw_noise, mask_tokens, masked_denoiser, mdlm_loss
 from diffspace.discrete.sampling import (
+    Sampling,
     gumbel_argmax,
     low_confidence,
     random_confidence,
+    sample_categorical,
     sample_mdlm,
     sample_remasking,
 )
@@ -141,3 +143,20 @@ def test_float64_gumbel_matches_categorical_at_a_million_draws():
     draws = gumbel_argmax(p.log().expand(1_000_000, -1), g)
     counts = torch.bincount(draws, minlength=len(p)).double()
     assert chisquare(counts.numpy(), (p * 1e6).numpy()).pvalue > 1e-3
+
+
+def test_top_k_top_p_and_temperature_draw_the_renormalized_distribution():
+    g = torch.Generator().manual_seed(9)
+    logits = P.log().expand(200_000, -1)
+    k2 = sample_categorical(logits, g, Sampling(top_k=2))
+    assert set(k2.unique().tolist()) == {0, 1}
+    assert _chi2_on(k2, P[:2] / P[:2].sum()) > 1e-3
+    p6 = sample_categorical(logits, g, Sampling(top_p=0.55))  # 0.35 + 0.25 crosses 0.55: keeps two
+    assert set(p6.unique().tolist()) == {0, 1}
+    hot = sample_categorical(logits, g, Sampling(temperature=0.5))  # p^2, renormalized
+    assert _chi2_on(hot, P**2 / (P**2).sum()) > 1e-3
+
+
+def _chi2_on(tokens, q):
+    counts = torch.bincount(tokens, minlength=len(q)).double()[: len(q)]
+    return chisquare(counts.numpy(), (q * counts.sum()).numpy()).pvalue

@@ -37,8 +37,9 @@ def filter_logits(logits: Tensor, how: Sampling) -> Tensor:
         logits = logits.masked_fill(logits < kth, -torch.inf)
     if how.top_p < 1.0:
         srt, idx = logits.sort(dim=-1, descending=True)
-        cum = srt.softmax(-1).cumsum(-1)
-        drop = cum - srt.softmax(-1) >= how.top_p  # why: keep the token that crosses top_p
+        before = srt.softmax(-1).cumsum(-1).roll(1, dims=-1)
+        before[..., 0] = 0.0  # mass of the more probable tokens: the token that crosses top_p is kept
+        drop = before >= how.top_p
         logits = logits.masked_fill(drop.scatter(-1, idx, drop), -torch.inf)
     return logits
 
