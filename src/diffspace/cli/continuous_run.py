@@ -12,13 +12,14 @@ from diffspace.cli.runs import Run, chunk_seeds, sample_chunk
 from diffspace.eval.metrics import mmd_rbf, sliced_w2
 from diffspace.eval.plots import loss_curve, scatter_2d
 from diffspace.samplers.grids import GRIDS
-from diffspace.samplers.ode import sample_euler, sample_heun
+from diffspace.samplers.registry import SAMPLERS
 from diffspace.train.distributed import gather_shares, my_share
 from diffspace.types import UserError
 
-__all__ = ["ContinuousConfig", "setup_for_cli", "module_for_cli", "sample_cmd", "eval_cmd", "after_train"]
+__all__ = ["ContinuousConfig", "setup_for_cli", "module_for_cli", "sample_cmd", "eval_cmd", "after_train",
+           "optimize_grid_cmd"]
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun}
+GRIDS_FILE = "grids.json"  # optimized grids stored with the run, keyed "SAMPLER:STEPS"
 
 
 def setup_for_cli(cfg: ContinuousConfig, device: torch.device):
@@ -40,23 +41,63 @@ def generate(run: Run, n: int, sampler: str, steps: int, grid: str, seed: int = 
 
     Under torchrun the chunks are dealt to the ranks and gathered: rank 0 gets all n samples (the
     same as one process), the other ranks get None."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if grid not in GRIDS:
-        raise UserError(f"unknown grid {grid!r}; choose one of {', '.join(GRIDS)}")
     if steps <= 0 or n <= 0:
         raise UserError(f"--steps and --n must be positive, got steps={steps}, n={n}")
-    cfg = run.cfg
-    path = build_path(cfg)
-    sigmas = GRIDS[grid](steps, max(path.sigma_min, 0.002), min(path.sigma_max, 80.0))
-    denoiser = as_denoiser(cfg, run.module)
-    fn = SAMPLERS[sampler]
+    fn = sampler_fn(sampler)
+    sigmas = run_sigmas(run, grid, steps, sampler)
+    denoiser = as_denoiser(run.cfg, run.module)
     shape = tuple(run.meta["data_shape"])
-    parts = [sample_chunk(denoiser, shape, hi - lo, sigmas, lambda d, x, s, generator: fn(d, x, s), s_,
-                          torch.device(device))
+    parts = [sample_chunk(denoiser, shape, hi - lo, sigmas, fn, s_, torch.device(device))
              for lo, hi, s_ in my_share(chunk_seeds(n, seed, chunk))]
     parts = gather_shares(parts)
     return None if parts is None else torch.cat(parts)
+
+
+def sampler_fn(name: str):
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    return SAMPLERS[name].fn
+
+
+def sigma_range(run: Run) -> tuple[float, float]:
+    """The sampling range: the path's own, within EDM's [0.002, 80] ([EDM] Table 1)."""
+    path = build_path(run.cfg)
+    return max(path.sigma_min, 0.002), min(path.sigma_max, 80.0)
+
+
+def run_sigmas(run: Run, grid: str, steps: int, sampler: str) -> torch.Tensor:
+    """The float64 grid named `grid`; "optimized" reads the one `diffspace optimize-grid` stored."""
+    if grid == "optimized":
+        stored = run.dir / GRIDS_FILE
+        table = json.loads(stored.read_text()) if stored.is_file() else {}
+        key = f"{sampler}:{steps}"
+        if key not in table:
+            raise UserError(f"no optimized grid for {key} in {stored}; run `diffspace optimize-grid "
+                            f"{run.dir} --sampler {sampler} --steps {steps}` first")
+        return torch.tensor(table[key], dtype=torch.float64)
+    if grid not in GRIDS:
+        raise UserError(f"unknown grid {grid!r}; choose one of {', '.join([*GRIDS, 'optimized'])}")
+    return GRIDS[grid](steps, *sigma_range(run), path=build_path(run.cfg))
+
+
+def optimize_grid_cmd(run: Run, args) -> None:
+    """Choose the sampler's `steps` noise levels that minimize its error against the adaptive PF-ODE
+    solution on a calibration batch ([AYS] in spirit), and store them in RUN/grids.json."""
+    from diffspace.samplers.optimize_grid import optimize_sigmas
+
+    fn = sampler_fn(args.sampler)
+    if SAMPLERS[args.sampler].stochastic:
+        raise UserError(f"optimize-grid needs a deterministic sampler; {args.sampler!r} is stochastic")
+    lo, hi = sigma_range(run)
+    g = torch.Generator().manual_seed(args.seed + 7919)  # calibration noise apart from sampling seeds
+    x = (torch.randn((args.n_calib, *run.meta["data_shape"]), generator=g) * hi).to(args.device_obj)
+    sigmas = optimize_sigmas(fn, as_denoiser(run.cfg, run.module), x, args.steps, lo, hi)
+    stored = run.dir / GRIDS_FILE
+    table = json.loads(stored.read_text()) if stored.is_file() else {}
+    table[f"{args.sampler}:{args.steps}"] = sigmas.tolist()
+    stored.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"stored the optimized {args.steps}-step grid for {args.sampler} in {stored}: "
+          + ", ".join(f"{v:.4g}" for v in sigmas.tolist()))
 
 
 def _write_samples(x: torch.Tensor, out: Path) -> None:
@@ -103,7 +144,7 @@ def eval_cmd(run: Run, args) -> dict:
     }
     metrics["sw2_ratio"] = metrics["sw2"] / metrics["sw2_data_baseline"]
     if x.ndim == 2 and x.shape[1] >= 2:
-        scatter_2d(x, x_test, run.dir / "samples.png",
-                   f"{cfg.data.name}: sw2 {metrics['sw2']:.4f} (data baseline {metrics['sw2_data_baseline']:.4f})")
+        title = f"{cfg.data.name}: sw2 {metrics['sw2']:.4f} (data {metrics['sw2_data_baseline']:.4f})"
+        scatter_2d(x, x_test, run.dir / "samples.png", title)
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics

@@ -31,7 +31,9 @@ def _add_sampling(p, required_defaults: bool):
                    + ("" if required_defaults else "; default: the run's [sample] sampler"))
     p.add_argument("--steps", type=int, default=d(18), help="number of noise levels (steps)"
                    + ("" if required_defaults else "; default: the run's [sample] steps"))
-    p.add_argument("--grid", default=d("karras"), help="noise-level grid"
+    p.add_argument("--grid", default=d("karras"),
+                   help="noise-level grid: karras, logsnr, uniform_t, leading, trailing, linspace, or "
+                        "optimized (stored by `diffspace optimize-grid`)"
                    + ("" if required_defaults else "; default: the run's [sample] grid"))
     p.add_argument("--seed", type=int, default=0, help="sampling seed (samples depend only on it)")
 
@@ -73,6 +75,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", default="", help="also write the metrics to this file")
     _add_sampling(e, False)
     _add_device(e)
+
+    o = sub.add_parser("optimize-grid", formatter_class=_Formatter,
+                       help="fit a sampler's noise grid to a trained run",
+                       description="Choose the STEPS noise levels that minimize the sampler's error "
+                                   "against the adaptive PF-ODE solution on a calibration batch, and store "
+                                   "them in RUN/grids.json; then sample with --grid optimized.")
+    o.add_argument("run", help="run directory")
+    o.add_argument("--sampler", default="dpmpp_2m", help="deterministic sampler to fit the grid for")
+    o.add_argument("--steps", type=int, default=5, help="number of steps of the grid")
+    o.add_argument("--n-calib", type=int, default=512, help="calibration batch size")
+    o.add_argument("--seed", type=int, default=0, help="calibration seed")
+    _add_device(o)
+
+    sub.add_parser("samplers", formatter_class=_Formatter, help="list the samplers",
+                   description="List every sampler with its order, whether it is stochastic, and "
+                               "its number of network evaluations for n steps.")
 
     i = sub.add_parser("info", formatter_class=_Formatter, help="describe a run or checkpoint",
                        description="Print a run's config, progress and metrics.")
@@ -182,6 +200,18 @@ def cmd_eval(args) -> None:
         print(f"  {k:<{width}}  {v:.5g}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
 
+def cmd_optimize_grid(args) -> None:
+    from diffspace.cli.continuous_run import optimize_grid_cmd
+
+    optimize_grid_cmd(_load(args), args)
+
+
+def cmd_samplers(args) -> None:
+    from diffspace.samplers.registry import describe_samplers
+
+    print(describe_samplers())
+
+
 def cmd_info(args) -> None:
     from diffspace.cli.config import to_toml
     from diffspace.cli.runs import checkpoint_of, run_dir_of
@@ -203,7 +233,8 @@ def cmd_info(args) -> None:
     print("\n" + to_toml(meta["config"]))
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info,
+            "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers}
 
 
 def main(argv: list[str] | None = None) -> int:
