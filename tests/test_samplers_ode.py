@@ -116,3 +116,20 @@ def test_describe_samplers_lists_every_sampler():
         line = next(row for row in text.splitlines() if row.split()[0] == name)
         assert str(spec.order) in line
     assert "2n-1" in next(r for r in text.splitlines() if r.startswith("heun"))
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_has_the_uniform_signature_and_passes_cond(name):
+    """fn(denoiser, x, sigmas, *, generator=None, callback=None, **cond): cond reaches every call."""
+    seen = []
+
+    def denoiser(x, sigma, class_labels):
+        seen.append(class_labels)
+        assert sigma.shape == (x.shape[0],) and sigma.dtype == x.dtype
+        return GMM.denoiser(x, sigma)
+
+    labels = torch.arange(4)
+    x = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * SIGMA_MAX
+    out = SAMPLERS[name].fn(denoiser, x, karras_sigmas(3, SIGMA_MIN, SIGMA_MAX),
+                            generator=torch.Generator().manual_seed(1), callback=None, class_labels=labels)
+    assert out.shape == x.shape and seen and all(c is labels for c in seen)

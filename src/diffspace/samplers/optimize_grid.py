@@ -35,10 +35,12 @@ def grid_error(sampler, denoiser: Denoiser, x: Tensor, sigmas: Tensor, reference
 
 
 def optimize_sigmas(sampler, denoiser: Denoiser, x: Tensor, n: int, sigma_min: float, sigma_max: float, *,
-                    reference: Tensor | None = None, max_evals: int = 600, **cond) -> Tensor:
+                    reference: Tensor | None = None, starts: list[Tensor] = (), max_evals: int = 600,
+                    **cond) -> Tensor:
     """The n-step grid (n + 1 float64 values, sigma_max first, 0 last) that minimizes the RMSE of
     `sampler` from x (calibration noise already scaled to sigma_max) to `reference` (default: the
-    adaptive solution with rtol = atol = 1e-5, denoised at sigma_min)."""
+    adaptive solution with rtol = atol = 1e-5, denoised at sigma_min). The search starts from the best
+    of the Karras grid, the uniform-logSNR grid and `starts` (n-step grids from sigma_max)."""
     from scipy.optimize import minimize
 
     if n < 1:
@@ -46,7 +48,7 @@ def optimize_sigmas(sampler, denoiser: Denoiser, x: Tensor, n: int, sigma_min: f
     if reference is None:
         with torch.no_grad():
             reference = sample_adaptive(denoiser, x, sigma_max, sigma_min, rtol=1e-5, atol=1e-5, **cond)
-    starts = [g(n, sigma_min, sigma_max) for g in (karras_sigmas, logsnr_sigmas)]
+    starts = [g(n, sigma_min, sigma_max) for g in (karras_sigmas, logsnr_sigmas)] + list(starts)
     best = min(starts, key=lambda s: grid_error(sampler, denoiser, x, s, reference, **cond))
     if n == 1:
         return best
