@@ -43,7 +43,7 @@ def test_help_describes_every_option_with_default():
     out = " ".join(cli("sample", "--help").stdout.split())
     for opt in ["--n", "--out", "--sampler", "--steps", "--grid", "--seed", "--device"]:
         assert opt in out
-    assert "(default: heun)" in out and "(default: 10000)" in out
+    assert "the run's [sample] sampler" in out and "(default: 10000)" in out
 
 
 def test_dry_run_prints_resolved_config():

@@ -112,15 +112,23 @@ def _write_samples(x: torch.Tensor, out: Path) -> None:
         raise UserError(f"--out {out}: use a .npz, .npy or .csv file name")
 
 
+def _sampling(run: Run, args) -> tuple[str, int, str]:
+    """--sampler/--steps/--grid, each defaulting to the run's [sample] section."""
+    sc = run.cfg.sample
+    steps = sc.steps if args.steps is None else args.steps
+    return args.sampler or sc.sampler, steps, args.grid or sc.grid
+
+
 def sample_cmd(run: Run, args) -> None:
-    x = generate(run, args.n, args.sampler, args.steps, args.grid, args.seed, device=args.device_obj)
+    sampler, steps, grid = _sampling(run, args)
+    x = generate(run, args.n, sampler, steps, grid, args.seed, device=args.device_obj)
     if x is None:  # not rank 0
         return
     out = Path(args.out) if args.out else run.dir / "samples.npz"
     _write_samples(x, out)
     if x.ndim == 2 and x.shape[1] >= 2:
         data = DATA[run.cfg.data.name](run.cfg)["x_test"]
-        scatter_2d(x, data, out.with_suffix(".png"), f"{args.sampler}, {args.steps} steps")
+        scatter_2d(x, data, out.with_suffix(".png"), f"{sampler}, {steps} steps")
     print(f"wrote {len(x)} samples to {out}")
 
 
@@ -129,16 +137,15 @@ def eval_cmd(run: Run, args) -> dict:
     n = args.n or cfg.eval.n
     data = DATA[cfg.data.name](cfg)
     x_test, x_train = data["x_test"][:n], data["x_train"]
-    x = generate(run, n, args.sampler or cfg.sample.sampler, args.steps or cfg.sample.steps,
-                 args.grid or cfg.sample.grid, args.seed, device=args.device_obj)
+    sampler, steps, grid = _sampling(run, args)
+    x = generate(run, n, sampler, steps, grid, args.seed, device=args.device_obj)
     if x is None:  # not rank 0: metrics are computed once, there
         return {}
     if not torch.isfinite(x).all():
         raise UserError("the model produced non-finite samples")
     base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]
     metrics = {
-        "step": run.step, "n": n, "sampler": args.sampler or cfg.sample.sampler,
-        "steps": args.steps or cfg.sample.steps,
+        "step": run.step, "n": n, "sampler": sampler, "steps": steps, "grid": grid,
         "sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),
         "mmd": mmd_rbf(x, x_test), "mmd_data_baseline": mmd_rbf(base, x_test),
     }

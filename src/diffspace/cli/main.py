@@ -25,16 +25,13 @@ def _add_device(p):
                    help="where to run: auto picks CUDA when available")
 
 
-def _add_sampling(p, required_defaults: bool):
-    d = (lambda v: v) if required_defaults else (lambda v: None)
-    p.add_argument("--sampler", default=d("heun"), help="sampler name (see `diffspace samplers`)"
-                   + ("" if required_defaults else "; default: the run's [sample] sampler"))
-    p.add_argument("--steps", type=int, default=d(18), help="number of noise levels (steps)"
-                   + ("" if required_defaults else "; default: the run's [sample] steps"))
-    p.add_argument("--grid", default=d("karras"),
-                   help="noise-level grid: karras, logsnr, uniform_t, leading, trailing, linspace, or "
-                        "optimized (stored by `diffspace optimize-grid`)"
-                   + ("" if required_defaults else "; default: the run's [sample] grid"))
+def _add_sampling(p):
+    p.add_argument("--sampler", help="sampler name (see `diffspace samplers`); default: the run's "
+                                     "[sample] sampler")
+    p.add_argument("--steps", type=int, help="number of steps; default: the run's [sample] steps")
+    p.add_argument("--grid", help="noise-level grid: karras, logsnr, uniform_t, leading, trailing, "
+                                  "linspace, or optimized (stored by `diffspace optimize-grid`); "
+                                  "default: the run's [sample] grid")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (samples depend only on it)")
 
 
@@ -62,8 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run", help="run directory or checkpoint (.safetensors)")
     # why --num-samples: torchrun's own parser rejects "--n" as an ambiguous prefix of its options
     s.add_argument("--n", "--num-samples", dest="n", type=int, default=10_000, help="number of samples")
-    s.add_argument("--out", default="", help="output .npz/.npy/.csv (default: RUN/samples.npz)")
-    _add_sampling(s, True)
+    s.add_argument("--out", default="",
+                   help="output .npz/.npy/.csv (default: RUN/samples.npz; text runs: RUN/samples.txt)")
+    s.add_argument("--prompt", default="", help="text runs: the text every sample continues")
+    s.add_argument("--block", type=int, default=0,
+                   help="text runs: block size L' for block diffusion / semi-AR decoding (0: the run's)")
+    _add_sampling(s)
     _add_device(s)
 
     e = sub.add_parser("eval", formatter_class=_Formatter, help="evaluate a trained run",
@@ -73,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", "--num-samples", dest="n", type=int, default=0,
                    help="number of samples (0: the run's [eval] n)")
     e.add_argument("--json", default="", help="also write the metrics to this file")
-    _add_sampling(e, False)
+    e.add_argument("--ppl", action="store_true",
+                   help="text runs: only bits/char and perplexity on the validation split")
+    _add_sampling(e)
     _add_device(e)
 
     o = sub.add_parser("optimize-grid", formatter_class=_Formatter,

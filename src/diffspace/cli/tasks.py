@@ -24,7 +24,13 @@ def _continuous() -> Task:
                 cr.after_train)
 
 
-TASKS: dict[str, Callable[[], Task]] = {"continuous": _continuous}
+def _text() -> Task:
+    from diffspace.discrete.task import text_task
+
+    return text_task()
+
+
+TASKS: dict[str, Callable[[], Task]] = {"continuous": _continuous, "text": _text}
 
 
 def task_of(data: dict, src: str) -> Task:
