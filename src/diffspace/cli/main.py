@@ -3,6 +3,7 @@
 import argparse
 import json
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -241,6 +242,7 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": 
 
 
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # why: `diffspace ... | head` exits quietly
     args = build_parser().parse_args(argv)
     from diffspace.train.distributed import shutdown
     from diffspace.train.loop import TrainingError
