@@ -21,8 +21,11 @@ Callback = Callable[[int, float, Tensor, Tensor | None], None]  # (step, sigma, 
 
 
 def sigma_batch(sigma: float, x: Tensor) -> Tensor:
-    """A grid value as a (B,) noise level in x's dtype and device."""
-    return x.new_full((x.shape[0],), sigma)
+    """A grid value as a (B,) noise level in x's dtype and device.
+
+    why: a stride-0 view of one value, so a Denoiser may compute its per-sigma coefficients once
+    (`sigma.stride(0) == 0`) instead of B times."""
+    return x.new_full((1,), sigma).expand(x.shape[0])
 
 
 def _slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
