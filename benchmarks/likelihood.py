@@ -1,0 +1,202 @@
+"""Test NLL of diffusion and flow-matching models against the data's true differential entropy, beside a
+neural spline flow (zuko, the `bench` extra) trained for the same wall-clock time.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/likelihood.py            # the full run
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/likelihood.py --quick    # a smoke run, nothing written
+
+Every diffusion model trains with the lead's trainer (diffspace.train.loop) for the same number of
+steps and batch size; its EMA model's NLL on held-out points is the PF-ODE likelihood with the exact
+divergence (diffspace.samplers.likelihood, D = 2) in float64. The flow trains for the median wall-clock
+of the diffusion models on the same data. True entropies are for the data exactly as diffspace.data.toy
+generates it: checkerboard is uniform on 8 unit squares (log 8); 8-gaussians is the mixture
+diffspace.data.gmm.eight_gaussians_mixture(), its entropy a Monte Carlo average of the exact log-density.
+Writes benchmarks/results/likelihood.json and likelihood.md.
+"""
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from diffspace.cli.config import build, to_dict
+from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_path, build_setup
+from diffspace.data.gmm import eight_gaussians_mixture
+from diffspace.eval.bits import summarize
+from diffspace.samplers.likelihood import log_likelihood, velocity_log_likelihood
+from diffspace.train.loop import train
+
+RESULTS = Path(__file__).parent / "results"
+
+# one entry per model family: what differs from the shared [model]/[loss] defaults
+MODELS = {
+    "edm": {"model": {"path": "edm", "precond": "edm", "sigma_data": 1.0},
+            "loss": {"weighting": "edm", "proposal": "lognormal", "p_mean": -1.2, "p_std": 1.2}},
+    "vp-eps": {"model": {"path": "vp", "precond": "none", "prediction": "eps"},
+               "loss": {"weighting": "eps", "proposal": "uniform"}},
+    "cosine-v": {"model": {"path": "cosine", "precond": "none", "prediction": "v"},
+                 "loss": {"weighting": "v", "proposal": "uniform"}},
+    "linear-fm": {"model": {"path": "linear", "precond": "none", "prediction": "velocity"},
+                  "loss": {"objective": "flow", "proposal": "uniform"}},
+}
+DATASETS = ("checkerboard", "8gaussians")
+
+
+def true_entropy(name: str, n_mc: int) -> tuple[float, float]:
+    """(entropy in nats, its Monte Carlo standard error) of the data as generated."""
+    if name == "checkerboard":
+        return math.log(8.0), 0.0  # uniform density 1/8 on total area 8
+    gm = eight_gaussians_mixture()
+    nll = -gm.log_prob(gm.sample(n_mc, torch.Generator().manual_seed(123)))
+    return float(nll.mean()), float(nll.std()) / math.sqrt(n_mc)
+
+
+def config(model: str, data: str, args, run_dir: str) -> ContinuousConfig:
+    spec = MODELS[model]
+    raw = {"run": {"dir": run_dir, "seed": args.seed, "device": "cpu"},
+           "data": {"name": data, "n_train": args.n_train, "n_test": args.n_test},
+           "model": {"net": "mlp", "mlp": {"hidden": args.hidden, "depth": args.depth}, **spec["model"]},
+           "loss": spec["loss"],
+           "train": {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
+                     "warmup_steps": 100, "ema_halflife_steps": args.steps / 20, "log_every": 10**9,
+                     "ckpt_every": 10**9}}
+    return build(ContinuousConfig, raw, f"benchmark:{model}/{data}")
+
+
+class Float32Net(torch.nn.Module):
+    """Runs a float32 network inside a float64 solve (the noise embedding is float32 by design)."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x, noise_cond, **cond):
+        return self.net(x.float(), noise_cond.float(), **cond).to(x.dtype)
+
+
+def model_nll(cfg: ContinuousConfig, module, x: torch.Tensor, args) -> tuple[torch.Tensor, float]:
+    """Per-example NLL (float64 PF-ODE state, exact divergence) and the NFE of the solve."""
+    module = copy.deepcopy(module).eval()
+    module.net = Float32Net(module.net)  # every wrapper (EDMPrecond, NetDenoiser, NetVelocity) has .net
+    path, x = build_path(cfg), x.double()
+    kw = dict(divergence="exact", rtol=args.tol, atol=args.tol)
+    if cfg.loss.objective == "flow":
+        r = velocity_log_likelihood(module, x, path, **kw)
+    else:
+        r = log_likelihood(as_denoiser(cfg, module), x, path, **kw)
+    return r.nll, r.nfe
+
+
+def run_diffusion(model: str, data: str, args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = config(model, data, args, tmp)
+        torch.manual_seed(cfg.run.seed)
+        setup, d = build_setup(cfg, torch.device("cpu"))
+        t0 = time.perf_counter()
+        tr = train(setup, cfg.train, Path(tmp), to_dict(cfg), seed=cfg.run.seed, progress=False)
+        seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    nll, nfe = model_nll(cfg, tr.ema.module, d["x_test"], args)
+    return {**summarize(nll, 2), "nfe": nfe, "train_seconds": seconds, "steps": tr.step,
+            "eval_seconds": time.perf_counter() - t1}
+
+
+def run_flow(data: str, seconds: float, args) -> dict:
+    """zuko's neural spline flow, Adam on the same training set and batch size, for `seconds`."""
+    try:
+        import zuko
+    except ImportError as e:
+        raise SystemExit("the flow baseline needs the bench extra: pip install -e '.[bench]'") from e
+    torch.manual_seed(args.seed)
+    cfg = config("edm", data, args, "unused")
+    from diffspace.cli.registries import DATA
+
+    d = DATA[data](cfg)
+    flow = zuko.flows.NSF(features=2, transforms=args.flow_transforms, bins=args.flow_bins,
+                          hidden_features=(args.hidden,) * 2)
+    opt = torch.optim.Adam(flow.parameters(), lr=args.flow_lr)
+    g = torch.Generator().manual_seed(args.seed)
+    steps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        idx = torch.randint(len(d["x_train"]), (args.batch_size,), generator=g)
+        loss = -flow().log_prob(d["x_train"][idx]).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    with torch.no_grad():
+        nll = -flow().log_prob(d["x_test"])
+    return {**summarize(nll.double(), 2), "train_seconds": time.perf_counter() - t0, "steps": steps,
+            "transforms": args.flow_transforms, "bins": args.flow_bins}
+
+
+def markdown(res: dict) -> str:
+    lines = ["# Likelihood: test NLL (nats) against the true differential entropy", "",
+             f"Command: `{res['command']}`  ", f"Machine: {res['machine']}", "",
+             "| model | " + " | ".join(f"{d} NLL (gap)" for d in res["datasets"]) + " | train s | NFE |",
+             "|---|" + "---|" * len(res["datasets"]) + "---|---|"]
+    rows = [(m, res["nll"][m]) for m in res["nll"]] + [("NSF flow (zuko)", res["flow"])]
+    for name, per in rows:
+        cells = [f"{per[d]['nll_nats']:.3f} ± {per[d]['nll_stderr']:.3f} "
+                 f"({per[d]['nll_nats'] - res['true_entropy'][d]:+.3f})" for d in res["datasets"]]
+        secs = "/".join(f"{per[d]['train_seconds']:.0f}" for d in res["datasets"])
+        nfe = "/".join(str(round(per[d]["nfe"])) if "nfe" in per[d] else "-" for d in res["datasets"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} | {nfe} |")
+    truth = [f"{res['true_entropy'][d]:.3f} ± {res['true_entropy_stderr'][d]:.3f}" for d in res["datasets"]]
+    lines.append("| true entropy | " + " | ".join(truth) + " | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--n-train", type=int, default=100_000)
+    p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--tol", type=float, default=1e-6)
+    p.add_argument("--flow-transforms", type=int, default=4)
+    p.add_argument("--flow-bins", type=int, default=16)
+    p.add_argument("--flow-lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--quick", action="store_true", help="tiny budget, print only")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.n_test, args.n_train = 100, 200, 5000
+    models, datasets = args.models.split(","), args.datasets.split(",")
+    res = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/likelihood.py " + " ".join(
+               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "quick"),
+           "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                      f"{torch.get_num_threads()} thread(s), CPU",
+           "datasets": datasets, "nll": {m: {} for m in models}, "flow": {},
+           "true_entropy": {}, "true_entropy_stderr": {}}
+    for data in datasets:
+        res["true_entropy"][data], res["true_entropy_stderr"][data] = true_entropy(data, 1_000_000)
+        for m in models:
+            res["nll"][m][data] = r = run_diffusion(m, data, args)
+            print(f"{data} {m}: NLL {r['nll_nats']:.4f} ± {r['nll_stderr']:.4f} "
+                  f"(true {res['true_entropy'][data]:.4f}), {r['train_seconds']:.0f} s, NFE {r['nfe']}",
+                  flush=True)
+        budget = statistics.median(res["nll"][m][data]["train_seconds"] for m in models)
+        res["flow"][data] = r = run_flow(data, budget, args)
+        print(f"{data} NSF: NLL {r['nll_nats']:.4f} ± {r['nll_stderr']:.4f}, {r['steps']} steps", flush=True)
+    if args.quick:
+        return
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "likelihood.json").write_text(json.dumps(res, indent=2) + "\n")
+    (RESULTS / "likelihood.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()
