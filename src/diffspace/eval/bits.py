@@ -4,11 +4,12 @@ The offset between a density's NLL of dequantized data and the NLL of the discre
 once, in docs/likelihood.md: data on the L-level grid of [low, high] has bins of width
 delta = (high - low) / (L - 1); dequantizing with y = x + delta (u - 1/2), u ~ U[0, 1)^D gives
 
-    -log P(x) <= E_u[-log p(y)] - D log delta                 (Jensen; [RNVP] Sec. 4.1, [FFJORD])
+    -log P(x) <= E_u[-log p(y)] - D log delta                 (Jensen's inequality)
 
 so the discrete NLL in bits/dim is the density's bits/dim plus log2(1 / delta): log2(127.5) = 6.994
 for 256 levels on [-1, 1]. The DDPM bound's decoder ([DDPM] Eq. 13) uses the same bins, so both
-numbers bound the same discrete NLL. References: [RNVP] arXiv 1605.08803, [DDPM] 2006.11239v2.
+numbers bound the same discrete NLL. Uniform dequantization as in [RNVP] arXiv 1605.08803;
+[DDPM] arXiv 2006.11239v2.
 """
 
 import math

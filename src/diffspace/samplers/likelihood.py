@@ -1,9 +1,9 @@
 """Exact log-likelihood of a continuous model through its probability-flow ODE.
 
-References: [SDE] arXiv 2011.13456v2 App. D (likelihood of the PF-ODE), [FFJORD] arXiv 1810.01367v3
-Sec. 2-3 (instantaneous change of variables, Hutchinson's trace estimator).
+References: [SDE] arXiv 2011.13456v2 App. D.2 (likelihood of the PF-ODE), [FFJORD] arXiv 1810.01367v3
+Sec. 2.1 (instantaneous change of variables) and Sec. 3.1 (Hutchinson's trace estimator).
 
-Along an ODE dy/dt = f(t, y), d log p(y(t)) / dt = -div f   ([FFJORD] Eq. 2), so
+Along an ODE dy/dt = f(t, y), d log p(y(t)) / dt = -div f   ([FFJORD] Sec. 2.1), so
 
     log p_{t_min}(y(t_min)) = log p_{t_max}(y(t_max)) + int_{t_min}^{t_max} div f(t, y(t)) dt.
 
@@ -54,7 +54,7 @@ def exact_divergence(f: Tensor, y: Tensor) -> Tensor:
 
 
 def hutchinson_divergence(f: Tensor, y: Tensor, probes: Tensor) -> Tensor:
-    """Mean over probes e (K, B, ...) of e^T (df/dy) e, unbiased when E[e e^T] = I. [FFJORD] Eq. 7."""
+    """Mean over probes e (K, B, ...) of e^T (df/dy) e, unbiased when E[e e^T] = I. [FFJORD] Sec. 3.1."""
     div = torch.zeros(f.shape[0], dtype=f.dtype, device=f.device)
     for e in probes:
         (g,) = torch.autograd.grad(f, y, grad_outputs=e, retain_graph=True)  # e^T J
@@ -159,7 +159,7 @@ def velocity_log_likelihood(velocity, x: Tensor, path: Path, *, divergence: str 
 
     y1, int_div, nfe = _integrate(field, alpha0 * x, (path.t_min, path.t_max), div_fn, rtol, atol,
                                   method, options)
-    logp_t = _gaussian_logp(y1, std1) + int_div  # log p_{t_min}(alpha0 x)  [SDE] Eq. 39
+    logp_t = _gaussian_logp(y1, std1) + int_div  # log p_{t_min}(alpha0 x)  [SDE] App. D.2
     # why: x_t = alpha0 x has density p_x(x) = p_t(alpha0 x) alpha0^D
     return Likelihood(-(logp_t + x[0].numel() * math.log(alpha0)), nfe)
 
