@@ -73,5 +73,6 @@ def describe_samplers() -> str:
 
 def _nfe_rule(nfe: Callable[[int], int]) -> str:
     """'k*n - j' read off the rule's values (every rule here is affine in n)."""
-    k, j = nfe(2) - nfe(1), nfe(1) * 1 - (nfe(2) - nfe(1))
-    return f"{k}n" if j == 0 else f"{k}n{j:+d}"
+    k, j = nfe(2) - nfe(1), nfe(1) - (nfe(2) - nfe(1))
+    kn = "n" if k == 1 else f"{k}n"
+    return kn if j == 0 else f"{kn}{j:+d}"
