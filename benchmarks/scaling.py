@@ -68,10 +68,24 @@ def _worker(rank: int, world: int, port: int, overrides: list[str], args, thread
             if r:
                 times.append(((time.perf_counter() - wall) / args.steps,
                               (time.process_time() - cpu) / args.steps))
+    n_params = sum(p.numel() for p in setup.model.parameters())
+    allreduce = _allreduce_s(n_params, device, args.repeats) if world > 1 else 0.0
     if rank == 0:
-        n_params = sum(p.numel() for p in setup.model.parameters())
-        results.put({"params": n_params, "times": times})
+        results.put({"params": n_params, "times": times, "allreduce_s": allreduce})
     shutdown()
+
+
+def _allreduce_s(n: int, device: torch.device, rounds: int) -> float:
+    """Fastest all-reduce of n float32 values (all gradients in one piece) over `rounds` tries."""
+    import torch.distributed as dist
+
+    x, best = torch.zeros(n, device=device), float("inf")
+    for _ in range(rounds + 1):
+        barrier()
+        t0 = time.perf_counter()
+        dist.all_reduce(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _free_port() -> int:
@@ -91,7 +105,8 @@ def run_case(overrides: list[str], args, world: int, threads: int, sync: bool) -
     cpu = statistics.median(t[1] for t in got["times"])
     return {"world_size": world, "threads_per_rank": threads, "grad_allreduce": sync, "params": got["params"],
             "global_batch": args.batch, "step_ms": 1e3 * wall, "cpu_ms_per_rank": 1e3 * cpu,
-            "samples_per_s": args.batch / wall, "wall_ms_repeats": [1e3 * t[0] for t in got["times"]]}
+            "samples_per_s": args.batch / wall, "wall_ms_repeats": [1e3 * t[0] for t in got["times"]],
+            "allreduce_all_grads_ms": 1e3 * got["allreduce_s"]}
 
 
 def _machine() -> dict:
@@ -112,7 +127,10 @@ def summarize(rows: list[dict]) -> dict:
     return {"speedup_ws2_vs_ws1_1thread": two["samples_per_s"] / get(1, 1, True)["samples_per_s"],
             "speedup_ws2_vs_ws1_2threads": two["samples_per_s"] / get(1, 2, True)["samples_per_s"],
             "comm_share_ws2": 1 - no_sync["step_ms"] / two["step_ms"],
-            "comm_cpu_share_ws2": 1 - no_sync["cpu_ms_per_rank"] / two["cpu_ms_per_rank"]}
+            "allreduce_share_ws2": two["allreduce_all_grads_ms"] / two["step_ms"],
+            "comm_cpu_share_ws2": 1 - no_sync["cpu_ms_per_rank"] / two["cpu_ms_per_rank"],
+            # CPU work of one process over the total of two for the same batch: 1 = no overhead
+            "cpu_efficiency_ws2": get(1, 1, True)["cpu_ms_per_rank"] / (2 * two["cpu_ms_per_rank"])}
 
 
 def markdown(report: dict) -> str:
@@ -133,15 +151,21 @@ def markdown(report: dict) -> str:
                          f"{'on' if r['grad_allreduce'] else 'off (no_sync)'} | {r['step_ms']:.1f} | "
                          f"{r['cpu_ms_per_rank']:.1f} | {r['samples_per_s']:,.0f} |")
     lines += ["", "| model | speed-up 2 ranks vs 1 rank x 1 thread | vs 1 rank x 2 threads | "
-              "communication share of a 2-rank step: wall | CPU |", "|---|---:|---:|---:|---:|"]
+              "communication share of a 2-rank step: wall | CPU | all-reduce alone | "
+              "CPU efficiency of 2 ranks |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, s in report["summary"].items():
         lines.append(f"| {name} | {s['speedup_ws2_vs_ws1_1thread']:.2f} | "
                      f"{s['speedup_ws2_vs_ws1_2threads']:.2f} | {100 * s['comm_share_ws2']:.0f} % | "
-                     f"{100 * s['comm_cpu_share_ws2']:.0f} % |")
+                     f"{100 * s['comm_cpu_share_ws2']:.0f} % | {100 * s['allreduce_share_ws2']:.0f} % | "
+                     f"{s['cpu_efficiency_ws2']:.2f} |")
     lines += ["", "Communication share = 1 - t(2 ranks, no_sync) / t(2 ranks): the part of a step that "
               "gradient all-reduce adds (gloo over loopback TCP, partly overlapped with backward); with "
               "wall-clock t it includes waiting for the other rank, with CPU t only the work of "
-              "reducing and copying gradients. When other jobs load the cores, OpenMP's 2-thread "
+              "reducing and copying gradients; all-reduce alone = the fastest all-reduce of all gradients in "
+              "one piece over the 2-rank step time (an upper bound: DDP overlaps it with backward). "
+              "CPU efficiency = CPU time of one process / total CPU "
+              "time of two for the same global batch (1 = no overhead); it depends little on the "
+              "load, unlike the wall-clock columns. When other jobs load the cores, OpenMP's 2-thread "
               "rows suffer most (its threads wait for each other at every operation)."]
     return "\n".join(lines) + "\n"
 
