@@ -13,7 +13,9 @@ from torch import Tensor, nn
 from diffspace.cli.config import RunConfig, TrainConfig, choice
 from diffspace.cli.registries import DATA, NETS, make_net
 from diffspace.losses import SIGMA_PROPOSALS, T_PROPOSALS, WEIGHTINGS, denoising_loss, flow_matching_loss
+from diffspace.nets.dit import DiTConfig
 from diffspace.nets.mlp import MLPConfig
+from diffspace.nets.unet import UNetConfig
 from diffspace.param import PREDICTIONS, DenoiserFromVelocity, EDMPrecond, NetDenoiser, NetVelocity
 from diffspace.paths import PATHS, Path
 from diffspace.train.loop import TrainSetup
@@ -27,6 +29,7 @@ class DataConfig:
     key: str = ""  # array name inside a .npz
     n_train: int = 100_000  # toy sets: points generated for training
     n_test: int = 10_000  # toy sets: held-out points (evaluation baseline)
+    image_size: int = 24  # lfw: resize 25x25 to 24 or 32 (images: digits, lfw, folder, npz with `file`)
 
 
 @dataclass
@@ -39,6 +42,8 @@ class ModelConfig:
     num_classes: int = 0  # > 0: class-conditional, with a null class for guidance
     p_uncond: float = 0.1  # label dropout probability during training (conditional models)
     mlp: MLPConfig = field(default_factory=MLPConfig)
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
 
 
 @dataclass

@@ -1,11 +1,16 @@
 """The only name -> object registries of the continuous task: data sources and networks."""
 
+import dataclasses
+
 import torch
 from torch import nn
 
 from diffspace.data.files import load_vectors
 from diffspace.data.toy import TOY_SETS, make_toy
+from diffspace.eval.image_eval import image_data
+from diffspace.nets.dit import DiT
 from diffspace.nets.mlp import MLP
+from diffspace.nets.unet import UNet
 from diffspace.types import UserError
 
 
@@ -28,7 +33,8 @@ def _file(cfg) -> dict:
     return {"x_train": x[perm[n_test:]], "x_test": x[perm[:n_test]]}
 
 
-DATA = {name: _toy(name) for name in TOY_SETS} | {"file": _file}
+DATA = {name: _toy(name) for name in TOY_SETS} | {"file": _file} | \
+    {name: image_data for name in ("digits", "lfw", "folder", "npz")}
 
 
 def _mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
@@ -38,7 +44,23 @@ def _mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
     return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes)
 
 
-NETS = {"mlp": _mlp}
+def _image_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
+    if len(shape) != 3 or shape[1] != shape[2]:
+        raise UserError(f"model.net = {name!r} needs square images (C, H, W), got examples of shape {shape}")
+    return shape[0], shape[1]
+
+
+def _unet(cfg, shape: tuple[int, ...]) -> nn.Module:
+    return UNet(*_image_shape("unet", shape), **dataclasses.asdict(cfg.model.unet),
+                num_classes=cfg.model.num_classes)
+
+
+def _dit(cfg, shape: tuple[int, ...]) -> nn.Module:
+    return DiT(*_image_shape("dit", shape), **dataclasses.asdict(cfg.model.dit),
+               num_classes=cfg.model.num_classes)
+
+
+NETS = {"mlp": _mlp, "unet": _unet, "dit": _dit}
 
 
 def make_net(cfg, shape: tuple[int, ...]) -> nn.Module:

@@ -6,7 +6,7 @@ embedding whose extra index is the null class for classifier-free guidance. It k
 diffusion: forward(x (B, C, H, W), noise_cond (B,), class_labels (B,) | None) -> (B, C, H, W).
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -18,9 +18,9 @@ from diffspace.nets.embedding import NoiseEmbedding
 @dataclass
 class UNetConfig:
     channels: int = 64
-    channel_mults: tuple[int, ...] = (1, 2)
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2])
     num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (4,)
+    attn_resolutions: list[int] = field(default_factory=lambda: [4])
     heads: int = 4
     dropout: float = 0.1
 
@@ -89,8 +89,8 @@ class UNet(nn.Module):
     """
 
     def __init__(self, in_channels: int, resolution: int, channels: int = 64,
-                 channel_mults: tuple[int, ...] = (1, 2), num_res_blocks: int = 2,
-                 attn_resolutions: tuple[int, ...] = (4,), heads: int = 4, dropout: float = 0.1,
+                 channel_mults: tuple[int, ...] | list[int] = (1, 2), num_res_blocks: int = 2,
+                 attn_resolutions: tuple[int, ...] | list[int] = (4,), heads: int = 4, dropout: float = 0.1,
                  num_classes: int = 0):
         super().__init__()
         if resolution % 2 ** (len(channel_mults) - 1):

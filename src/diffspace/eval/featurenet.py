@@ -1,0 +1,175 @@
+"""Classifiers for evaluation and guidance, saved as artifacts (safetensors weights, JSON beside them).
+
+* The feature net: a small classifier trained on a data set's train split. Its penultimate
+  activations are the features of the offline FID/KID/precision-recall ([FID] arXiv 1706.08500);
+  its predictions give the classification accuracy of class-conditional samples (CAS).
+* The noise-aware classifier: the same network with a noise embedding, trained on EDM-space
+  x = x0 + sigma eps over the sampler's whole sigma range, for classifier guidance ([CG] arXiv 2105.05233).
+* InceptionV3 features through pytorch-fid, only from a local weights file (nothing is downloaded).
+"""
+
+import json
+import math
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from diffspace.data.images import load_image_data
+from diffspace.nets.classifier import ConvClassifier
+from diffspace.samplers.guidance import EDMClassifier
+from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from diffspace.types import UserError
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid looks for
+
+
+def _random_shift(x: Tensor, g: torch.Generator, pixels: int = 1) -> Tensor:
+    """Translate each image by up to `pixels` in x and y (edge padding), a cheap augmentation."""
+    B, _, H, W = x.shape
+    pad = F.pad(x, (pixels,) * 4, mode="replicate")
+    dy, dx = (torch.randint(0, 2 * pixels + 1, (B,), generator=g) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(H))[:, None, :, None].expand(B, x.shape[1], H, W + 2 * pixels)
+    cols = (dx[:, None] + torch.arange(W))[:, None, None, :].expand(B, x.shape[1], H, W)
+    return pad.gather(2, rows.to(x.device)).gather(3, cols.to(x.device))
+
+
+def _fit(loss_fn, params, steps: int, lr: float) -> None:
+    """AdamW with a cosine-decayed learning rate; loss_fn(step) -> scalar loss."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(step).backward()
+        opt.step()
+        sched.step()
+
+
+def _data(data_name: str, seed: int, path: str | None, size: int):
+    x, y = load_image_data(data_name, "train", seed, path, size)
+    xt, yt = load_image_data(data_name, "test", seed, path, size)
+    if y is None:
+        raise UserError(f"data {data_name!r} has no labels: a classifier needs class subfolders or 'y'")
+    return x, y, xt, yt
+
+
+@torch.no_grad()
+def predict(net: nn.Module, x: Tensor, batch: int = 1000) -> Tensor:
+    """Class predictions (N,) of a clean-image classifier."""
+    net.eval()
+    return torch.cat([net(x[i:i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+
+@torch.no_grad()
+def features(net: ConvClassifier, x: Tensor, batch: int = 1000) -> Tensor:
+    """Penultimate activations (N, feat_dim) of the feature net, float64 for the statistics."""
+    net.eval()
+    return torch.cat([net.features(x[i:i + batch]) for i in range(0, len(x), batch)]).double()
+
+
+def _save(net: ConvClassifier, arch: dict, info: dict, out_path: str | Path) -> dict:
+    out = Path(out_path)
+    meta = {"arch": arch, **info}
+    save_checkpoint(out, {k: v for k, v in net.state_dict().items()}, meta)
+    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def load_classifier(path: str | Path, kind: str) -> tuple[ConvClassifier, dict]:
+    """Rebuild a saved classifier; `kind` is "featurenet" or "noisy_classifier"."""
+    tensors, meta = load_checkpoint(Path(path))
+    if meta.get("kind") != kind:
+        raise UserError(f"{path}: holds a {meta.get('kind')!r}, expected a {kind!r} (train one with "
+                        f"`diffspace train-{'featurenet' if kind == 'featurenet' else 'classifier'}`)")
+    net = ConvClassifier(**meta["arch"])
+    load_weights(net, tensors, Path(path))
+    return net.eval(), meta
+
+
+def train_featurenet(data_name: str, out_path: str | Path, steps: int = 1500, batch_size: int = 128,
+                     lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 24,
+                     width: int = 32) -> dict:
+    """Train the feature net on the train split; returns (and saves) its metadata with test accuracy."""
+    x, y, xt, yt = _data(data_name, seed, path, size)
+    torch.manual_seed(seed)
+    arch = {"in_channels": x.shape[1], "num_classes": int(y.max()) + 1, "width": width,
+            "levels": 3, "feat_dim": 64, "noise_aware": False}
+    net, g = ConvClassifier(**arch), torch.Generator().manual_seed(seed)
+
+    def loss(step: int) -> Tensor:
+        idx = torch.randint(len(x), (batch_size,), generator=g)
+        return F.cross_entropy(net(_random_shift(x[idx], g)), y[idx])
+
+    net.train()
+    _fit(loss, net.parameters(), steps, lr)
+    acc = float((predict(net, xt) == yt).double().mean())
+    info = {"kind": "featurenet", "data": data_name, "shape": list(x.shape[1:]), "seed": seed,
+            "steps": steps, "test_accuracy": acc}
+    return _save(net, arch, info, out_path)
+
+
+def train_classifier(data_name: str, out_path: str | Path, steps: int = 3000, batch_size: int = 128,
+                     lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 24,
+                     width: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
+                     sigma_data: float = 0.5) -> dict:
+    """Train a noise-aware classifier on x0 + sigma eps, ln sigma uniform on [ln sigma_min, ln sigma_max]."""
+    x, y, xt, yt = _data(data_name, seed, path, size)
+    torch.manual_seed(seed)
+    arch = {"in_channels": x.shape[1], "num_classes": int(y.max()) + 1, "width": width,
+            "levels": 3, "feat_dim": 64, "noise_aware": True}
+    clf, g = EDMClassifier(ConvClassifier(**arch), sigma_data), torch.Generator().manual_seed(seed)
+    log_lo, log_hi = math.log(sigma_min), math.log(sigma_max)
+
+    def noisy(x0: Tensor) -> tuple[Tensor, Tensor]:
+        sigma = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(len(x0), generator=g))
+        return x0 + sigma[:, None, None, None] * torch.randn(x0.shape, generator=g), sigma
+
+    def loss(step: int) -> Tensor:
+        idx = torch.randint(len(x), (batch_size,), generator=g)
+        return F.cross_entropy(clf(*noisy(_random_shift(x[idx], g))), y[idx])
+
+    clf.train()
+    _fit(loss, clf.parameters(), steps, lr)
+    clf.eval()
+    with torch.no_grad():  # accuracy at a low and a moderate noise level, for the record
+        accs = {f"test_accuracy_sigma_{s}": float((clf(xt + s * torch.randn(xt.shape, generator=g),
+                                                       torch.full((len(xt),), s)).argmax(1) == yt)
+                                                   .double().mean()) for s in (0.05, 0.5)}
+    info = {"kind": "noisy_classifier", "data": data_name, "shape": list(x.shape[1:]), "seed": seed,
+            "steps": steps, "sigma_data": sigma_data, **accs}
+    return _save(clf.net, arch, info, out_path)
+
+
+def load_noisy_classifier(path: str | Path) -> EDMClassifier:
+    net, meta = load_classifier(path, "noisy_classifier")
+    return EDMClassifier(net, meta["sigma_data"]).eval()
+
+
+def inception_features(x: Tensor, weights: str | Path, batch: int = 200) -> Tensor:
+    """2048-d pool features of the FID InceptionV3 (pytorch-fid) from a local weights file; x in [-1, 1].
+
+    pytorch-fid fetches its weights through torch.hub's cache; pointing the cache at a temporary
+    folder that holds only the user's file makes it load that file and never download.
+    """
+    weights = Path(weights)
+    try:
+        from pytorch_fid.inception import InceptionV3
+    except ImportError as e:
+        raise UserError(f"InceptionV3 features need pytorch-fid (pip install pytorch-fid, which needs "
+                        f"torchvision) plus a local {INCEPTION_FILE}; import failed: {e}") from None
+    if not weights.is_file():
+        raise UserError(f"InceptionV3 weights file not found: {weights} (expected a local {INCEPTION_FILE})")
+    old = torch.hub.get_dir()
+    with tempfile.TemporaryDirectory() as hub:
+        (Path(hub) / "checkpoints").mkdir()
+        (Path(hub) / "checkpoints" / INCEPTION_FILE).symlink_to(weights.resolve())
+        torch.hub.set_dir(hub)
+        try:
+            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+        finally:
+            torch.hub.set_dir(old)
+    rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    with torch.no_grad():  # pytorch-fid resizes to 299 and expects [0, 1]
+        return torch.cat([model((rgb[i:i + batch] + 1) / 2)[0].flatten(1) for i in range(0, len(x), batch)])

@@ -1,0 +1,96 @@
+"""Feature net and noise-aware classifier artifacts, and a tiny end-to-end digits training whose samples
+must beat noise clearly on the feature-net FID."""
+
+import json
+
+import pytest
+import torch
+
+from diffspace.cli.config import build
+from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_setup
+from diffspace.data.images import load_digits
+from diffspace.eval.featurenet import (
+    features,
+    load_classifier,
+    load_noisy_classifier,
+    predict,
+    train_classifier,
+    train_featurenet,
+)
+from diffspace.eval.image_eval import sample_images
+from diffspace.eval.image_metrics import fid_from_features
+from diffspace.samplers.grids import karras_sigmas
+from diffspace.samplers.ode import sample_heun
+from diffspace.train.loop import train
+from diffspace.types import UserError
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """why: these small convolutions run ~50x slower with 2 threads on a busy 2-core machine (measured:
+    100 feature-net steps 1.3 s CPU with 1 thread, 60 s with 2), so this module trains on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def featurenet(tmp_path_factory):
+    path = tmp_path_factory.mktemp("fn") / "fn.safetensors"
+    meta = train_featurenet("digits", path, steps=300, width=16)
+    return path, meta
+
+
+def test_featurenet_artifact_round_trip_and_accuracy(featurenet):
+    path, meta = featurenet
+    assert meta["test_accuracy"] > 0.9  # 10 classes: chance is 0.1
+    assert json.loads(path.with_suffix(".json").read_text())["test_accuracy"] == meta["test_accuracy"]
+    net, loaded = load_classifier(path, "featurenet")
+    x, y = load_digits("test")
+    assert float((predict(net, x) == y).double().mean()) == pytest.approx(meta["test_accuracy"])
+    assert features(net, x[:5]).shape == (5, 64)
+    with pytest.raises(UserError, match="expected a 'noisy_classifier'"):
+        load_classifier(path, "noisy_classifier")
+
+
+def test_artifact_errors(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_classifier(tmp_path / "none.safetensors", "featurenet")
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(UserError, match="not a readable"):
+        load_classifier(tmp_path / "bad.safetensors", "featurenet")
+
+
+def test_noisy_classifier_is_accurate_at_low_noise(tmp_path):
+    meta = train_classifier("digits", tmp_path / "clf.safetensors", steps=300, width=16)
+    assert meta["test_accuracy_sigma_0.05"] > 0.8
+    clf = load_noisy_classifier(tmp_path / "clf.safetensors")
+    x, _ = load_digits("test")
+    assert clf(x[:4], torch.full((4,), 0.1)).shape == (4, 10)
+
+
+@pytest.mark.slow
+def test_tiny_digits_training_beats_noise_on_fid(featurenet, tmp_path):
+    cfg = build(ContinuousConfig, {
+        "data": {"name": "digits"},
+        "model": {"net": "unet", "sigma_data": 0.75, "num_classes": 10,
+                  "unet": {"channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
+                           "attn_resolutions": [], "dropout": 0.0}},
+        "train": {"steps": 400, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20, "ema_halflife_steps": 40.0,
+                  "ckpt_every": 100_000, "log_every": 100_000},
+    }, "tiny-digits")
+    torch.manual_seed(0)
+    setup, data = build_setup(cfg, torch.device("cpu"))
+    tr = train(setup, cfg.train, tmp_path, {}, progress=False)
+    net, _ = load_classifier(featurenet[0], "featurenet")
+    labels = torch.arange(300) % 10
+    denoiser = as_denoiser(cfg, tr.ema.module)
+    x = sample_images(denoiser, (1, 8, 8), labels, karras_sigmas(12), sample_heun, seed=1)
+    noise = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    ref = features(net, data["x_train"])
+    fid, fid_noise = fid_from_features(ref, features(net, x)), fid_from_features(ref, features(net, noise))
+    fid_base = fid_from_features(ref, features(net, data["x_test"]))
+    print(f"tiny digits: fid {fid:.3f}, noise {fid_noise:.3f}, real baseline {fid_base:.3f}")
+    assert fid < 0.1 * fid_noise
+    assert fid < 3 * fid_base  # the issue's bar for the full run already holds for this tiny one
