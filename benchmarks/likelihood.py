@@ -3,6 +3,7 @@ neural spline flow (zuko, the `bench` extra) trained for the same wall-clock tim
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/likelihood.py            # the full run
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/likelihood.py --quick    # a smoke run, nothing written
+    # or one process per dataset (--datasets checkerboard --out A.json, ...), then --merge A.json B.json
 
 Every diffusion model trains with the lead's trainer (diffspace.train.loop) for the same number of
 steps and batch size; its EMA model's NLL on held-out points is the PF-ODE likelihood with the exact
@@ -170,12 +171,17 @@ def main() -> None:
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--datasets", default=",".join(DATASETS))
     p.add_argument("--quick", action="store_true", help="tiny budget, print only")
+    p.add_argument("--out", default=str(RESULTS / "likelihood.json"))
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-dataset result files and write "
+                   "the final likelihood.json and .md (run datasets as separate processes, then merge)")
     args = p.parse_args()
+    if args.merge:
+        return write(merge([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out))
     if args.quick:
         args.steps, args.n_test, args.n_train = 100, 200, 5000
     models, datasets = args.models.split(","), args.datasets.split(",")
     res = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/likelihood.py " + " ".join(
-               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "quick"),
+               f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k not in ("quick", "merge")),
            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                       f"{torch.get_num_threads()} thread(s), CPU",
            "datasets": datasets, "nll": {m: {} for m in models}, "flow": {},
@@ -190,11 +196,23 @@ def main() -> None:
         budget = statistics.median(res["nll"][m][data]["train_seconds"] for m in models)
         res["flow"][data] = r = run_flow(data, budget, args)
         print(f"{data} NSF: NLL {r['nll_nats']:.4f} ± {r['nll_stderr']:.4f}, {r['steps']} steps", flush=True)
-    if args.quick:
-        return
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "likelihood.json").write_text(json.dumps(res, indent=2) + "\n")
-    (RESULTS / "likelihood.md").write_text(markdown(res))
+    if not args.quick:
+        write(res, Path(args.out))
+
+
+def merge(parts: list[dict]) -> dict:
+    res = {**parts[0], "datasets": [d for r in parts for d in r["datasets"]],
+           "command": " ; ".join(r["command"] for r in parts)}
+    for key in ("flow", "true_entropy", "true_entropy_stderr"):
+        res[key] = {k: v for r in parts for k, v in r[key].items()}
+    res["nll"] = {m: {d: v for r in parts for d, v in r["nll"].get(m, {}).items()} for m in parts[0]["nll"]}
+    return res
+
+
+def write(res: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(res))
     print(markdown(res))
 
 

@@ -9,7 +9,7 @@ from diffspace.data.gmm import GaussianMixture
 from diffspace.eval.bits import bits_per_dim, dequantization_offset, dequantize, nll_report
 from diffspace.losses.vlb import ddpm_bound, discretized_gaussian_log_prob
 from diffspace.param import NetDenoiser
-from diffspace.paths import DDPMDiscrete
+from diffspace.paths import EDM, DDPMDiscrete
 from diffspace.types import UserError
 
 LEVELS, STD, DIM = 256, 0.3, 2
@@ -160,3 +160,20 @@ def test_nll_report_on_continuous_and_8bit_data():
     assert abs(q["bits_per_dim"] - true_bpd) < 3 * q["bits_per_dim_stderr"] + 0.01
     assert q["bound_bits_per_dim"] > true_bpd - 3 * q["bound_bits_per_dim_stderr"]
     assert math.isclose(q["dequantization_offset_bits"], math.log2(1 / DELTA))
+
+
+def test_nll_report_slices_per_example_conditioning():
+    """Two classes with their own means; the report's NLL is the class-conditional Gaussian NLL."""
+    means = torch.tensor([[1.0, -1.0], [-2.0, 0.5]], dtype=torch.float64)
+    labels = torch.arange(300) % 2
+    g = torch.Generator().manual_seed(9)
+    x = means[labels] + STD * torch.randn(300, DIM, generator=g, dtype=torch.float64)
+
+    def denoiser(x, sigma, class_labels):
+        mu = means[class_labels]
+        return mu + STD**2 / (STD**2 + sigma[:, None] ** 2) * (x - mu)
+
+    r = nll_report(denoiser, EDM(sigma_max=1e4), x, cond={"class_labels": labels}, batch_size=64,
+                   rtol=1e-6, atol=1e-6)
+    true = -torch.distributions.Normal(means[labels], STD).log_prob(x).sum(1)
+    assert abs(r["nll_nats"] - float(true.mean())) < 1e-3

@@ -55,24 +55,30 @@ def summarize(nll_nats: Tensor, dim: int) -> dict:
             "bits_per_dim_stderr": bits_per_dim(stderr, dim), "n": n}
 
 
+def _batches(x: Tensor, cond: dict, batch_size: int):
+    """(start, x slice, cond slice) over the examples; cond holds per-example tensors (e.g. labels)."""
+    for i in range(0, x.shape[0], batch_size):
+        yield i, x[i:i + batch_size], {k: v[i:i + batch_size] for k, v in cond.items()}
+
+
 def nll_per_example(denoiser, path, x: Tensor, *, levels: int | None = None,
                     divergence: str | None = None, batch_size: int = 1000, seed: int = 0,
-                    index_offset: int = 0, **kwargs) -> tuple[Tensor, float]:
+                    index_offset: int = 0, cond: dict | None = None, **kwargs) -> tuple[Tensor, float]:
     """Per-example NLL in nats (N,) and the mean NFE per batch.
 
     With `levels`, x is data on that grid of [-1, 1]: it is dequantized and the offset added, so the
-    value bounds the discrete NLL. `divergence` None picks exact for D <= 16, else Hutchinson.
+    value bounds the discrete NLL. `divergence` None picks exact for D <= 16, else Hutchinson. `cond`
+    holds per-example conditioning (e.g. class_labels (N,)); kwargs go to `log_likelihood`.
     """
     dim = x[0].numel()
     if divergence is None:
         divergence = "exact" if dim <= EXACT_DIVERGENCE_MAX_DIM else "hutchinson"
     nlls, nfes = [], []
-    for i in range(0, x.shape[0], batch_size):
-        xb = x[i:i + batch_size]
+    for i, xb, cb in _batches(x, cond or {}, batch_size):
         if levels is not None:
             xb = dequantize(xb, levels, seed=seed, index_offset=index_offset + i)
         r = log_likelihood(denoiser, xb, path, divergence=divergence, seed=seed,
-                           index_offset=index_offset + i, **kwargs)
+                           index_offset=index_offset + i, **kwargs, **cb)
         nlls.append(r.nll.detach())
         nfes.append(r.nfe)
     nll = torch.cat(nlls)
@@ -81,27 +87,34 @@ def nll_per_example(denoiser, path, x: Tensor, *, levels: int | None = None,
     return nll, sum(nfes) / len(nfes)
 
 
-def nll_report(denoiser, path, x: Tensor, *, levels: int | None = None, bound: bool = True,
-               bound_n_t: int | None = None, batch_size: int = 1000, seed: int = 0, **kwargs) -> dict:
+def nll_report(denoiser, path, x: Tensor, *, levels: int | None = None,
+               bound_path: DDPMDiscrete | None = None, bound_n_t: int | None = None,
+               batch_size: int = 1000, seed: int = 0, cond: dict | None = None, **kwargs) -> dict:
     """What `diffspace eval RUN --nll` prints: PF-ODE NLL (nats, bits/dim, standard errors, NFE) and,
-    for a DDPMDiscrete path with `levels` given, the DDPM bound in bits/dim beside it.
+    for data on a `levels` grid, the DDPM bound in bits/dim beside it.
 
-    Numbers are per example of x (one rank's shard under torchrun: gather `nll_per_example` outputs
-    and call `summarize` to combine ranks). kwargs go to `log_likelihood` (rtol, atol, n_probes, ...).
+    The bound uses `bound_path`, by default `path` itself when it is DDPMDiscrete; any sigma-space
+    Denoiser also defines a discrete-time model on another DDPMDiscrete schedule, so pass one to get
+    the bound for models trained on other paths. Numbers are per example of x (one rank's shard under
+    torchrun: gather `nll_per_example` outputs and call `summarize` to combine ranks). kwargs go to
+    `nll_per_example` (divergence, rtol, atol, n_probes, ...).
     """
     if x.ndim < 2 or x.shape[0] == 0:
         raise UserError(f"nll_report needs a batch of examples (N, ...), got shape {tuple(x.shape)}")
-    dim = x[0].numel()
-    nll, nfe = nll_per_example(denoiser, path, x, levels=levels, batch_size=batch_size, seed=seed, **kwargs)
+    dim, cond = x[0].numel(), cond or {}
+    nll, nfe = nll_per_example(denoiser, path, x, levels=levels, batch_size=batch_size, seed=seed,
+                               cond=cond, **kwargs)
     report = {**summarize(nll, dim), "nfe": nfe}
-    if levels is not None:
-        report["dequantization_offset_bits"] = bits_per_dim(dequantization_offset(dim, levels), dim)
-    if bound and levels is not None and isinstance(path, DDPMDiscrete):
+    if levels is None:
+        return report
+    report["dequantization_offset_bits"] = bits_per_dim(dequantization_offset(dim, levels), dim)
+    bound_path = path if bound_path is None and isinstance(path, DDPMDiscrete) else bound_path
+    if bound_path is not None:
         from diffspace.losses.vlb import ddpm_bound
 
         g = torch.Generator().manual_seed(seed)
-        b = torch.cat([ddpm_bound(denoiser, xb, path, n_t=bound_n_t, levels=levels, generator=g)
-                       for xb in x.split(batch_size)])
+        b = torch.cat([ddpm_bound(denoiser, xb, bound_path, n_t=bound_n_t, levels=levels, generator=g, **cb)
+                       for _, xb, cb in _batches(x, cond, batch_size)])
         summary = summarize(b, dim)  # bound_nats, bound_stderr, bound_bits_per_dim, ...
         report.update({"bound_" + k.removeprefix("nll_"): v for k, v in summary.items() if k != "n"})
     return report
