@@ -35,7 +35,7 @@ def classifier_for(run, path: str, steps: int):
         d = run.cfg.data
         print(f"training the noise-aware classifier into {p}")
         train_classifier(d.name, p, steps=steps, seed=run.cfg.run.seed, path=d.file or None,
-                         size=d.image_size)
+                         size=d.image_size, sigma_data=run.cfg.model.sigma_data)
     return load_noisy_classifier(p)
 
 
