@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test bench bench-samplers lint venv clean
+.PHONY: demo test bench bench-samplers bench-likelihood bench-guidance bench-text bench-scaling lint venv clean
 
 venv: $(STAMP)
 
@@ -26,11 +26,27 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-bench: bench-samplers
+# Slow benchmarks (not part of `make test`); each writes benchmarks/results/<name>.json and .md.
+bench: bench-samplers bench-likelihood bench-guidance bench-text bench-scaling
 
-bench-samplers: $(STAMP)
-	$(BIN)/pip install -q -e ".[dev,bench]"
+$(VENV)/.bench: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,bench,text]"
+	@touch $@
+
+bench-samplers: $(VENV)/.bench
 	$(BIN)/python benchmarks/samplers.py
+
+bench-likelihood: $(VENV)/.bench
+	$(BIN)/python benchmarks/likelihood.py
+
+bench-guidance: $(VENV)/.bench
+	$(BIN)/python benchmarks/guidance.py
+
+bench-text: $(VENV)/.bench
+	$(BIN)/python benchmarks/text.py
+
+bench-scaling: $(VENV)/.bench
+	$(BIN)/python benchmarks/scaling.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
