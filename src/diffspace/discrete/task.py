@@ -319,7 +319,7 @@ def sample_cmd(run, args) -> None:
     """Writes RUN/samples.txt (or --out) and prints the samples. Reads --n, --steps, --sampler, --seed,
     and the text flags --prompt and --block when the CLI has them."""
     cfg, data = run.cfg, load_text_data(run.cfg)
-    n = min(args.n, 1000) if getattr(args, "n", 0) else cfg.sample.n
+    n = _arg(args, "n", cfg.sample.n)
     texts = sample_text(run.module, cfg, data.tok, n, args.seed, _arg(args, "sampler", "auto"),
                         _arg(args, "steps", 0), _arg(args, "prompt", cfg.sample.prompt),
                         _arg(args, "block", cfg.sample.block))
@@ -350,12 +350,13 @@ def eval_cmd(run, args) -> dict:
     return metrics
 
 
-CONTINUOUS_DEFAULTS = {"sampler": "heun"}  # why: the shared `sample` parser defaults to a continuous sampler
+# why: the shared `sample` parser's defaults are the continuous task's (heun, 10 000 points)
+CONTINUOUS_DEFAULTS = {"sampler": "heun", "n": 10_000}
 
 
 def _arg(args, name: str, default):
     v = getattr(args, name, None)
-    return default if v is None or v == "" or CONTINUOUS_DEFAULTS.get(name) == v else v
+    return default if v is None or v == "" or v == 0 or CONTINUOUS_DEFAULTS.get(name) == v else v
 
 
 def text_task():
