@@ -110,13 +110,17 @@ def _stay_rest(p: Tensor, x_t: Tensor, mask_id: int | None) -> Tensor:
     return torch.where((x_t == mask_id)[..., None], logp, keep)
 
 
+T_END = 1e-3  # why: sigma_bar(t) -> 0 makes the Euler rates vanish; the final Tweedie step covers [0, T_END]
+
+
 @torch.no_grad()
 def sample_sedd(net: nn.Module, x: Tensor, schedule: Schedule, steps: int, step_fn, g: torch.Generator,
                 final_fn, time_cond: bool = True, n_tokens: int | None = None) -> Decoded:
-    """Reverse sampling from t = 1 to t_min = 1/steps' grid end with `step_fn` (an Euler or Tweedie
-    step above, bound to mask_id for the absorbing case), then one Tweedie step to t = 0 (`final_fn`)
-    as [SEDD] App. C.3's final denoising. x holds the prior draw (all masks, or uniform tokens)."""
-    ts = torch.linspace(1.0, 1e-3, steps + 1, dtype=torch.float64, device=x.device)
+    """Reverse sampling over `steps` uniform steps from t = 1 to T_END with `step_fn` (an Euler or
+    Tweedie step above, bound to mask_id for the absorbing case), then one Tweedie step to t = 0
+    (`final_fn`) as [SEDD] App. C.3's final denoising. x holds the prior draw (all masks, or uniform
+    tokens); `n_tokens` keeps only the data tokens' scores (uniform process)."""
+    ts = torch.linspace(1.0, T_END, steps + 1, dtype=torch.float64, device=x.device)
     ts = torch.cat([ts, ts.new_zeros(1)])
     for i in range(steps + 1):
         t, s = ts[i].expand(len(x)), ts[i + 1].expand(len(x))
