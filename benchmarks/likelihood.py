@@ -29,6 +29,7 @@ import torch
 from diffspace.cli.config import build, to_dict
 from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_path, build_setup
 from diffspace.data.gmm import eight_gaussians_mixture
+from diffspace.data.toy import make_toy
 from diffspace.eval.bits import summarize
 from diffspace.samplers.likelihood import log_likelihood, velocity_log_likelihood
 from diffspace.train.loop import train
@@ -56,6 +57,15 @@ def true_entropy(name: str, n_mc: int) -> tuple[float, float]:
     gm = eight_gaussians_mixture()
     nll = -gm.log_prob(gm.sample(n_mc, torch.Generator().manual_seed(123)))
     return float(nll.mean()), float(nll.std()) / math.sqrt(n_mc)
+
+
+def true_nll_test(name: str, n: int, seed: int) -> float:
+    """Mean exact -log p over the held-out points the models are scored on: the gap to it is the
+    models' excess NLL without the test set's own sampling error."""
+    x = make_toy(name, n, seed, "test").double()
+    if name == "checkerboard":
+        return math.log(8.0)  # every point lies on a cell of density 1/8
+    return float(-eight_gaussians_mixture().log_prob(x).mean())
 
 
 def config(model: str, data: str, args, run_dir: str) -> ContinuousConfig:
@@ -137,20 +147,58 @@ def run_flow(data: str, seconds: float, args) -> dict:
             "transforms": args.flow_transforms, "bins": args.flow_bins}
 
 
+def run_images(run_dir: str, args) -> dict:
+    """Bits/dim of a trained image run on its test split: dequantized PF-ODE NLL (Hutchinson) and the
+    DDPM bound of the same Denoiser on the standard 1000-step schedule, with and without labels."""
+    from diffspace.cli.registries import DATA
+    from diffspace.cli.runs import load_run
+    from diffspace.eval.bits import nll_report
+    from diffspace.paths import DDPMDiscrete
+
+    run = load_run(run_dir)
+    d = DATA[run.cfg.data.name](run.cfg)
+    x, y = d["x_test"][:args.image_n], d.get("y_test")
+    den, path, k = as_denoiser(run.cfg, run.module), build_path(run.cfg), run.cfg.model.num_classes
+    out = {"run": run_dir, "data": run.cfg.data.name, "step": run.step, "levels": args.image_levels}
+    labels = {"unconditional": torch.full((len(x),), k)} if k else {"unconditional": None}
+    if k and y is not None:
+        labels["conditional"] = y[:len(x)]
+    for name, lab in labels.items():
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out[name] = nll_report(den, path, x, levels=args.image_levels, bound_path=DDPMDiscrete(),
+                                   bound_n_t=args.bound_n_t, batch_size=len(x), rtol=1e-5, atol=1e-5,
+                                   cond={} if lab is None else {"class_labels": lab})
+        out[name]["seconds"] = time.perf_counter() - t0
+        print(f"{run.cfg.data.name} {name}: {out[name]}", flush=True)
+    return out
+
+
 def markdown(res: dict) -> str:
     lines = ["# Likelihood: test NLL (nats) against the true differential entropy", "",
              f"Command: `{res['command']}`  ", f"Machine: {res['machine']}", "",
+             "Gap: model NLL minus the exact NLL of the same test points (log 8 for checkerboard).", "",
              "| model | " + " | ".join(f"{d} NLL (gap)" for d in res["datasets"]) + " | train s | NFE |",
              "|---|" + "---|" * len(res["datasets"]) + "---|---|"]
     rows = [(m, res["nll"][m]) for m in res["nll"]] + [("NSF flow (zuko)", res["flow"])]
     for name, per in rows:
         cells = [f"{per[d]['nll_nats']:.3f} ± {per[d]['nll_stderr']:.3f} "
-                 f"({per[d]['nll_nats'] - res['true_entropy'][d]:+.3f})" for d in res["datasets"]]
+                 f"({per[d]['nll_nats'] - res['true_nll_test'][d]:+.3f})" for d in res["datasets"]]
         secs = "/".join(f"{per[d]['train_seconds']:.0f}" for d in res["datasets"])
         nfe = "/".join(str(round(per[d]["nfe"])) if "nfe" in per[d] else "-" for d in res["datasets"])
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} | {nfe} |")
     truth = [f"{res['true_entropy'][d]:.3f} ± {res['true_entropy_stderr'][d]:.3f}" for d in res["datasets"]]
     lines.append("| true entropy | " + " | ".join(truth) + " | | |")
+    on_test = [f"{res['true_nll_test'][d]:.3f}" for d in res["datasets"]]
+    lines.append("| exact NLL of the test points | " + " | ".join(on_test) + " | | |")
+    if "images" in res:
+        im = res["images"]
+        title = f"## Bits/dim on {im['data']} ({im['levels']} levels), run `{im['run']}` step {im['step']}"
+        lines += ["", title, "", "| labels | PF-ODE bits/dim | DDPM bound bits/dim | NFE |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {v['bits_per_dim']:.3f} ± {v['bits_per_dim_stderr']:.3f} | "
+                  f"{v['bound_bits_per_dim']:.3f} ± {v['bound_bits_per_dim_stderr']:.3f} | {v['nfe']:.0f} |"
+                  for k, v in im.items() if isinstance(v, dict)]
     return "\n".join(lines) + "\n"
 
 
@@ -170,6 +218,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--datasets", default=",".join(DATASETS))
+    p.add_argument("--image-run", default="", help="also report bits/dim of this trained image run")
+    p.add_argument("--image-n", type=int, default=360)
+    p.add_argument("--image-levels", type=int, default=17, help="grey levels of the data (digits: 17)")
+    p.add_argument("--bound-n-t", type=int, default=100, help="timesteps per example for the DDPM bound")
     p.add_argument("--quick", action="store_true", help="tiny budget, print only")
     p.add_argument("--out", default=str(RESULTS / "likelihood.json"))
     p.add_argument("--merge", nargs="+", metavar="JSON", help="merge per-dataset result files and write "
@@ -177,6 +229,9 @@ def main() -> None:
     args = p.parse_args()
     if args.merge:
         return write(merge([json.loads(Path(f).read_text()) for f in args.merge]), Path(args.out))
+    if args.image_run and not args.datasets:
+        res = {"images": run_images(args.image_run, args)}
+        return Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     if args.quick:
         args.steps, args.n_test, args.n_train = 100, 200, 5000
     models, datasets = args.models.split(","), args.datasets.split(",")
@@ -185,9 +240,10 @@ def main() -> None:
            "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                       f"{torch.get_num_threads()} thread(s), CPU",
            "datasets": datasets, "nll": {m: {} for m in models}, "flow": {},
-           "true_entropy": {}, "true_entropy_stderr": {}}
+           "true_entropy": {}, "true_entropy_stderr": {}, "true_nll_test": {}}
     for data in datasets:
         res["true_entropy"][data], res["true_entropy_stderr"][data] = true_entropy(data, 1_000_000)
+        res["true_nll_test"][data] = true_nll_test(data, args.n_test, args.seed)
         for m in models:
             res["nll"][m][data] = r = run_diffusion(m, data, args)
             print(f"{data} {m}: NLL {r['nll_nats']:.4f} ± {r['nll_stderr']:.4f} "
@@ -201,11 +257,19 @@ def main() -> None:
 
 
 def merge(parts: list[dict]) -> dict:
-    res = {**parts[0], "datasets": [d for r in parts for d in r["datasets"]],
-           "command": " ; ".join(r["command"] for r in parts)}
+    toy = [r for r in parts if "datasets" in r]
+    res = {**toy[0], "datasets": [d for r in toy for d in r["datasets"]],
+           "command": " ; ".join(r["command"] for r in toy)}
     for key in ("flow", "true_entropy", "true_entropy_stderr"):
-        res[key] = {k: v for r in parts for k, v in r[key].items()}
-    res["nll"] = {m: {d: v for r in parts for d, v in r["nll"].get(m, {}).items()} for m in parts[0]["nll"]}
+        res[key] = {k: v for r in toy for k, v in r[key].items()}
+    res["nll"] = {m: {d: v for r in toy for d, v in r["nll"].get(m, {}).items()} for m in toy[0]["nll"]}
+    res.setdefault("true_nll_test", {})
+    for d in res["datasets"]:  # files written before true_nll_test existed: recompute (seed 0)
+        n = next(iter(res["nll"].values()))[d]["n"]
+        res["true_nll_test"].setdefault(d, true_nll_test(d, n, 0))
+    for r in parts:
+        if "images" in r:
+            res["images"] = r["images"]
     return res
 
 
