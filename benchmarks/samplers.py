@@ -38,7 +38,7 @@ GRID_NAMES = ("karras", "logsnr", "trailing")
 # why fewer rows for some: the CPU budget (one 10k-batch call of this MLP is ~0.1-0.3 s on a shared core)
 FEWER_GRIDS = {"ddim": ("trailing",), "heun": ("karras", "trailing"), "midpoint": ("karras", "trailing"),
                "rk4": ("karras", "trailing")}
-OPTIMIZED = ("dpmpp_2m", "dpmpp_3m", "unipc")  # samplers that get a model-optimized grid
+OPTIMIZED = ("dpmpp_2m", "unipc")  # samplers that get a model-optimized grid
 OPT_NFES = (5, 10)
 # diffspace sampler <-> the diffusers scheduler of the same method (for the overhead ratio)
 SAME_METHOD = {"ddim": "DDIM", "euler": "EulerDiscrete", "heun": "HeunDiscrete", "dpmpp_2m": "DPMSolver++2M",
@@ -167,13 +167,15 @@ def optimized_grids(model, path, x_calib):
     with torch.no_grad():
         ref = sample_adaptive(model, x_calib, path.sigma_max, path.sigma_min, rtol=1e-5, atol=1e-5)
     grids = {}
+    # why 200 (n - 1) + 400 evaluations: with 300, Nelder-Mead had not converged even at n = 5 (calibration
+    # RMSE 0.17 against 0.070 with 1000, unipc, measured on this model)
     for name in OPTIMIZED:
         spec = SAMPLERS[name]
         for budget in OPT_NFES:
             n = steps_for(spec.nfe, budget)
             grids.setdefault(name, {})[budget] = optimize_sigmas(
                 spec.fn, model, x_calib, n, path.sigma_min, path.sigma_max, reference=ref,
-                starts=[GRIDS["trailing"](n, path=path)], max_evals=300)
+                starts=[GRIDS["trailing"](n, path=path)], max_evals=200 * (n - 1) + 400)
             shown = [round(v, 4) for v in grids[name][budget].tolist()]
             print(f"optimized grid {name} NFE {budget}: {shown}", flush=True)
     return grids
@@ -299,7 +301,7 @@ def _advice(result):
         lines.append("- Stochastic samplers do not follow the ODE (their RMSE is not comparable); judged "
                      f"by sliced W2 at NFE {NFES[-1]} the best is `{k}` ({sw[k]:.4f}; the adaptive ODE: "
                      f"{result['sw2_baseline']['adaptive_reference']:.4f}).")
-        ode = min(v[NFES[-1]] for k, v in result["sw2"].items() if not is_stochastic(k))
+        ode = min(v[NFES[-1]] for k, v in result["sw2"].items() if not is_stochastic(k) and NFES[-1] in v)
         if sw[k] < 0.5 * ode:
             lines.append(
                 f"- Here the noise the stochastic samplers add fixes what the ODE cannot (best ODE sliced W2 "
