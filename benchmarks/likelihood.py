@@ -182,8 +182,13 @@ def run_images(run_dir: str, args) -> dict:
 def markdown(res: dict) -> str:
     lines = ["# Likelihood: test NLL (nats) against the true differential entropy", "",
              f"Command: `{res['command']}`  ", f"Machine: {res['machine']}", "",
-             "Gap: model NLL minus the exact NLL of the same test points (log 8 for checkerboard).", "",
-             "| model | " + " | ".join(f"{d} NLL (gap)" for d in res["datasets"]) + " | train s | NFE |",
+             "Gap: model NLL minus the exact NLL of the same test points (log 8 for checkerboard). "
+             "Diffusion models share one step budget; NLL is the PF-ODE NLL with the exact divergence "
+             "(float64 state). The flow trains for the median wall-clock of the four families on the same "
+             "data. Seconds were measured on a 2-core machine shared with other jobs, so equal step "
+             "counts took unequal times; read them with the step counts.", "",
+             "| model | " + " | ".join(f"{d} NLL (gap)" for d in res["datasets"])
+             + " | train s (steps) | NFE |",
              "|---|" + "---|" * len(res["datasets"]) + "---|---|"]
     rows = [(m, res["nll"][m]) for m in res["nll"]] + [("NSF flow (zuko)", res["flow"])]
     for name, per in rows:
@@ -191,7 +196,7 @@ def markdown(res: dict) -> str:
         cells = [f"{per[d]['nll_nats']:.3f} ± {per[d]['nll_stderr']:.3f} "
                  f"({per[d]['nll_nats'] - res['true_nll_test'][d]:+.3f})" if d in per else "-"
                  for d in res["datasets"]]
-        secs = "/".join(f"{per[d]['train_seconds']:.0f}" for d in ds)
+        secs = "/".join(f"{per[d]['train_seconds']:.0f} ({per[d]['steps']})" for d in ds)
         nfe = "/".join(str(round(per[d]["nfe"])) if "nfe" in per[d] else "-" for d in ds)
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {secs} | {nfe} |")
     truth = [f"{res['true_entropy'][d]:.3f} ± {res['true_entropy_stderr'][d]:.3f}" for d in res["datasets"]]
