@@ -235,10 +235,15 @@ def write_plot(result, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    same = {f"diffusers/{d}": f"diffspace/{n}" for n, d in SAME_METHOD.items()}
+    methods = best_per_method(result)
+    palette = plt.get_cmap("tab10").colors
+    color = {m: palette[i % 10] for i, m in enumerate(sorted({same.get(m, m) for m in methods}))}
     fig, ax = plt.subplots(figsize=(7, 5))
-    for method, per in best_per_method(result).items():
+    for method, per in methods.items():  # one colour per method: diffspace solid, diffusers dashed
         xs, ys = [per[b][2] for b in NFES], [per[b][1] for b in NFES]
-        ax.plot(xs, ys, "-o" if method.startswith("diffspace") else "--s", ms=3, lw=1.2, label=method)
+        ax.plot(xs, ys, "-o" if method.startswith("diffspace") else "--s", ms=3, lw=1.2, label=method,
+                color=color[same.get(method, method)])
     ax.set(xscale="log", yscale="log", xlabel="NFE (network evaluations)",
            ylabel="RMSE to the adaptive PF-ODE solution",
            title="Same eps-MLP, same 10k noises (best grid / config)")
