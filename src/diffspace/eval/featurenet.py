@@ -72,7 +72,7 @@ def features(net: ConvClassifier, x: Tensor, batch: int = 1000) -> Tensor:
 def _save(net: ConvClassifier, arch: dict, info: dict, out_path: str | Path) -> dict:
     out = Path(out_path)
     meta = {"arch": arch, **info}
-    save_checkpoint(out, {k: v for k, v in net.state_dict().items()}, meta)
+    save_checkpoint(out, net.state_dict(), meta)
     out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
