@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/diffspace eval runs/demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --durations=15 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -3,8 +3,10 @@ import os
 import pytest
 import torch
 
-# Tests run on CPU in float64 where they check maths; keep thread use modest on 2-core machines.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tests run on CPU. One thread per test process: the suite runs in two xdist workers on a 2-core
+# machine (see the Makefile), and tiny models gain nothing from intra-op threads (oversubscribed
+# threads were measured to slow small work by up to 50x).
+torch.set_num_threads(int(os.environ.get("DIFFSPACE_TEST_THREADS", "1")))
 
 
 @pytest.fixture
