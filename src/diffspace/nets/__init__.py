@@ -1,0 +1,1 @@
+"""Networks: forward(x, noise_cond, **cond); they know nothing about diffusion."""
