@@ -1,5 +1,7 @@
 """The command line as a user meets it: help, dry runs, and every bad input -> one line, exit 2."""
 
+import json
+import math
 import os
 import subprocess
 import sys
@@ -58,9 +60,10 @@ def test_train_writes_run_and_sample_eval_info_work(run, tmp_path):
     res = cli("sample", run, "--n", 50, "--steps", 3, "--out", out)
     assert res.returncode == 0, res.stderr
     assert out.is_file() and out.with_suffix(".png").is_file()
-    res = cli("eval", run, "--n", 100, "--steps", 3, "--json", tmp_path / "m.json")
+    res = cli("eval", run, "--n", 100, "--steps", 3, "--nll", "--nll-n", 10, "--json", tmp_path / "m.json")
     assert res.returncode == 0, res.stderr
-    assert "sw2_data_baseline" in (tmp_path / "m.json").read_text()
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["sw2_data_baseline"] > 0 and math.isfinite(metrics["nll_nats"]) and metrics["nll_nfe"] > 0
     res = cli("info", run)
     assert res.returncode == 0 and "step        4 of 4" in res.stdout
 

@@ -75,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", "--num-samples", dest="n", type=int, default=0,
                    help="number of samples (0: the run's [eval] n)")
     e.add_argument("--json", default="", help="also write the metrics to this file")
+    e.add_argument("--cfg", type=float, default=1.0,
+                   help="image runs: classifier-free guidance scale w (1: the conditional model)")
+    e.add_argument("--featurenet", default="",
+                   help="image runs: feature-net artifact (default: RUN/featurenet.safetensors, trained "
+                        "there on the run's data if missing)")
+    e.add_argument("--nll", action="store_true",
+                   help="continuous runs: also the PF-ODE NLL of the test split (nats, bits/dim, "
+                        "standard error, NFE) and, for 8-bit-style image data, the DDPM bound")
+    e.add_argument("--nll-n", type=int, default=1000, help="test examples used by --nll")
     e.add_argument("--ppl", action="store_true",
                    help="text runs: only bits/char and perplexity on the validation split")
     _add_sampling(e)
@@ -91,6 +100,20 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--n-calib", type=int, default=512, help="calibration batch size")
     o.add_argument("--seed", type=int, default=0, help="calibration seed")
     _add_device(o)
+
+    for name, what in (("train-featurenet", "a classifier whose features and predictions score "
+                                              "image samples (FID, KID, precision/recall, CAS)"),
+                       ("train-classifier", "a noise-aware classifier for classifier guidance")):
+        c = sub.add_parser(name, formatter_class=_Formatter, help=f"train {what.split(' for ')[0]}",
+                           description=f"Train {what}, offline, on an embedded or local image data set; "
+                                       "saves a .safetensors artifact with a .json beside it.")
+        c.add_argument("--data", default="digits", help="digits, lfw, folder or npz")
+        c.add_argument("--path", default="", help="folder or .npz file for --data folder/npz")
+        c.add_argument("--size", type=int, default=24, help="lfw image size (24 or 32)")
+        c.add_argument("--out", required=True, help="output .safetensors file")
+        c.add_argument("--steps", type=int, default=1500 if name == "train-featurenet" else 3000,
+                       help="optimizer steps")
+        c.add_argument("--seed", type=int, default=0, help="seed (also fixes the train/test split)")
 
     sub.add_parser("samplers", formatter_class=_Formatter, help="list the samplers",
                    description="List every sampler with its order, whether it is stochastic, and "
@@ -210,6 +233,16 @@ def cmd_optimize_grid(args) -> None:
     optimize_grid_cmd(_load(args), args)
 
 
+def cmd_train_images_classifier(args) -> None:
+    from diffspace.eval.featurenet import train_classifier, train_featurenet
+
+    if args.steps <= 0:
+        raise UserError(f"--steps must be positive, got {args.steps}")
+    fn = train_featurenet if args.command == "train-featurenet" else train_classifier
+    info = fn(args.data, args.out, steps=args.steps, seed=args.seed, path=args.path or None, size=args.size)
+    print(f"wrote {args.out}: " + json.dumps(info))
+
+
 def cmd_samplers(args) -> None:
     from diffspace.samplers.registry import describe_samplers
 
@@ -238,7 +271,8 @@ def cmd_info(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info,
-            "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers}
+            "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers,
+            "train-featurenet": cmd_train_images_classifier, "train-classifier": cmd_train_images_classifier}
 
 
 def main(argv: list[str] | None = None) -> int:
