@@ -77,7 +77,7 @@ def build(cls, data: dict, src: str = "<config>", prefix: str = ""):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for k in data:
         if k not in fields:
-            raise UserError(f"{src}: unknown key {prefix}{k!r} (valid: {', '.join(fields)})")
+            raise UserError(f"{src}: unknown key '{prefix}{k}' (valid: {', '.join(fields)})")
     kwargs = {}
     for name, f in fields.items():
         if name not in data:
