@@ -27,16 +27,6 @@ from diffspace.train.loop import train
 from diffspace.types import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """why: these small convolutions run ~50x slower with 2 threads on a busy 2-core machine (measured:
-    100 feature-net steps 1.3 s CPU with 1 thread, 60 s with 2), so this module trains on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def featurenet(tmp_path_factory):
     path = tmp_path_factory.mktemp("fn") / "fn.safetensors"

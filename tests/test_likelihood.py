@@ -17,16 +17,6 @@ from diffspace.samplers.likelihood import (
 from diffspace.types import UserError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # why: these tensors are tiny; a second thread only adds synchronisation, which on a busy
-    # 2-core machine made this file several times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class FullGaussian:
     """N(mu, cov) with a non-diagonal cov (so Hutchinson has variance) and its exact denoiser."""
 

@@ -16,15 +16,6 @@ LEVELS, STD, DIM = 256, 0.3, 2
 DELTA = 2 / (LEVELS - 1)  # bin width of the 256-level grid on [-1, 1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # why: these tensors are tiny; a second thread only adds synchronisation, which on a busy
-    # 2-core machine made this file several times slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def quantized_gaussian(n: int, seed: int = 0):
     """N(0, STD^2 I) data rounded to the 256-level grid, and each example's exact -log P(bins)."""

@@ -51,9 +51,11 @@ def rings(n: int, g: torch.Generator) -> Tensor:
 def pinwheel(n: int, g: torch.Generator, arms: int = 5) -> Tensor:
     """Gaussian blobs sheared into spiral arms."""
     k = torch.randint(0, arms, (n,), generator=g).double()
-    f = torch.randn(n, 2, generator=g, dtype=torch.float64) * torch.tensor([0.3, 0.05]) + torch.tensor([1.0, 0])
+    f = torch.randn(n, 2, generator=g, dtype=torch.float64)
+    f = f * torch.tensor([0.3, 0.05]) + torch.tensor([1.0, 0.0])
     ang = 2 * math.pi * k / arms + 0.25 * torch.exp(f[:, 0])
-    rot = torch.stack([torch.stack([ang.cos(), -ang.sin()], 1), torch.stack([ang.sin(), ang.cos()], 1)], 1)
+    c, s = ang.cos(), ang.sin()
+    rot = torch.stack([torch.stack([c, -s], 1), torch.stack([s, c], 1)], 1)
     return (2 * torch.einsum("nij,nj->ni", rot, f)).float()
 
 

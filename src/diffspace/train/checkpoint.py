@@ -66,7 +66,8 @@ def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source
             if missing
             else f"unexpected {unexpected[:3]}"
             if unexpected
-            else f"shape mismatch at {wrong[0]}: {tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)}"
+            else f"shape mismatch at {wrong[0]}: {tuple(state[wrong[0]].shape)} "
+            f"vs {tuple(own[wrong[0]].shape)}"
         )
         raise UserError(f"{source}: checkpoint does not fit this model ({what})")
     module.load_state_dict(state)
