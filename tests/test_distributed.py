@@ -1,6 +1,7 @@
 """Two processes under torchrun (CPU, gloo) behave as one: the same weights (and EMA) after training
-as one process with the whole batch or with gradient accumulation, and the same samples bit for bit.
-The single-process runs go through the same CLI in this process."""
+as one process with the whole batch or with gradient accumulation, and the same samples bit for bit
+(points and text), the same text bound. The single-process runs go through the same CLI in this
+process."""
 
 import json
 from pathlib import Path
@@ -78,6 +79,28 @@ def test_two_ranks_sample_exactly_like_one(runs, tmp_path):
     one, two = np.load(tmp_path / "one.npz")["samples"], np.load(tmp_path / "two.npz")["samples"]
     assert one.shape == (6000, 2) and np.isfinite(one).all()
     assert np.array_equal(one, two), f"max difference {np.abs(one - two).max():.3e}"
+
+
+@pytest.mark.slow
+def test_two_ranks_sample_and_evaluate_text_like_one(tmp_path):
+    """40 sequences in batches of 16 and 150 validation chunks in batches of 64: rank 0 does batches
+    0 and 2, rank 1 batch 1, and rank 0 alone writes."""
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 600)
+    run = tmp_path / "run"
+    (tmp_path / "t.toml").write_text(
+        f'task = "text"\n[run]\ndir = "{run}"\n[data]\ncorpus = "{tmp_path / "corpus.txt"}"\nseq_len = 16\n'
+        '[model]\nkind = "mdlm"\ndim = 32\ndepth = 1\nheads = 2\n[train]\nsteps = 20\nbatch_size = 8\n'
+        '[eval]\nmax_chunks = 150\nn_mc = 2\n')
+    in_process("train", str(tmp_path / "t.toml"), "--no-progress")
+    sample = ["sample", str(run), "--num-samples", "40", "--steps", "8", "--seed", "2"]
+    in_process(*sample, "--out", str(tmp_path / "one.txt"))
+    torchrun(*sample, "--out", str(tmp_path / "two.txt"))
+    one = (tmp_path / "one.txt").read_text()
+    assert one.count("=== sample") == 40 and one == (tmp_path / "two.txt").read_text()
+    in_process("eval", str(run), "--ppl", "--json", str(tmp_path / "one.json"))
+    torchrun("eval", str(run), "--ppl", "--json", str(tmp_path / "two.json"))
+    one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
+    assert one["val_chunks"] == 150 and one == two
 
 
 def test_peer_guard_names_a_lost_peer_and_lets_other_errors_through():

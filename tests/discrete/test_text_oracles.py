@@ -105,9 +105,28 @@ def test_mdlm_ancestral_with_oracle_reproduces_p(steps):
     g = torch.Generator().manual_seed(5)
     x = torch.full((1000, 16), MASK)
     den = masked_denoiser(IIDOracle(), MASK, time_cond=False)
-    out = sample_mdlm(den, x, make_schedule("cosine"), steps, MASK, g)
+    out = sample_mdlm(lambda x_t, t, rows: den(x_t, t), x, make_schedule("cosine"), steps, MASK, g)
     assert _chi2_matches_p(out.tokens) > 1e-3
     assert out.nfe <= steps  # the no-change cache may skip calls, never adds
+
+
+def test_mdlm_per_sequence_cache_gives_the_same_tokens_with_fewer_evaluations():
+    """A sequence that did not change is not evaluated again; the draws are unchanged. With 64 steps
+    for 8 tokens most steps change nothing in a given sequence: at most 8 + 1 evaluations each."""
+    den = masked_denoiser(IIDOracle(), MASK, time_cond=False)
+    seen = []
+
+    def counting(x_t, t, rows):
+        seen.append(rows.clone())
+        return den(x_t, t)
+
+    x, sch = torch.full((200, 8), MASK), make_schedule("loglinear")
+    on = sample_mdlm(counting, x, sch, 64, MASK, torch.Generator().manual_seed(3), cache=True)
+    per_seq = torch.bincount(torch.cat(seen), minlength=len(x))
+    off = sample_mdlm(counting, x, sch, 64, MASK, torch.Generator().manual_seed(3), cache=False)
+    assert torch.equal(on.tokens, off.tokens)
+    assert off.nfe == 64 and on.nfe == per_seq.double().mean().item()
+    assert int(per_seq.max()) <= 8 + 1 and on.nfe < 64 / 4
 
 
 def test_random_remasking_with_oracle_reproduces_p_and_low_confidence_is_biased():

@@ -104,12 +104,9 @@ def test_tiny_training_beats_the_unigram_entropy(tmp_path, kind):
     assert math.isfinite(m["bits_per_char_stderr"])
 
 
-def test_cli_train_sample_eval_and_bad_input(tmp_path, monkeypatch, capsys):
-    from diffspace.cli import tasks
+def test_cli_train_sample_eval_and_bad_input(tmp_path, capsys):
     from diffspace.cli.main import main
-    from diffspace.discrete.task import text_task
 
-    monkeypatch.setitem(tasks.TASKS, "text", text_task)  # until cli/tasks.py registers it
     (tmp_path / "corpus.txt").write_text(PANGRAM * 100)
     run = tmp_path / "run"
     (tmp_path / "t.toml").write_text(

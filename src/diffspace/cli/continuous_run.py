@@ -8,12 +8,12 @@ import torch
 
 from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_module, build_path, build_setup
 from diffspace.cli.registries import DATA
-from diffspace.cli.runs import Run, chunk_seeds, sample_chunk
+from diffspace.cli.runs import Run, sample_chunk
 from diffspace.eval.metrics import mmd_rbf, sliced_w2
 from diffspace.eval.plots import loss_curve, scatter_2d
 from diffspace.samplers.grids import GRIDS
 from diffspace.samplers.registry import SAMPLERS
-from diffspace.train.distributed import gather_shares, my_share
+from diffspace.train.distributed import map_chunks
 from diffspace.types import UserError
 
 __all__ = ["ContinuousConfig", "setup_for_cli", "module_for_cli", "sample_cmd", "eval_cmd", "after_train",
@@ -47,9 +47,8 @@ def generate(run: Run, n: int, sampler: str, steps: int, grid: str, seed: int = 
     sigmas = run_sigmas(run, grid, steps, sampler)
     denoiser = as_denoiser(run.cfg, run.module)
     shape = tuple(run.meta["data_shape"])
-    parts = [sample_chunk(denoiser, shape, hi - lo, sigmas, fn, s_, torch.device(device))
-             for lo, hi, s_ in my_share(chunk_seeds(n, seed, chunk))]
-    parts = gather_shares(parts)
+    parts = map_chunks(lambda lo, hi, s_: sample_chunk(denoiser, shape, hi - lo, sigmas, fn, s_,
+                                                       torch.device(device)), n, seed, chunk)
     return None if parts is None else torch.cat(parts)
 
 

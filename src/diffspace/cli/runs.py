@@ -51,12 +51,6 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool = T
     return Run(cfg, module.to(device).eval(), run_dir_of(ckpt), meta["step"], meta)
 
 
-def chunk_seeds(n: int, seed: int, chunk: int) -> list[tuple[int, int, int]]:
-    """(start, stop, seed) per chunk: sample i's noise depends only on (seed, i // chunk), so the
-    result does not depend on how chunks are spread over processes."""
-    return [(lo, min(lo + chunk, n), seed * 1_000_003 + k) for k, lo in enumerate(range(0, n, chunk))]
-
-
 @torch.no_grad()
 def sample_chunk(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, seed: int,
                  device: torch.device, **cond) -> Tensor:

@@ -8,7 +8,6 @@ perplexity alone is reached by repetitive text ([GUMBEL64] arXiv 2409.02908v3 Se
 
 import math
 from collections import Counter
-from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -34,15 +33,6 @@ def ar_nll(net: nn.Module, chunks: Tensor, start_id: int, batch: int = 64) -> Te
     """Exact NLL (nats per token) of each chunk (N, L) under an AR model."""
     dev = next(net.parameters()).device
     return torch.cat([ar_loss(net, c.to(dev), start_id).cpu() for c in chunks.split(batch)])
-
-
-@torch.no_grad()
-def nelbo_mc(loss_fn: Callable[[Tensor, torch.Generator], Tensor], chunks: Tensor, n_mc: int,
-             g: torch.Generator, batch: int = 64) -> Tensor:
-    """n_mc Monte Carlo NELBO estimates (nats per token) per chunk, shape (N * n_mc,).
-    loss_fn(x0, g) draws its own t and masks from g."""
-    out = [loss_fn(c, g).cpu() for _ in range(n_mc) for c in chunks.split(batch)]
-    return torch.cat(out)
 
 
 def ngram_entropy(seqs: Tensor, n: int) -> float:

@@ -68,24 +68,31 @@ def ancestral_logprobs(logp0: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Ten
 
 class Decoded(NamedTuple):
     tokens: Tensor  # (B, L)
-    nfe: int  # network evaluations actually made
+    nfe: float  # network evaluations per sequence, averaged over the batch (caches make it smaller)
 
 
 def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, mask_id: int,
                 g: torch.Generator, how: Sampling = PLAIN, cache: bool = True) -> Decoded:
     """[MDLM] ancestral sampling from t = 1 to 0 over `steps` uniform steps; masked entries of x are
-    generated, others kept (a prompt). With `cache`, a step in which no token changed reuses the last
-    prediction instead of calling the network ([MDLM] Sec. 4.2), exact when the denoiser ignores t."""
+    generated, others kept (a prompt). denoise(x_t, t, rows) returns log p(x0 | x_t) for the sequences
+    `rows` (indices into x; a denoiser with per-sequence state, such as a KV cache, selects them).
+
+    With `cache`, a sequence in which no token changed since its last prediction reuses that prediction
+    instead of going through the network again ([MDLM] Sec. 4.2, applied per sequence, so one changed
+    sequence does not cost the whole batch a call); exact when the denoiser ignores t. The Gumbel noise
+    is drawn for the whole batch every step, so the tokens do not depend on the cache."""
     ts = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64, device=x.device)
-    logp, nfe = None, 0
+    logp, stale, evals = None, torch.ones(len(x), dtype=torch.bool, device=x.device), 0
     for i in range(steps):
         t, s = ts[i].expand(len(x)), ts[i + 1].expand(len(x))
-        if logp is None or not cache:
-            logp, nfe = filter_logits(denoise(x, t), how).log_softmax(-1), nfe + 1
+        rows = stale.nonzero()[:, 0] if cache else torch.arange(len(x), device=x.device)
+        if len(rows):
+            fresh = filter_logits(denoise(x[rows], t[rows], rows), how).log_softmax(-1)
+            logp = fresh if logp is None else logp.index_copy(0, rows, fresh)
+            evals += len(rows)
         x_new = gumbel_argmax(ancestral_logprobs(logp, x, schedule.alpha(t), schedule.alpha(s), mask_id), g)
-        if not torch.equal(x_new, x):
-            logp, x = None, x_new
-    return Decoded(x, nfe)
+        stale, x = (x_new != x).any(dim=1), x_new
+    return Decoded(x, evals / len(x))
 
 
 def low_confidence(logp: Tensor, x0_hat: Tensor, g: torch.Generator) -> Tensor:
@@ -156,20 +163,20 @@ def sample_bd3(net: nn.Module, x: Tensor, block: int, steps: int, schedule: Sche
     for start in range(0, L, block):
         pos = torch.arange(start, start + block, device=x.device)
 
-        def denoise(xb, t, prefix=x[:, :start], pos=pos):
+        def denoise(xb, t, rows, prefix=x[:, :start], pos=pos):
             nc = (T_SCALE * t).float() if time_cond else None
             if kv_cache:
-                return subs(net(xb, nc, pos=pos, cache=cache), xb, mask_id)
-            n = prefix.shape[1]
-            nc_seq = None if nc is None else torch.cat([torch.zeros(B, n, device=xb.device),
-                                                        nc[:, None].expand(B, block)], dim=1)
-            seq = torch.cat([prefix, xb], dim=1)
+                return subs(net(xb, nc, pos=pos, cache=cache.select(rows)), xb, mask_id)
+            b, n = len(rows), prefix.shape[1]
+            nc_seq = None if nc is None else torch.cat([torch.zeros(b, n, device=xb.device),
+                                                        nc[:, None].expand(b, block)], dim=1)
+            seq = torch.cat([prefix[rows], xb], dim=1)
             logits = net(seq, nc_seq, mask=block_causal_mask(n + block, block, xb.device))
             return subs(logits[:, n:], xb, mask_id)
 
         xb = x[:, start:start + block]
-        if (xb == mask_id).any():
-            xb, n = sample_mdlm(denoise, xb, schedule, steps, mask_id, g, how)
+        if (xb == mask_id).any():  # why: with t-conditioning a reused prediction would be stale
+            xb, n = sample_mdlm(denoise, xb, schedule, steps, mask_id, g, how, cache=not time_cond)
             nfe += n
         x = torch.cat([x[:, :start], xb, x[:, start + block:]], dim=1)
         if kv_cache and start + block < L:

@@ -33,6 +33,7 @@ from diffspace.discrete.sampling import (
 )
 from diffspace.discrete.schedules import SCHEDULES, make_schedule
 from diffspace.nets.transformer import Transformer, TransformerConfig
+from diffspace.train.distributed import map_chunks
 from diffspace.train.loop import TrainSetup
 from diffspace.types import UserError
 
@@ -245,51 +246,77 @@ def generate_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, g: t
         keep = n_tokens if kind == "sedd_uniform" else None  # why: the absorbing scores include the mask
         return sedd.sample_sedd(net, x, sch, steps, step, g, final, tc, keep)
     den = masked_denoiser(net, mask_id, tc)
-    if sampler == "ancestral":
-        return sample_mdlm(den, x, sch, steps, mask_id, g, how, cache=kv_cache)
+    if sampler == "ancestral":  # why: with t-conditioning a reused prediction would be stale
+        return sample_mdlm(lambda x_t, t, rows: den(x_t, t), x, sch, steps, mask_id, g, how,
+                           cache=kv_cache and not tc)
     conf = low_confidence if sampler == "remask" else random_confidence
     return sample_remasking(den, x, steps, mask_id, g, how, block, conf)
 
 
+SAMPLE_CHUNK = 16  # sequences per sampling batch: sequence i depends only on (seed, i // 16)
+EVAL_CHUNK = 64  # validation chunks per NELBO batch, whose masks depend only on (seed, batch index)
+
+
+def sample_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, seed: int = 0,
+                  sampler: str = "auto", steps: int = 0, prompt: Tensor | None = None, block: int = 0,
+                  how: Sampling = PLAIN) -> Tensor | None:
+    """n sequences (n, L) on the CPU. Under torchrun the batches are dealt to the ranks: rank 0 gets all
+    n (the same as one process), the other ranks None."""
+    def chunk(lo, hi, s_):
+        g = torch.Generator().manual_seed(s_)
+        out = generate_tokens(net, cfg, n_tokens, hi - lo, g, sampler, steps, prompt, block, how)
+        return out.tokens.cpu()
+
+    parts = map_chunks(chunk, n, seed, SAMPLE_CHUNK)
+    return None if parts is None else torch.cat(parts)
+
+
 def sample_text(net: nn.Module, cfg: TextConfig, tok, n: int, seed: int = 0, sampler: str = "auto",
-                steps: int = 0, prompt: str = "", block: int = 0, how: Sampling | None = None) -> list[str]:
+                steps: int = 0, prompt: str = "", block: int = 0,
+                how: Sampling | None = None) -> list[str] | None:
+    """n decoded samples (None on torchrun ranks other than 0)."""
     s = cfg.sample
     how = how or Sampling(s.temperature, s.top_k, s.top_p)
     ids = encode_prompt(tok, prompt, cfg.data.seq_len)
-    out = generate_tokens(net, cfg, tok.size, n, torch.Generator().manual_seed(seed), sampler, steps, ids,
-                          block, how)
-    return [tok.decode(row) for row in out.tokens.cpu().tolist()]
+    out = sample_tokens(net, cfg, tok.size, n, seed, sampler, steps, ids, block, how)
+    return None if out is None else [tok.decode(row) for row in out.tolist()]
 
 
 def nelbo_values(net: nn.Module, cfg: TextConfig, n_tokens: int, chunks: Tensor, n_mc: int,
-                 g: torch.Generator) -> Tensor:
-    """Per-(chunk, draw) NELBO (nats/token) for diffusion kinds, exact NLL per chunk for AR."""
-    if cfg.model.kind == "ar":
-        return ev.ar_nll(net, chunks, n_tokens)
-    loss = text_loss(cfg, n_tokens)
+                 seed: int = 0) -> Tensor | None:
+    """Per-(chunk, draw) NELBO (nats/token) for diffusion kinds, exact NLL per chunk for AR. Under
+    torchrun the batches of chunks are dealt to the ranks; rank 0 gets all values, the others None."""
     dev = next(net.parameters()).device
+    loss = text_loss(cfg, n_tokens)
 
-    def one(x0, g):
-        b = draw_batch(cfg, None, n_tokens, g, len(x0), x0=x0)
-        return loss(net, {k: v.to(dev) for k, v in b.items()})
+    @torch.no_grad()
+    def batch(lo, hi, s_):
+        x0 = chunks[lo:hi]
+        if cfg.model.kind == "ar":
+            return ev.ar_nll(net, x0, n_tokens)
+        g = torch.Generator().manual_seed(s_)
+        draws = [draw_batch(cfg, None, n_tokens, g, len(x0), x0=x0) for _ in range(n_mc)]
+        return torch.cat([loss(net, {k: v.to(dev) for k, v in b.items()}).cpu() for b in draws])
 
-    with torch.no_grad():
-        return ev.nelbo_mc(one, chunks, n_mc, g)
+    parts = map_chunks(batch, len(chunks), seed, EVAL_CHUNK)
+    return None if parts is None else torch.cat(parts)
 
 
 def eval_text(net: nn.Module, cfg: TextConfig, data: TextData, ar_net: nn.Module | None = None,
-              seed: int = 0, sampler: str = "auto", steps: int = 0, ppl_only: bool = False) -> dict:
+              seed: int = 0, sampler: str = "auto", steps: int = 0, ppl_only: bool = False) -> dict | None:
     """Validation bits/char (exact or bound, with standard error); unless ppl_only, also samples'
-    generative perplexity under ar_net and their n-gram entropies next to the data's."""
+    generative perplexity under ar_net and their n-gram entropies next to the data's. Under torchrun
+    the work is shared and rank 0 gets the metrics, the other ranks None."""
     e, L, V = cfg.eval, cfg.data.seq_len, data.tok.size
     chunks = tx.eval_chunks(data.val, L, e.max_chunks)
-    vals = nelbo_values(net, cfg, V, chunks, e.n_mc, torch.Generator().manual_seed(seed))
+    vals = nelbo_values(net, cfg, V, chunks, e.n_mc, seed)
+    samples = None if ppl_only else sample_tokens(net, cfg, V, e.n_samples, seed + 1, sampler, steps)
+    if vals is None:  # a torchrun rank other than 0: it only helped
+        return None
     out = {"kind": cfg.model.kind, "val_chunks": len(chunks),
            **ev.bits_report(vals, data.val.chars_per_token, cfg.model.kind == "ar")}
     if ppl_only:
         return out
-    g = torch.Generator().manual_seed(seed + 1)
-    samples = generate_tokens(net, cfg, V, e.n_samples, g, sampler, steps).tokens.cpu()
     out |= {f"sample_{k}": v for k, v in ev.entropy_report(samples).items()}
     out |= {f"data_{k}": v for k, v in ev.entropy_report(chunks[:e.n_samples]).items()}
     if ar_net is not None:
@@ -323,6 +350,8 @@ def sample_cmd(run, args) -> None:
     texts = sample_text(run.module, cfg, data.tok, n, args.seed, _arg(args, "sampler", "auto"),
                         _arg(args, "steps", 0), _arg(args, "prompt", cfg.sample.prompt),
                         _arg(args, "block", cfg.sample.block))
+    if texts is None:  # a torchrun rank other than 0: it only helped
+        return
     out = Path(args.out) if getattr(args, "out", "") else run.dir / "samples.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(f"=== sample {i}\n{t}\n" for i, t in enumerate(texts)))
@@ -343,9 +372,12 @@ def eval_cmd(run, args) -> dict:
             ar_net = load_run(cfg.eval.ar_run, next(run.module.parameters()).device).module
         else:
             print(f"note: no AR run at {cfg.eval.ar_run}; generative perplexity is left out", file=sys.stderr)
-    metrics = {"step": run.step, **eval_text(run.module, cfg, load_text_data(cfg), ar_net, args.seed,
-                                             _arg(args, "sampler", "auto"), _arg(args, "steps", 0),
-                                             bool(getattr(args, "ppl", False)))}
+    metrics = eval_text(run.module, cfg, load_text_data(cfg), ar_net, args.seed,
+                        _arg(args, "sampler", "auto"), _arg(args, "steps", 0),
+                        bool(getattr(args, "ppl", False)))
+    if metrics is None:  # a torchrun rank other than 0: it only helped
+        return {}
+    metrics = {"step": run.step, **metrics}
     (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

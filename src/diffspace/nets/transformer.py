@@ -69,6 +69,14 @@ class KVCache:
     def commit(self, i: int, k: Tensor, v: Tensor) -> None:
         self.k[i], self.v[i] = k, v
 
+    def select(self, rows: Tensor) -> "KVCache":
+        """The cache of the sequences `rows` only, for decoding part of a batch (a copy: committing to
+        it leaves this cache as it was)."""
+        out = KVCache(len(self.k))
+        out.k = [None if k is None else k[rows] for k in self.k]
+        out.v = [None if v is None else v[rows] for v in self.v]
+        return out
+
 
 @dataclass
 class TransformerConfig:

@@ -6,7 +6,7 @@ WORLD_SIZE unset or 1 every function here is a no-op, so one code path serves on
 
 Training equals one process because the trainer draws the *global* batch on every rank and keeps a
 slice (see train/loop.py); sampling equals one process because sample i depends only on
-(seed, i // chunk) and whole chunks are dealt to ranks (see cli/runs.py `chunk_seeds`).
+(seed, i // chunk) and whole chunks are dealt to ranks (`chunk_seeds`, `map_chunks`).
 
 A peer that dies makes the next collective fail (its sockets close) or time out after
 DIFFSPACE_DIST_TIMEOUT seconds (a peer that hangs); `peer_guard` turns that into one line.
@@ -15,7 +15,7 @@ DIFFSPACE_DIST_TIMEOUT seconds (a peer that hangs); `peer_guard` turns that into
 import os
 import re
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import TypeVar
@@ -133,6 +133,18 @@ def gather_shares(results: list[T]) -> list[T] | None:
         return None
     n = sum(len(r) for r in per_rank)
     return [per_rank[k % size][k // size] for k in range(n)]  # item k went to rank k % size
+
+
+def chunk_seeds(n: int, seed: int, chunk: int) -> list[tuple[int, int, int]]:
+    """(start, stop, seed) per chunk: item i's randomness depends only on (seed, i // chunk), so the
+    result does not depend on how chunks are spread over processes."""
+    return [(lo, min(lo + chunk, n), seed * 1_000_003 + k) for k, lo in enumerate(range(0, n, chunk))]
+
+
+def map_chunks(fn: Callable[[int, int, int], T], n: int, seed: int, chunk: int) -> list[T] | None:
+    """fn(start, stop, chunk_seed) for the chunks of n items, the chunks dealt to the ranks: rank 0 gets
+    every result in chunk order (the same as one process), the other ranks None."""
+    return gather_shares([fn(*c) for c in my_share(chunk_seeds(n, seed, chunk))])
 
 
 def stop_together(flag: bool, device: torch.device) -> bool:
