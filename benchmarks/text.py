@@ -5,23 +5,27 @@ Reports validation bits/char (exact for AR, NELBO bound with its Monte Carlo sta
 others), generation speed (tokens/s) at several step counts with and without caches, and the samples'
 generative perplexity under the AR model together with their n-gram entropies and the data's.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py            # 5 x 1.5 CPU-min training + eval
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py --minutes 0.2 --out /tmp/text   # smoke
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py     # 5 x 6 CPU-min training (2 at a time) + eval
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py --minutes 0.2 --runs /tmp/bt --out /tmp/t  # smoke
 
-Writes benchmarks/results/text.json and text.md (machine and thread count named in both).
+Writes benchmarks/results/text.json, text.md and text_curve.png (val bits/char at each quarter of the
+training budget, the gap to AR against compute).
 """
 
 import argparse
 import copy
 import json
+import multiprocessing
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from diffspace.cli.config import TrainConfig, build, to_dict
-from diffspace.discrete.task import TextConfig, build_text_setup, eval_text, generate_tokens
+from diffspace.cli.runs import load_run
+from diffspace.discrete.task import TextConfig, build_text_setup, eval_text, generate_tokens, load_text_data
 from diffspace.train.loop import train
 
 MODELS = {"ar": {"kind": "ar"}, "mdlm": {"kind": "mdlm"}, "sedd_absorb": {"kind": "sedd_absorb"},
@@ -57,22 +61,46 @@ def cpu_seconds_per_step(setup, batch: int, n: int = 6) -> float:
     return (time.process_time() - t0) / n
 
 
-def train_one(name: str, args, root: Path):
-    """Train for an equal CPU-time budget: steps = budget / measured CPU seconds per step."""
+def train_one(name: str, args, root: Path) -> dict:
+    """Train for an equal CPU-time budget: steps = budget / measured CPU seconds per step, keeping the
+    checkpoints at each quarter of the budget for the learning curve."""
+    torch.set_num_threads(1)
     cfg = config(name, args, root / name)
     torch.manual_seed(0)
     setup, data = build_text_setup(cfg, torch.device("cpu"))
     per_step = cpu_seconds_per_step(setup, args.batch)
-    steps = max(int(60 * args.minutes / per_step), 100)
-    tc = TrainConfig(steps=steps, batch_size=args.batch, lr=args.lr, warmup_steps=50, schedule="cosine",
-                     ema_halflife_steps=50.0, log_every=50, ckpt_every=1_000_000)
+    quarter = max(int(60 * args.minutes / per_step) // 4, 25)
+    tc = TrainConfig(steps=4 * quarter, batch_size=args.batch, lr=args.lr, warmup_steps=50, schedule="cosine",
+                     ema_halflife_steps=50.0, log_every=50, ckpt_every=quarter, keep_every=quarter)
     (root / name).mkdir(parents=True, exist_ok=True)
     c0 = time.process_time()
-    tr = train(setup, tc, root / name, to_dict(cfg), seed=0, progress=False)
+    tr = train(setup, tc, root / name, to_dict(cfg), seed=0, progress=False,
+               extra={"n_tokens": data.tok.size})
     cpu = time.process_time() - c0
     print(f"{name}: {tr.step} steps, {cpu:.0f} CPU s, {tr.elapsed:.0f} wall s", flush=True)
-    return cfg, data, tr.ema.module.eval(), {"train_steps": tr.step, "train_cpu_seconds": cpu,
-                                             "cpu_seconds_per_step": per_step}
+    return {"train_steps": tr.step, "train_cpu_seconds": cpu, "cpu_seconds_per_step": per_step}
+
+
+def train_all(args, root: Path) -> dict[str, dict]:
+    """Each model in its own process, `args.jobs` at a time, one thread each."""
+    if args.jobs == 1:
+        return {name: train_one(name, args, root) for name in args.models}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=ctx) as pool:
+        futures = {name: pool.submit(train_one, name, args, root) for name in args.models}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def learning_curve(name: str, args, root: Path, info: dict) -> list[dict]:
+    """Validation bits/char of the EMA weights at each quarter of the budget."""
+    rows = []
+    for ckpt in sorted((root / name / "checkpoints").glob("step_*.safetensors")):
+        run = load_run(ckpt)
+        m = eval_text(run.module, run.cfg, load_text_data(run.cfg), ppl_only=True)
+        cpu_minutes = run.step * info["train_cpu_seconds"] / info["train_steps"] / 60
+        rows.append({"step": run.step, "cpu_minutes": cpu_minutes,
+                     "bits_per_char": m["bits_per_char"], "bits_per_char_stderr": m["bits_per_char_stderr"]})
+    return rows
 
 
 def speed_rows(name: str, net, cfg, n_tokens: int, n: int) -> list[dict]:
@@ -94,21 +122,45 @@ def default_steps(cfg) -> int:
 
 def run(args) -> dict:
     root = Path(args.runs)
-    trained = {name: train_one(name, args, root) for name in args.models}
-    ar_net = trained["ar"][2] if "ar" in trained else None
+    infos = train_all(args, root)
+    nets = {name: load_run(root / name) for name in args.models}
+    ar_net = nets["ar"].module if "ar" in nets else None
     results, speed = {}, []
-    for name, (cfg, data, net, info) in trained.items():
+    for name, r in nets.items():
+        cfg, data, net, info = r.cfg, load_text_data(r.cfg), r.module, infos[name]
         with torch.no_grad():
             m = eval_text(net, cfg, data, ar_net, seed=0, steps=default_steps(cfg))
             speed += speed_rows(name, net, cfg, data.tok.size, args.speed_n)
             g = torch.Generator().manual_seed(3)
             sample = generate_tokens(net, cfg, data.tok.size, 2, g, steps=default_steps(cfg)).tokens
         results[name] = {**info, **m, "sample_steps": default_steps(cfg),
+                         "curve": learning_curve(name, args, root, info),
                          "samples": [data.tok.decode(r) for r in sample.tolist()]}
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "samples"}), flush=True)
     return {"machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                       f"{torch.get_num_threads()} thread(s)",
+                       f"1 thread per model, {args.jobs} model(s) at a time",
             "settings": vars(args), "models": results, "speed": speed}
+
+
+def plot_curves(res: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, m in res["models"].items():
+        c = m["curve"]
+        ax.errorbar([r["cpu_minutes"] for r in c], [r["bits_per_char"] for r in c],
+                    yerr=[r["bits_per_char_stderr"] for r in c], marker="o", capsize=2, label=name)
+    ax.set_xlabel("training CPU-minutes (one thread)")
+    ax.set_ylabel("val bits/char (AR exact, others NELBO)")
+    ax.set_title("Text models at equal compute")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def markdown(res: dict) -> str:
@@ -117,7 +169,8 @@ def markdown(res: dict) -> str:
              f"Machine: {res['machine']}. Same transformer (dim {s['dim']}, depth {s['depth']}, 4 heads, "
              f"byte tokens, context {s['seq_len']}), pydoc corpus, {s['minutes']} CPU-minutes of training "
              f"each (steps = budget / measured CPU s per step; batch {s['batch']}, lr {s['lr']} cosine, "
-             "EMA weights evaluated). Tokens/s are wall-clock on a shared machine: compare within a run.\n",
+             "EMA weights evaluated). Tokens/s are wall-clock: compare within a run. Network "
+             "calls are per sequence (the no-change cache skips a sequence that did not change).\n",
              "| model | steps | val bits/char | ± s.e. | bound | vs AR | gen-ppl (AR) | H1 | H2 | H3 |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     ar = res["models"].get("ar", {}).get("bits_per_char")
@@ -133,10 +186,14 @@ def markdown(res: dict) -> str:
                  f"{d['data_entropy_1gram_bits']:.2f} | {d['data_entropy_2gram_bits']:.2f} | "
                  f"{d['data_entropy_3gram_bits']:.2f} |")
     lines += ["\nH1-H3: entropy (bits) of the pooled 1-, 2-, 3-grams of 32 samples (data: 32 val chunks).\n",
-              "## Generation speed\n", "| model | sampler | steps | cache | network calls | tokens/s |",
+              f"## Learning curves\n\n![bits/char against CPU-minutes]({Path(s['out']).name}_curve.png)\n",
+              "| model | " + " | ".join(f"{q}/4 budget" for q in range(1, 5)) + " |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | " + " | ".join(f"{r['bits_per_char']:.3f} ({r['cpu_minutes']:.1f} min)"
+                                          for r in m["curve"]) + " |" for name, m in res["models"].items()]
+    lines += ["", "## Generation speed\n", "| model | sampler | steps | cache | network calls | tokens/s |",
               "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['sampler']} | {r['steps']} | {'on' if r['cache'] else 'off'} | "
-              f"{r['nfe']} | {r['tokens_per_s']:.0f} |" for r in res["speed"]]
+              f"{r['nfe']:.1f} | {r['tokens_per_s']:.0f} |" for r in res["speed"]]
     lines.append("\n## Samples\n")
     for name, m in res["models"].items():
         lines.append(f"**{name}** ({m['sample_steps']} steps): `{m['samples'][0]!r}`\n")
@@ -184,7 +241,8 @@ def kv_markdown(rows: list[dict]) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=1.5, help="CPU-minutes of training per model")
+    p.add_argument("--minutes", type=float, default=6.0, help="CPU-minutes of training per model")
+    p.add_argument("--jobs", type=int, default=2, help="models trained at once (one process and thread each)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
@@ -210,6 +268,7 @@ def main():
     res = run(args)
     out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(res))
+    plot_curves(res, Path(f"{out}_curve.png"))
     print(markdown(res))
 
 

@@ -4,7 +4,7 @@ diffusion at both ends of its range (L' = 1 is AR, L' = L is MDLM) and cached = 
 import pytest
 import torch
 
-from diffspace.discrete.masked import ar_inputs, bd3_loss, draw_noise, mdlm_loss, subs
+from diffspace.discrete.masked import ar_inputs, bd3_loss, draw_mask_counts, draw_noise, mdlm_loss, subs
 from diffspace.discrete.sampling import sample_ar, sample_bd3
 from diffspace.discrete.schedules import make_schedule
 from diffspace.nets.transformer import Transformer, TransformerConfig, causal_mask
@@ -81,3 +81,36 @@ def test_block_diffusion_kv_cache_gives_the_same_tokens(noise_cond):
     b = sample_bd3(net, x, g=torch.Generator().manual_seed(2), kv_cache=False, **kw)
     assert torch.equal(a.tokens, b.tokens)
     assert torch.equal(a.tokens[:, :6], x[:, :6]) and (a.tokens != MASK).all()
+
+
+class VisibleTokenVote(torch.nn.Module):
+    """Predicts each position from the tokens it may attend to that are not masked (logits = 2 x their
+    counts): sharp when much is visible, uniform when nothing is, as a trained denoiser would be."""
+
+    def forward(self, x, noise_cond=None, pos=None, mask=None):
+        seen = torch.nn.functional.one_hot(x, V).double() * (x != MASK)[..., None]
+        attend = torch.ones(x.shape[1], x.shape[1]) if mask is None else mask.double()
+        return 2.0 * torch.einsum("ij,bjv->biv", attend.double(), seen)
+
+
+@pytest.mark.parametrize("block", [4, L])
+@torch.no_grad()
+def test_mask_count_estimator_has_the_time_estimators_mean_and_less_variance(block):
+    """For a network without t input the count form (k ~ U{1..block} masks, weight block/k) is the
+    same NELBO as drawing t, with less variance. The vote network's loss per masked token falls from
+    log V (nothing visible) to near 0, so a wrong weighting of k would show against the exact value."""
+    net, sch, g = VisibleTokenVote(), make_schedule("linear"), torch.Generator().manual_seed(6)
+    x0 = torch.randint(MASK, (64, 1), generator=g).expand(64, L)  # constant sequences
+
+    def loss(noise):
+        return bd3_loss(net, x0, **noise, schedule=sch, mask_id=MASK, block=block)
+
+    count = torch.cat([loss(draw_mask_counts(len(x0), L, g, block)) for _ in range(100)])
+    time = torch.cat([loss(draw_noise(len(x0), L, g, t_min=1e-6, t_per_seq=L // block)) for _ in range(100)])
+    # exact: a block's NELBO is sum_k (1/k) E[loss of its k masked]; a masked token that sees m equal
+    # tokens loses log(1 + 9 e^{-2m}), and summing over blocks and k leaves (1/L) sum_{m<L} of it
+    m = torch.arange(L, dtype=torch.float64)
+    exact = float(torch.log1p((MASK - 1) * torch.exp(-2 * m)).mean())
+    for est in (count, time):
+        assert abs(est.mean() - exact) < 4 * est.std() / len(est) ** 0.5, (est.mean(), exact)
+    assert count.var() < 0.9 * time.var(), (count.var(), time.var())

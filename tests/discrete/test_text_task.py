@@ -68,6 +68,7 @@ def test_split_rule_and_chunks_stay_inside_documents_without_packing():
     ({"model": {"kind": "llada"}}, "linear"),
     ({"model": {"kind": "gpt"}}, "not one of"),
     ({"data": {"seq_len": 0}}, "positive"),
+    ({"model": {"kind": "mdlm", "noise_cond": True}}, "estimator = 'time'"),
 ])
 def test_config_validation(bad, msg):
     with pytest.raises(UserError, match=msg):
@@ -125,7 +126,8 @@ def test_cli_train_sample_eval_and_bad_input(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("kind, extra", [("llada", {"loss": {"schedule": "linear"}}), ("sedd_absorb", {}),
-                                         ("sedd_uniform", {"model": {"noise_cond": True}}), ("mdlm", {})])
+                                         ("sedd_uniform", {"model": {"noise_cond": True}}), ("mdlm", {}),
+                                         ("bd3", {"model": {"noise_cond": True}, "loss": {"estimator": "time"}})])
 def test_every_kind_takes_a_finite_step_and_samples_whole_sequences(tmp_path, kind, extra):
     cfg = _tiny(tmp_path, kind, **extra)
     setup, data = build_text_setup(cfg, torch.device("cpu"))

@@ -57,6 +57,25 @@ def draw_noise(n: int, seq_len: int, g: torch.Generator, t_min: float = 1e-3, an
     return {"t": t, "u": torch.rand(n, seq_len, generator=g, dtype=torch.float64)}
 
 
+def draw_mask_counts(n: int, seq_len: int, g: torch.Generator, block: int) -> dict[str, Tensor]:
+    """The t-free form of the same NELBO, for networks that do not see t.
+
+    Such a network sees only which tokens are masked, so t can be integrated out: for a block of n
+    tokens with k of them masked, the Beta integral of 1/t * C(n,k) t^k (1-t)^(n-k) over t is 1/k,
+    hence NELBO = sum_k 1/k E[sum over the k masked of -log p] = E_{k ~ U{1..n}}[n/k sum ...]
+    ([GUMBEL64] Sec. 3, arXiv 2409.02908v3: masked diffusion is time-agnostic; the order-agnostic
+    bound of [ARDM], arXiv 2110.02037). Drawing the count k (stratified over the batch) and a uniformly
+    random set of k positions removes the binomial noise of the count, and the blocks with nothing
+    masked, from the estimate. Returned as t = k / n and uniforms u = (rank + 1/2) / n, which the
+    linear schedule (alpha_t = 1 - t, weight 1/t = n/k) turns into exactly those k masks: t (n, L /
+    block), u (n, L)."""
+    per_seq = seq_len // block
+    k = (stratified_t(n * per_seq, g) * block).floor() + 1  # uniform on {1, ..., block}
+    k = k[torch.randperm(n * per_seq, generator=g)].view(n, per_seq)
+    rank = torch.rand(n, per_seq, block, generator=g).argsort(-1).argsort(-1)
+    return {"t": k / block, "u": ((rank + 0.5) / block).view(n, seq_len).double()}
+
+
 def masked_denoiser(net: nn.Module, mask_id: int, time_cond: bool) -> Callable[[Tensor, Tensor], Tensor]:
     """A DiscreteDenoiser: log p(x0 | x_t) under SUBS from a network's logits."""
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:

@@ -20,7 +20,14 @@ from diffspace.cli.config import RunConfig, TrainConfig, choice
 from diffspace.data import text as tx
 from diffspace.discrete import evaluate as ev
 from diffspace.discrete import sedd
-from diffspace.discrete.masked import ar_loss, bd3_loss, draw_noise, masked_denoiser, mdlm_loss
+from diffspace.discrete.masked import (
+    ar_loss,
+    bd3_loss,
+    draw_mask_counts,
+    draw_noise,
+    masked_denoiser,
+    mdlm_loss,
+)
 from diffspace.discrete.sampling import (
     PLAIN,
     Sampling,
@@ -38,6 +45,7 @@ from diffspace.train.loop import TrainSetup
 from diffspace.types import UserError
 
 KINDS = ("mdlm", "llada", "sedd_absorb", "sedd_uniform", "bd3", "ar")
+COUNTED = ("mdlm", "bd3")  # the kinds whose NELBO loss.estimator = "count" can estimate
 SAMPLERS = {  # sampler names allowed per kind; the first is the default
     "ar": ("ar",), "bd3": ("bd3",), "mdlm": ("ancestral", "remask", "remask_random"),
     "llada": ("remask", "remask_random", "ancestral"), "sedd_absorb": ("tweedie", "euler"),
@@ -67,7 +75,10 @@ class TextModelConfig:
 
 @dataclass
 class TextLossConfig:
-    schedule: str = choice("loglinear", *SCHEDULES)
+    # how mdlm and bd3 estimate their NELBO: "count" draws how many tokens (per block) are masked, for
+    # networks without t input (lower variance, see masked.draw_mask_counts); "time" draws t
+    estimator: str = choice("count", "count", "time")
+    schedule: str = choice("loglinear", *SCHEDULES)  # alpha_t of "time" and of the samplers
     t_min: float = 1e-3
     antithetic: bool = True
 
@@ -121,6 +132,9 @@ class TextConfig:
         if self.sample.sampler != "auto" and self.sample.sampler not in SAMPLERS[m.kind]:
             raise UserError(f"{src}: sample.sampler = {self.sample.sampler!r} does not fit model.kind = "
                             f"{m.kind!r} (use one of {', '.join(SAMPLERS[m.kind])})")
+        if self.loss.estimator == "count" and m.noise_cond and m.kind in COUNTED:
+            raise UserError(f"{src}: loss.estimator = 'count' needs a network without t input; with "
+                            "model.noise_cond = true use loss.estimator = 'time'")
         if not 0 < self.loss.t_min < 1:
             raise UserError(f"{src}: loss.t_min must be in (0, 1), got {self.loss.t_min}")
 
@@ -154,10 +168,14 @@ def _time_cond(cfg: TextConfig) -> bool:
     return cfg.model.noise_cond and cfg.model.kind != "llada"
 
 
+def _counted(cfg: TextConfig) -> bool:
+    return cfg.model.kind in COUNTED and cfg.loss.estimator == "count"
+
+
 def text_loss(cfg: TextConfig, n_tokens: int):
     """loss(model, batch) -> (B,) nats per token, deterministic given the batch."""
     kind, mask_id, tc = cfg.model.kind, n_tokens, _time_cond(cfg)
-    sch = make_schedule("linear" if kind == "llada" else cfg.loss.schedule)
+    sch = make_schedule("linear" if kind == "llada" or _counted(cfg) else cfg.loss.schedule)
     if kind == "ar":
         return lambda net, b: ar_loss(net, b["x0"], mask_id)
     if kind == "bd3":
@@ -178,6 +196,8 @@ def draw_batch(cfg: TextConfig, stream: tx.TokenStream, n_tokens: int, g: torch.
     if kind == "ar":
         return {"x0": x0}
     per_seq = L // cfg.model.block if kind == "bd3" else 1
+    if _counted(cfg):
+        return {"x0": x0, **draw_mask_counts(n, L, g, L // per_seq)}
     antithetic = cfg.loss.antithetic and kind != "llada"
     b = {"x0": x0, **draw_noise(n, L, g, cfg.loss.t_min, antithetic, per_seq)}
     if kind == "sedd_uniform":
