@@ -127,7 +127,8 @@ def test_cli_train_sample_eval_and_bad_input(tmp_path, capsys):
 
 @pytest.mark.parametrize("kind, extra", [
     ("llada", {"loss": {"schedule": "linear"}}), ("sedd_absorb", {}),
-    ("sedd_uniform", {"model": {"noise_cond": True}}), ("mdlm", {}), ("bd3", {"model": {"noise_cond": True}, "loss": {"estimator": "time"}})])
+    ("sedd_uniform", {"model": {"noise_cond": True}}), ("mdlm", {}),
+    ("bd3", {"model": {"noise_cond": True}, "loss": {"estimator": "time"}})])
 def test_every_kind_takes_a_finite_step_and_samples_whole_sequences(tmp_path, kind, extra):
     cfg = _tiny(tmp_path, kind, **extra)
     setup, data = build_text_setup(cfg, torch.device("cpu"))
