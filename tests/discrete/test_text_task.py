@@ -137,3 +137,21 @@ def test_every_kind_takes_a_finite_step_and_samples_whole_sequences(tmp_path, ki
     loss.mean().backward()
     text = sample_text(setup.model.eval(), cfg, data.tok, 3, steps=4)
     assert len(text) == 3 and all(len(t) == 16 for t in text)  # every mask was resolved into a character
+
+
+def test_bell_shaped_proposal_shapes_training_batches_only(tmp_path):
+    """loss.proposal = "logit_normal" draws middling masked counts for training; evaluation batches
+    stay uniform. With 16 tokens, k = floor(16 r) + 1 is in 5..11 when r is in [4/16, 11/16)."""
+    from statistics import NormalDist
+
+    from diffspace.discrete.task import draw_batch, load_text_data
+
+    cfg = _tiny(tmp_path, "mdlm", loss={"proposal": "logit_normal"})
+    data = load_text_data(cfg)
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    bell = NormalDist().cdf(logit(11 / 16)) - NormalDist().cdf(logit(4 / 16))  # 0.649
+    for training, expect in ((True, bell), (False, 7 / 16)):
+        b = draw_batch(cfg, data.train, data.tok.size, torch.Generator().manual_seed(0), 4000, train=training)
+        k = (b["u"] < b["t"]).sum(1)  # the linear schedule masks where u < t
+        mid = ((k >= 5) & (k <= 11)).double().mean().item()
+        assert abs(mid - expect) < 4 * (expect * (1 - expect) / 4000) ** 0.5, (training, mid, expect)

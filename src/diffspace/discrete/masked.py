@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffspace.discrete.schedules import Schedule
-from diffspace.losses.proposals import stratified_t, uniform_t
+from diffspace.losses.proposals import T_PROPOSALS
 from diffspace.nets.transformer import bd3_train_mask, causal_mask
 
 T_SCALE = 1000.0  # a network sees noise_cond = 1000 t ("timestep units")
@@ -45,33 +45,35 @@ def masked_nelbo(logp: Tensor, x0: Tensor, x_t: Tensor, weight: Tensor, mask_id:
     return (w * masked * nll).mean(dim=1)
 
 
-def draw_t(n: int, g: torch.Generator, t_min: float, antithetic: bool) -> Tensor:
-    """t in [t_min, 1]: stratified ("antithetic", [MDLM] Sec. 3.5.1) or i.i.d. uniform ([LLADA])."""
-    return (stratified_t if antithetic else uniform_t)(n, g, t_min, 1.0)
-
-
-def draw_noise(n: int, seq_len: int, g: torch.Generator, t_min: float = 1e-3, antithetic: bool = True,
+def draw_noise(n: int, seq_len: int, g: torch.Generator, t_min: float = 1e-3, proposal: str = "stratified",
                t_per_seq: int = 1) -> dict[str, Tensor]:
-    """All the randomness of a masked-diffusion loss: t (n, t_per_seq) and uniforms u (n, seq_len)."""
-    t = draw_t(n * t_per_seq, g, t_min, antithetic).view(n, t_per_seq)
+    """All the randomness of a masked-diffusion loss: t (n, t_per_seq) in [t_min, 1] drawn by a
+    T_PROPOSALS entry ("stratified": [MDLM] Sec. 3.5.1 antithetic sampling; "uniform": i.i.d. as in
+    [LLADA]), and mask uniforms u (n, seq_len)."""
+    t = T_PROPOSALS[proposal](n * t_per_seq, g, t_min, 1.0).view(n, t_per_seq)
     return {"t": t, "u": torch.rand(n, seq_len, generator=g, dtype=torch.float64)}
 
 
-def draw_mask_counts(n: int, seq_len: int, g: torch.Generator, block: int) -> dict[str, Tensor]:
+def draw_mask_counts(n: int, seq_len: int, g: torch.Generator, block: int,
+                     proposal: str = "stratified") -> dict[str, Tensor]:
     """The t-free form of the same NELBO, for networks that do not see t.
 
     Such a network sees only which tokens are masked, so t can be integrated out: for a block of n
     tokens with k of them masked, the Beta integral of 1/t * C(n,k) t^k (1-t)^(n-k) over t is 1/k,
     hence NELBO = sum_k 1/k E[sum over the k masked of -log p] = E_{k ~ U{1..n}}[n/k sum ...]
     ([GUMBEL64] Sec. 3, arXiv 2409.02908v3: masked diffusion is time-agnostic; the order-agnostic
-    bound of [ARDM], arXiv 2110.02037). Drawing the count k (stratified over the batch) and a uniformly
-    random set of k positions removes the binomial noise of the count, and the blocks with nothing
-    masked, from the estimate. Returned as t = k / n and uniforms u = (rank + 1/2) / n, which the
-    linear schedule (alpha_t = 1 - t, weight 1/t = n/k) turns into exactly those k masks: t (n, L /
-    block), u (n, L)."""
+    bound of Hoogeboom et al. 2022, arXiv 2110.02037). Drawing the count k and a uniformly random set
+    of k positions removes the binomial noise of the count, and the blocks with nothing masked, from
+    the estimate. Returned as t = k / n and uniforms u = (rank + 1/2) / n, which the linear schedule
+    (alpha_t = 1 - t, weight 1/t = n/k) turns into exactly those k masks: t (n, L / block), u (n, L).
+
+    k = floor(r n) + 1 for a masked fraction r drawn by `proposal`: "stratified" or "uniform" give the
+    NELBO itself; "logit_normal" favours middling fractions, a biased training objective that
+    trains faster (bell-shaped time sampling, Hong et al. 2026, arXiv 2605.13026)."""
     per_seq = seq_len // block
-    k = (stratified_t(n * per_seq, g) * block).floor() + 1  # uniform on {1, ..., block}
-    k = k[torch.randperm(n * per_seq, generator=g)].view(n, per_seq)
+    r = T_PROPOSALS[proposal](n * per_seq, g)
+    k = (r * block).floor().clamp(max=block - 1) + 1
+    k = k[torch.randperm(n * per_seq, generator=g)].view(n, per_seq)  # why: strata are drawn in order
     rank = torch.rand(n, per_seq, block, generator=g).argsort(-1).argsort(-1)
     return {"t": k / block, "u": ((rank + 0.5) / block).view(n, seq_len).double()}
 

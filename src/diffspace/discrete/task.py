@@ -39,6 +39,7 @@ from diffspace.discrete.sampling import (
     sample_remasking,
 )
 from diffspace.discrete.schedules import SCHEDULES, make_schedule
+from diffspace.losses.proposals import T_PROPOSALS
 from diffspace.nets.transformer import Transformer, TransformerConfig
 from diffspace.train.distributed import map_chunks
 from diffspace.train.loop import TrainSetup
@@ -80,7 +81,10 @@ class TextLossConfig:
     estimator: str = choice("count", "count", "time")
     schedule: str = choice("loglinear", *SCHEDULES)  # alpha_t of "time" and of the samplers
     t_min: float = 1e-3
-    antithetic: bool = True
+    # training draws of t (or of the masked fraction): "stratified" ([MDLM]'s antithetic sampling) and
+    # "uniform" give the NELBO itself, "logit_normal" a bell-shaped draw that trains faster (a biased
+    # objective; evaluation always uses the unbiased stratified draw). llada always draws i.i.d. t.
+    proposal: str = choice("stratified", *T_PROPOSALS)
 
 
 @dataclass
@@ -188,18 +192,18 @@ def text_loss(cfg: TextConfig, n_tokens: int):
 
 
 def draw_batch(cfg: TextConfig, stream: tx.TokenStream, n_tokens: int, g: torch.Generator, n: int,
-               x0: Tensor | None = None) -> dict[str, Tensor]:
+               x0: Tensor | None = None, train: bool = False) -> dict[str, Tensor]:
     """A batch with all of its randomness: chunks x0 (drawn unless given), t, mask uniforms u, and
-    for the uniform process the replacement tokens y."""
+    for the uniform process the replacement tokens y. Only a training batch uses loss.proposal."""
     L, kind = cfg.data.seq_len, cfg.model.kind
     x0 = tx.random_chunks(stream, n, L, g) if x0 is None else x0
     if kind == "ar":
         return {"x0": x0}
     per_seq = L // cfg.model.block if kind == "bd3" else 1
+    proposal = "uniform" if kind == "llada" else cfg.loss.proposal if train else "stratified"
     if _counted(cfg):
-        return {"x0": x0, **draw_mask_counts(n, L, g, L // per_seq)}
-    antithetic = cfg.loss.antithetic and kind != "llada"
-    b = {"x0": x0, **draw_noise(n, L, g, cfg.loss.t_min, antithetic, per_seq)}
+        return {"x0": x0, **draw_mask_counts(n, L, g, L // per_seq, proposal)}
+    b = {"x0": x0, **draw_noise(n, L, g, cfg.loss.t_min, proposal, per_seq)}
     if kind == "sedd_uniform":
         b["y"] = torch.randint(n_tokens, (n, L), generator=g)
     return b
@@ -210,7 +214,8 @@ def build_text_setup(cfg: TextConfig, device: torch.device) -> tuple[TrainSetup,
     model = build_text_model(cfg, data.tok.size).to(device)
 
     def batch(g: torch.Generator, n: int) -> dict[str, Tensor]:
-        return {k: v.to(device) for k, v in draw_batch(cfg, data.train, data.tok.size, g, n).items()}
+        b = draw_batch(cfg, data.train, data.tok.size, g, n, train=True)
+        return {k: v.to(device) for k, v in b.items()}
 
     return TrainSetup(model, batch, text_loss(cfg, data.tok.size)), data
 
