@@ -107,8 +107,8 @@ def bd3_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedul
     x_t = mask_tokens(x0, schedule.alpha(t_tok), mask_id, u)
     pos = torch.arange(L, device=x0.device).repeat(2)
     nc = (T_SCALE * torch.cat([t_tok, torch.zeros_like(t_tok)], dim=1)).float() if time_cond else None
-    logits = net(torch.cat([x_t, x0], dim=1), nc, pos=pos, mask=bd3_train_mask(L, block, x0.device))
-    logp = subs(logits[:, :L], x_t, mask_id)
+    logits = net(torch.cat([x_t, x0], dim=1), nc, pos=pos, mask=bd3_train_mask(L, block, x0.device), n_out=L)
+    logp = subs(logits, x_t, mask_id)
     return masked_nelbo(logp, x0, x_t, schedule.weight(t_tok), mask_id)
 
 

@@ -104,23 +104,26 @@ class Block(nn.Module):
             nn.init.zeros_(self.ada.weight)
             nn.init.zeros_(self.ada.bias)
 
-    def attend(self, h: Tensor, pos: Tensor, mask, cache, i: int, commit: bool) -> Tensor:
+    def attend(self, h: Tensor, pos: Tensor, mask, cache, i: int, commit: bool, n_out: int | None) -> Tensor:
         B, L, D = h.shape
         q, k, v = self.qkv(h).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        q, k = rope(q, pos), rope(k, pos)
+        q, k = rope(q[:, :, :n_out], pos[:n_out]), rope(k, pos)
         if cache is not None:
             k, v = cache.extend(i, k, v)
             if commit:
                 cache.commit(i, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(out.transpose(1, 2).reshape(B, L, D))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:n_out])
+        return self.proj(out.transpose(1, 2).reshape(B, q.shape[2], D))
 
-    def forward(self, x, emb, pos, mask, cache, i, commit):
+    def forward(self, x, emb, pos, mask, cache, i, commit, n_out=None):
+        """n_out: only the first n_out positions go on (the queries of the others are skipped)."""
         if self.ada is None:
-            x = x + self.attend(self.norm1(x), pos, mask, cache, i, commit)
+            x = x[:, :n_out] + self.attend(self.norm1(x), pos, mask, cache, i, commit, n_out)
             return x + self.mlp(self.norm2(x))
-        sh1, sc1, g1, sh2, sc2, g2 = self.ada(emb).chunk(6, dim=-1)  # (B, L or 1, D) each
-        x = x + g1 * self.attend(self.norm1(x) * (1 + sc1) + sh1, pos, mask, cache, i, commit)
+        sh1, sc1, *rest = self.ada(emb).chunk(6, dim=-1)  # (B, L or 1, D) each
+        g1, sh2, sc2, g2 = (c[:, :n_out] for c in rest)
+        a = self.attend(self.norm1(x) * (1 + sc1) + sh1, pos, mask, cache, i, commit, n_out)
+        x = x[:, :n_out] + g1 * a
         return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
 
 
@@ -129,6 +132,8 @@ class Transformer(nn.Module):
 
     `pos` (L,) are RoPE positions (default: after the cache); `mask` (L, T_cache + L) booleans, None for
     full attention; with `cache`, new queries see cached keys, and `commit=True` stores the new keys.
+    With `n_out`, only the logits of the first n_out positions are computed (B, n_out, V): the others
+    serve as keys and values only (block diffusion's clean copy).
     """
 
     def __init__(self, cfg: TransformerConfig):
@@ -145,7 +150,8 @@ class Transformer(nn.Module):
         return KVCache(self.cfg.depth)
 
     def forward(self, x: Tensor, noise_cond: Tensor | None = None, pos: Tensor | None = None,
-                mask: Tensor | None = None, cache: KVCache | None = None, commit: bool = False) -> Tensor:
+                mask: Tensor | None = None, cache: KVCache | None = None, commit: bool = False,
+                n_out: int | None = None) -> Tensor:
         B, L = x.shape
         if pos is None:
             start = 0 if cache is None else cache.length
@@ -158,6 +164,6 @@ class Transformer(nn.Module):
                 emb = F.silu(self.emb(nc))[:, None]
             else:  # one level per token (block diffusion)
                 emb = F.silu(self.emb(nc.reshape(-1))).view(B, L, -1)
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, emb, pos, mask, cache, i, commit)
+        for i, blk in enumerate(self.blocks):  # the last block computes only the outputs asked for
+            h = blk(h, emb, pos, mask, cache, i, commit, n_out if i == len(self.blocks) - 1 else None)
         return self.head(self.norm(h)).float()
