@@ -5,7 +5,7 @@ Reports validation bits/char (exact for AR, NELBO bound with its Monte Carlo sta
 others), generation speed (tokens/s) at several step counts with and without caches, and the samples'
 generative perplexity under the AR model together with their n-gram entropies and the data's.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py     # 5 x 6 CPU-min training (2 at a time) + eval
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py    # 5 x 10 CPU-min training (2 at a time) + eval
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text.py --minutes 0.2 --runs /tmp/bt --out /tmp/t  # smoke
 
 Writes benchmarks/results/text.json, text.md and text_curve.png (val bits/char at each quarter of the
@@ -248,7 +248,7 @@ def kv_markdown(rows: list[dict]) -> str:
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--minutes", type=float, default=6.0, help="CPU-minutes of training per model")
+    p.add_argument("--minutes", type=float, default=10.0, help="CPU-minutes of training per model")
     p.add_argument("--jobs", type=int, default=2, help="models trained at once (one process and thread each)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--dim", type=int, default=128)
