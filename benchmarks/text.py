@@ -236,6 +236,37 @@ def kv_cache_speedup(seq_len: int = 256, n: int = 8) -> list[dict]:
     return rows
 
 
+def generalization_gap(args) -> list[dict]:
+    """Bits/char of each trained run's final EMA weights on training chunks next to validation chunks
+    (same count, same Monte Carlo draws): a model that memorizes the small corpus shows a gap."""
+    from diffspace.data.text import eval_chunks
+    from diffspace.discrete.evaluate import bits_report
+    from diffspace.discrete.task import nelbo_values
+
+    rows = []
+    for name in args.models:
+        r = load_run(Path(args.runs) / name)
+        data, e = load_text_data(r.cfg), r.cfg.eval
+        row = {"model": name, "step": r.step}
+        for split, stream in (("train", data.train), ("val", data.val)):
+            chunks = eval_chunks(stream, r.cfg.data.seq_len, e.max_chunks)
+            vals = nelbo_values(r.module, r.cfg, data.tok.size, chunks, e.n_mc)
+            row[split] = bits_report(vals, stream.chars_per_token, r.cfg.model.kind == "ar")["bits_per_char"]
+        rows.append(row)
+        print(row, flush=True)
+    return rows
+
+
+def gap_markdown(rows: list[dict], runs: str) -> str:
+    lines = ["# Train vs validation bits/char (`benchmarks/text.py --gap-only`)\n",
+             f"Final EMA weights of the runs in `{runs}`; the same number of chunks and Monte Carlo draws "
+             "on each split.\n", "| model | steps | train bits/char | val bits/char | gap |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['model']} | {r['step']} | {r['train']:.3f} | {r['val']:.3f} | "
+              f"{r['val'] - r['train']:+.3f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def kv_markdown(rows: list[dict]) -> str:
     lines = ["# KV-cache decoding speed-up (`benchmarks/text.py --kv-only`)\n",
              "Untrained transformer (dim 128, depth 3), one thread, tokens per CPU second.\n",
@@ -262,10 +293,18 @@ def main():
     p.add_argument("--runs", default="runs/bench-text")
     p.add_argument("--out", default="benchmarks/results/text")
     p.add_argument("--kv-only", action="store_true", help="only the KV-cache speed-up table (<out>_kv.*)")
+    p.add_argument("--gap-only", action="store_true",
+                   help="only train vs val bits/char of the runs already in --runs (<out>_gap.*)")
     args = p.parse_args()
     torch.set_num_threads(1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.gap_only:
+        rows = generalization_gap(args)
+        Path(f"{out}_gap.json").write_text(json.dumps(rows, indent=2) + "\n")
+        Path(f"{out}_gap.md").write_text(gap_markdown(rows, args.runs))
+        print(gap_markdown(rows, args.runs))
+        return
     if args.kv_only:
         rows = kv_cache_speedup()
         Path(f"{out}_kv.json").write_text(json.dumps(rows, indent=2) + "\n")
