@@ -34,6 +34,13 @@ MODELS = {"ar": {"model": {"kind": "ar"}}, "mdlm": {"model": {"kind": "mdlm"}, "
           "sedd_absorb": {"model": {"kind": "sedd_absorb"}},
           "bd3_4": {"model": {"kind": "bd3", "block": 4}, "loss": BELL},
           "bd3_16": {"model": {"kind": "bd3", "block": 16}, "loss": BELL}}
+# ablations of the NELBO estimator and the training draw (not run by default):
+#   benchmarks/text.py --models mdlm_time mdlm_count mdlm bd3_4_time bd3_4_count bd3_4 --minutes 4 \
+#       --runs runs/bench-text-ablation --out benchmarks/results/text_ablation
+for _name, _model in (("mdlm", {"kind": "mdlm"}), ("bd3_4", {"kind": "bd3", "block": 4})):
+    MODELS[f"{_name}_time"] = {"model": _model, "loss": {"estimator": "time", "proposal": "stratified"}}
+    MODELS[f"{_name}_count"] = {"model": _model, "loss": {"estimator": "count", "proposal": "stratified"}}
+DEFAULT_MODELS = ["ar", "mdlm", "sedd_absorb", "bd3_4", "bd3_16"]
 # (label, sampler, steps, kv/no-change cache) rows of the speed table per model
 SPEED = {"ar": [("ar", "auto", 0, True), ("ar", "auto", 0, False)],
          "mdlm": [("ancestral", "ancestral", s, c) for s in (16, 64, 256) for c in (True, False)],
@@ -110,7 +117,7 @@ def learning_curve(name: str, args, root: Path, info: dict) -> list[dict]:
 
 def speed_rows(name: str, net, cfg, n_tokens: int, n: int) -> list[dict]:
     rows = []
-    for label, sampler, steps, cache in SPEED[name]:
+    for label, sampler, steps, cache in SPEED.get(name, []):
         g = torch.Generator().manual_seed(0)
         t0 = time.perf_counter()
         out = generate_tokens(net, cfg, n_tokens, n, g, sampler, steps, kv_cache=cache)
@@ -138,7 +145,10 @@ def run(args) -> dict:
             speed += speed_rows(name, net, cfg, data.tok.size, args.speed_n)
             g = torch.Generator().manual_seed(3)
             sample = generate_tokens(net, cfg, data.tok.size, 2, g, steps=default_steps(cfg)).tokens
-        results[name] = {**info, **m, "sample_steps": default_steps(cfg),
+        draws = "-" if cfg.model.kind == "ar" else cfg.loss.proposal
+        if cfg.model.kind in ("mdlm", "bd3"):
+            draws = f"{cfg.loss.estimator}, {draws}"
+        results[name] = {**info, **m, "sample_steps": default_steps(cfg), "training_draws": draws,
                          "curve": learning_curve(name, args, root, info),
                          "samples": [data.tok.decode(r) for r in sample.tolist()]}
         print(name, json.dumps({k: v for k, v in results[name].items() if k != "samples"}), flush=True)
@@ -174,22 +184,24 @@ def markdown(res: dict) -> str:
              f"Machine: {res['machine']}. Same transformer (dim {s['dim']}, depth {s['depth']}, 4 heads, "
              f"byte tokens, context {s['seq_len']}), pydoc corpus, {s['minutes']} CPU-minutes of training "
              f"each (steps = budget / measured CPU s per step; batch {s['batch']}, lr {s['lr']} cosine, "
-             "EMA weights evaluated; mdlm and bd3 train with the mask-count estimator and the bell-shaped "
-             "logit-normal draw, and every diffusion bound is the unbiased NELBO). Tokens/s are "
+             "EMA weights evaluated; `draws`: the training estimator and draw of t or of the mask rate, "
+             "see docs/text.md; every diffusion bound is the unbiased NELBO). Tokens/s are "
              "wall-clock: compare within a run. Network calls are per sequence (the no-change cache "
              "skips a sequence that did not change).\n",
-             "| model | steps | val bits/char | ± s.e. | bound | vs AR | gen-ppl (AR) | H1 | H2 | H3 |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | draws | steps | val bits/char | ± s.e. | bound | vs AR | gen-ppl (AR) | H1 | H2 "
+             "| H3 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     ar = res["models"].get("ar", {}).get("bits_per_char")
     for name, m in res["models"].items():
         rel = f"{100 * (m['bits_per_char'] / ar - 1):+.1f} %" if ar else "-"
-        lines.append(f"| {name} | {m['train_steps']} | {m['bits_per_char']:.3f} | "
+        lines.append(f"| {name} | {m.get('training_draws', '-')} | {m['train_steps']} | "
+                     f"{m['bits_per_char']:.3f} | "
                      f"{m['bits_per_char_stderr']:.3f} | {m['bound']} | {rel} | "
                      f"{m.get('gen_ppl', float('nan')):.2f} | "
                      f"{m['sample_entropy_1gram_bits']:.2f} | {m['sample_entropy_2gram_bits']:.2f} | "
                      f"{m['sample_entropy_3gram_bits']:.2f} |")
     d = next(iter(res["models"].values()))
-    lines.append(f"| *data (val)* | | | | | | {d.get('data_gen_ppl', float('nan')):.2f} | "
+    lines.append(f"| *data (val)* | | | | | | | {d.get('data_gen_ppl', float('nan')):.2f} | "
                  f"{d['data_entropy_1gram_bits']:.2f} | {d['data_entropy_2gram_bits']:.2f} | "
                  f"{d['data_entropy_3gram_bits']:.2f} |")
     lines += ["\nH1-H3: entropy (bits) of the pooled 1-, 2-, 3-grams of 32 samples (data: 32 val chunks).\n",
@@ -281,7 +293,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0, help="CPU-minutes of training per model")
     p.add_argument("--jobs", type=int, default=2, help="models trained at once (one process and thread each)")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--seq-len", type=int, default=64)
