@@ -88,7 +88,10 @@ def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, ma
         rows = stale.nonzero()[:, 0] if cache else torch.arange(len(x), device=x.device)
         if len(rows):
             fresh = filter_logits(denoise(x[rows], t[rows], rows), how).log_softmax(-1)
-            logp = fresh if logp is None else logp.index_copy(0, rows, fresh)
+            if len(rows) == len(x):
+                logp = fresh
+            else:  # why: in place, the cached predictions of the other sequences are not copied
+                logp.index_copy_(0, rows, fresh)
             evals += len(rows)
         x_new = gumbel_argmax(ancestral_logprobs(logp, x, schedule.alpha(t), schedule.alpha(s), mask_id), g)
         stale, x = (x_new != x).any(dim=1), x_new
@@ -166,7 +169,8 @@ def sample_bd3(net: nn.Module, x: Tensor, block: int, steps: int, schedule: Sche
         def denoise(xb, t, rows, prefix=x[:, :start], pos=pos):
             nc = (T_SCALE * t).float() if time_cond else None
             if kv_cache:
-                return subs(net(xb, nc, pos=pos, cache=cache.select(rows)), xb, mask_id)
+                part = cache if len(rows) == B else cache.select(rows)  # why: no copy when all rows
+                return subs(net(xb, nc, pos=pos, cache=part), xb, mask_id)
             b, n = len(rows), prefix.shape[1]
             nc_seq = None if nc is None else torch.cat([torch.zeros(b, n, device=xb.device),
                                                         nc[:, None].expand(b, block)], dim=1)
