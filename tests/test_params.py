@@ -23,7 +23,7 @@ def _setup(name, seed=0):
 @pytest.mark.parametrize("prediction", sorted(PREDICTIONS))
 def test_every_conversion_round_trips_on_every_path(name, prediction):
     path, t, x0, eps, c = _setup(name)
-    x_t = c.alpha * x0 + c.sigma * eps
+    x_t = c.alpha_t * x0 + c.sigma_t * eps
     pred = target(prediction, x0, eps, c)
     x0_back, eps_back = x0_eps(prediction, x_t, pred, c)
     torch.testing.assert_close(x0_back, x0, rtol=1e-7, atol=1e-7)
@@ -32,11 +32,11 @@ def test_every_conversion_round_trips_on_every_path(name, prediction):
 
 def test_eps_loss_is_snr_times_x0_loss():
     path, t, x0, eps, c = _setup("vp")
-    x_t = c.alpha * x0 + c.sigma * eps
+    x_t = c.alpha_t * x0 + c.sigma_t * eps
     x0_hat = x0 + 0.1 * torch.randn_like(x0)
-    eps_hat = (x_t - c.alpha * x0_hat) / c.sigma
+    eps_hat = (x_t - c.alpha_t * x0_hat) / c.sigma_t
     lhs = ((eps_hat - eps) ** 2).sum(1)
-    rhs = (c.alpha / c.sigma)[:, 0] ** 2 * ((x0_hat - x0) ** 2).sum(1)
+    rhs = (c.alpha_t / c.sigma_t)[:, 0] ** 2 * ((x0_hat - x0) ** 2).sum(1)
     torch.testing.assert_close(lhs, rhs)
 
 
@@ -80,7 +80,7 @@ def test_velocity_and_denoiser_adapters_invert_each_other(name):
     u = VelocityFromDenoiser(den, path)
     back = DenoiserFromVelocity(u, path)
     _, t, x0, _, c = _setup(name, 1)
-    sigma = path.edm_sigma(t)
+    sigma = path.sigma(t)
     x = torch.randn_like(x0)
     torch.testing.assert_close(back(x, sigma), den(x, sigma), rtol=1e-7, atol=1e-7)
 
@@ -97,7 +97,7 @@ def test_net_denoiser_feeds_path_scaled_input_and_noise_cond():
     den = NetDenoiser(Probe(), path, "eps")
     t = torch.tensor([0.3, 0.7], dtype=torch.float64)
     x = torch.randn(2, 4, dtype=torch.float64)
-    x0 = den(x, path.edm_sigma(t))
-    torch.testing.assert_close(seen["x_t"], x * path.alpha(t)[:, None])
+    x0 = den(x, path.sigma(t))
+    torch.testing.assert_close(seen["x_t"], x * path.alpha_t(t)[:, None])
     torch.testing.assert_close(seen["cond"], 1000 * t)
     torch.testing.assert_close(x0, x)  # eps_hat = 0 -> x0 = x_t / alpha = x

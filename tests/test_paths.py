@@ -22,7 +22,7 @@ def test_derivatives_equal_autograd(name):
     if name == "ddpm":  # piecewise: stay off the knots, where the derivative jumps
         t = (torch.arange(5, 995, 7, dtype=torch.float64) + 0.37) / 1000
     t.requires_grad_(True)
-    for f, df in ((path.alpha, path.d_alpha), (path.sigma, path.d_sigma)):
+    for f, df in ((path.alpha_t, path.d_alpha_t), (path.sigma_t, path.d_sigma_t)):
         (g,) = torch.autograd.grad(f(t).sum() + 0 * t.sum(), t)  # + 0 t: constant alpha has no graph
         torch.testing.assert_close(df(t.detach()), g, rtol=1e-9, atol=1e-12)
 
@@ -32,10 +32,10 @@ def test_logsnr_is_consistent_and_inverts(name):
     path = PATHS[name]()
     t = _ts(path)
     lam = path.logsnr(t)
-    torch.testing.assert_close(lam, 2 * torch.log(path.alpha(t) / path.sigma(t)), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(lam, 2 * torch.log(path.alpha_t(t) / path.sigma_t(t)), rtol=1e-9, atol=1e-9)
     assert (lam[1:] < lam[:-1]).all(), "logsnr must decrease in t"
     torch.testing.assert_close(path.t_from_logsnr(lam), t, rtol=1e-9, atol=1e-10)
-    torch.testing.assert_close(path.t_from_sigma(path.edm_sigma(t)), t, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(path.t_from_sigma(path.sigma(t)), t, rtol=1e-9, atol=1e-10)
 
 
 @settings(max_examples=200, deadline=None)
@@ -49,13 +49,13 @@ def test_logsnr_inverse_property(name, u):
 def test_known_endpoints():
     t0 = torch.zeros(1, dtype=torch.float64)
     for name in ("vp", "subvp", "linear"):
-        assert float(PATHS[name]().alpha(t0)) == pytest.approx(1.0)
+        assert float(PATHS[name]().alpha_t(t0)) == pytest.approx(1.0)
     lin = PATHS["linear"]()
     t = torch.tensor([0.25], dtype=torch.float64)
-    assert float(lin.edm_sigma(t)) == pytest.approx(1 / 3)
+    assert float(lin.sigma(t)) == pytest.approx(1 / 3)
     vp = PATHS["vp"]()
     # [SDE] Eq. 33 at t = 1: log alpha = -(20 - 0.1)/4 - 0.1/2
-    assert float(torch.log(vp.alpha(torch.ones(1, dtype=torch.float64)))) == pytest.approx(-5.025)
+    assert float(torch.log(vp.alpha_t(torch.ones(1, dtype=torch.float64)))) == pytest.approx(-5.025)
     edm = PATHS["edm"]()
     assert edm.sigma_min == pytest.approx(0.002) and edm.sigma_max == pytest.approx(80.0)
 
@@ -67,8 +67,8 @@ def test_ddpm_table_matches_interpolation_at_integer_steps():
     torch.testing.assert_close(path.alphas_cumprod, acp, rtol=0, atol=0)
     n = torch.arange(1000, dtype=torch.float64)
     t = path.t_from_timestep(n)
-    torch.testing.assert_close(path.alpha(t) ** 2, acp, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(path.sigma(t) ** 2, 1 - acp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(path.alpha_t(t) ** 2, acp, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(path.sigma_t(t) ** 2, 1 - acp, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(path.timestep_from_t(t), n, rtol=0, atol=1e-9)
     torch.testing.assert_close(path.noise_cond(t), n, rtol=0, atol=1e-9)
 
@@ -77,4 +77,4 @@ def test_vp_linear_is_the_continuous_limit_of_ddpm():
     """beta_i = beta(t_i) / T: the discrete table approaches VP with beta_min = 0.1, beta_max = 20."""
     ddpm, vp = DDPMDiscrete(), PATHS["vp"]()
     t = torch.linspace(0.05, 1.0, 20, dtype=torch.float64)
-    torch.testing.assert_close(ddpm.alpha(t), vp.alpha(t), rtol=2e-2, atol=1e-4)
+    torch.testing.assert_close(ddpm.alpha_t(t), vp.alpha_t(t), rtol=2e-2, atol=1e-4)

@@ -17,7 +17,7 @@ from diffspace.nets.dit import DiTConfig
 from diffspace.nets.mlp import MLPConfig
 from diffspace.nets.unet import UNetConfig
 from diffspace.param import PREDICTIONS, DenoiserFromVelocity, EDMPrecond, NetDenoiser, NetVelocity
-from diffspace.paths import PATHS, Path
+from diffspace.paths import PATHS, GaussianPath
 from diffspace.train.loop import TrainSetup
 from diffspace.types import UserError
 
@@ -102,7 +102,7 @@ class ContinuousConfig:
 
 # ---- building objects from a config ---------------------------------------------------------
 
-def build_path(cfg: ContinuousConfig) -> Path:
+def build_path(cfg: ContinuousConfig) -> GaussianPath:
     return PATHS[cfg.model.path]()
 
 
@@ -125,13 +125,13 @@ def as_denoiser(cfg: ContinuousConfig, module: nn.Module):
     return module
 
 
-def _draw_sigma_t(cfg: ContinuousConfig, path: Path, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+def _draw_sigma_t(cfg: ContinuousConfig, path: GaussianPath, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
     lo = cfg.loss
     if lo.proposal in SIGMA_PROPOSALS:
         sigma = SIGMA_PROPOSALS[lo.proposal](n, g, lo.p_mean, lo.p_std)
         return sigma, path.t_from_sigma(sigma)
     t = T_PROPOSALS[lo.proposal](n, g, path.t_min, path.t_max)
-    return path.edm_sigma(t), t
+    return path.sigma(t), t
 
 
 def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup, dict]:

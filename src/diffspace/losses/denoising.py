@@ -9,7 +9,7 @@ the conditional path; [RF] Eq. 1 for the linear one), on a VelocityField.
 import torch
 from torch import Tensor
 
-from diffspace.paths.base import Path
+from diffspace.paths.base import GaussianPath
 from diffspace.utils import bcast
 
 
@@ -27,7 +27,7 @@ def denoising_loss(denoiser, x0: Tensor, sigma: Tensor, weight: Tensor, eps: Ten
     return weight.to(x0.dtype) * _per_example_mean((x0_hat - x0) ** 2)
 
 
-def flow_matching_loss(velocity, x0: Tensor, t: Tensor, path: Path, eps: Tensor | None = None,
+def flow_matching_loss(velocity, x0: Tensor, t: Tensor, path: GaussianPath, eps: Tensor | None = None,
                        generator: torch.Generator | None = None, **cond) -> Tensor:
     """t: (B,) in [0, 1]. The target is the conditional velocity d_alpha x0 + d_sigma eps."""
     if eps is None:

@@ -1,4 +1,4 @@
-"""Where training draws noise levels: t-space proposals (then sigma = path.edm_sigma(t)) and the
+"""Where training draws noise levels: t-space proposals (then sigma = path.sigma(t)) and the
 sigma-space log-normal of [EDM]. Each takes a batch size and a torch.Generator."""
 
 import torch

@@ -17,11 +17,11 @@ from diffspace.paths.base import Coeffs
 
 
 def _x0_from_eps(x_t, eps, c: Coeffs):
-    return (x_t - c.sigma * eps) / c.alpha
+    return (x_t - c.sigma_t * eps) / c.alpha_t
 
 
 def _eps_from_x0(x_t, x0, c: Coeffs):
-    return (x_t - c.alpha * x0) / c.sigma
+    return (x_t - c.alpha_t * x0) / c.sigma_t
 
 
 def from_x0(x_t, pred, c):
@@ -33,18 +33,18 @@ def from_eps(x_t, pred, c):
 
 
 def from_v(x_t, pred, c):
-    x0 = (c.alpha * x_t - c.sigma * pred) / (c.alpha**2 + c.sigma**2)
+    x0 = (c.alpha_t * x_t - c.sigma_t * pred) / (c.alpha_t**2 + c.sigma_t**2)
     return x0, _eps_from_x0(x_t, x0, c)
 
 
 def from_score(x_t, pred, c):
-    eps = -c.sigma * pred
+    eps = -c.sigma_t * pred
     return _x0_from_eps(x_t, eps, c), eps
 
 
 def from_velocity(x_t, pred, c):
-    det = c.d_alpha * c.sigma - c.d_sigma * c.alpha
-    return (c.sigma * pred - c.d_sigma * x_t) / det, (c.d_alpha * x_t - c.alpha * pred) / det
+    det = c.d_alpha_t * c.sigma_t - c.d_sigma_t * c.alpha_t
+    return (c.sigma_t * pred - c.d_sigma_t * x_t) / det, (c.d_alpha_t * x_t - c.alpha_t * pred) / det
 
 
 def to_x0(x0, eps, c):
@@ -56,15 +56,15 @@ def to_eps(x0, eps, c):
 
 
 def to_v(x0, eps, c):
-    return c.alpha * eps - c.sigma * x0
+    return c.alpha_t * eps - c.sigma_t * x0
 
 
 def to_score(x0, eps, c):
-    return -eps / c.sigma
+    return -eps / c.sigma_t
 
 
 def to_velocity(x0, eps, c):
-    return c.d_alpha * x0 + c.d_sigma * eps
+    return c.d_alpha_t * x0 + c.d_sigma_t * eps
 
 
 # name -> (prediction -> (x0, eps), (x0, eps) -> prediction)

@@ -9,25 +9,25 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.param.predictions import x0_eps
-from diffspace.paths.base import Coeffs, Path
+from diffspace.paths.base import Coeffs, GaussianPath
 from diffspace.utils import bcast
 
 
-def _coeffs(path: Path, t: Tensor, x: Tensor) -> Coeffs:
+def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
     return Coeffs(*(bcast(c, x) for c in path.coeffs(t)))
 
 
 class NetDenoiser(nn.Module):
     """A network trained on `path` to predict `prediction`, seen as an EDM-space Denoiser."""
 
-    def __init__(self, net: nn.Module, path: Path, prediction: str):
+    def __init__(self, net: nn.Module, path: GaussianPath, prediction: str):
         super().__init__()
         self.net, self.path, self.prediction = net, path, prediction
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         t = self.path.t_from_sigma(sigma.double()).to(x.dtype)
         c = _coeffs(self.path, t, x)
-        x_t = c.alpha * x  # EDM space x = x_t / alpha_t
+        x_t = c.alpha_t * x  # EDM space x = x_t / alpha_t
         pred = self.net(x_t, self.path.noise_cond(t), **cond)
         return x0_eps(self.prediction, x_t, pred.to(x.dtype), c)[0]
 
@@ -53,35 +53,35 @@ class EDMPrecond(nn.Module):
 class VelocityFromDenoiser(nn.Module):
     """u(x_t, t) = d_alpha x0_hat + d_sigma eps_hat with x0_hat from the Denoiser at sigma_t / alpha_t."""
 
-    def __init__(self, denoiser, path: Path):
+    def __init__(self, denoiser, path: GaussianPath):
         super().__init__()
         self.denoiser, self.path = denoiser, path
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         c = _coeffs(self.path, t, x_t)
-        x0 = self.denoiser(x_t / c.alpha, self.path.edm_sigma(t).to(x_t.dtype), **cond)
-        eps = (x_t - c.alpha * x0) / c.sigma
-        return c.d_alpha * x0 + c.d_sigma * eps
+        x0 = self.denoiser(x_t / c.alpha_t, self.path.sigma(t).to(x_t.dtype), **cond)
+        eps = (x_t - c.alpha_t * x0) / c.sigma_t
+        return c.d_alpha_t * x0 + c.d_sigma_t * eps
 
 
 class DenoiserFromVelocity(nn.Module):
     """The Denoiser of a velocity field trained on `path` (inverse of VelocityFromDenoiser)."""
 
-    def __init__(self, velocity, path: Path):
+    def __init__(self, velocity, path: GaussianPath):
         super().__init__()
         self.velocity, self.path = velocity, path
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         t = self.path.t_from_sigma(sigma.double()).to(x.dtype)
         c = _coeffs(self.path, t, x)
-        x_t = c.alpha * x
+        x_t = c.alpha_t * x
         return x0_eps("velocity", x_t, self.velocity(x_t, t, **cond), c)[0]
 
 
 class NetVelocity(nn.Module):
     """A raw network whose output is read as the velocity dx_t/dt on `path` (flow matching)."""
 
-    def __init__(self, net: nn.Module, path: Path):
+    def __init__(self, net: nn.Module, path: GaussianPath):
         super().__init__()
         self.net, self.path = net, path
 

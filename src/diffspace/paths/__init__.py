@@ -1,10 +1,10 @@
 """Continuous Gaussian paths and the DDPM discrete-time schedule; `make_path(name, **kw)` builds one."""
 
-from diffspace.paths.base import Coeffs, Path
+from diffspace.paths.base import Coeffs, GaussianPath
 from diffspace.paths.ddpm import DDPMDiscrete
 from diffspace.paths.gaussian import EDM, VE, LinearFlow, SubVP, VPCosine, VPLinear
 
 PATHS = {cls.name: cls for cls in (VPLinear, VPCosine, SubVP, VE, EDM, LinearFlow, DDPMDiscrete)}
 
-__all__ = ["Coeffs", "Path", "PATHS", "VPLinear", "VPCosine", "SubVP", "VE", "EDM", "LinearFlow",
+__all__ = ["Coeffs", "GaussianPath", "PATHS", "VPLinear", "VPCosine", "SubVP", "VE", "EDM", "LinearFlow",
            "DDPMDiscrete"]

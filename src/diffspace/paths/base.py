@@ -13,14 +13,20 @@ from torch import Tensor
 
 
 class Coeffs(NamedTuple):
-    alpha: Tensor
-    sigma: Tensor
-    d_alpha: Tensor
-    d_sigma: Tensor
+    """alpha_t, sigma_t and their t-derivatives at some times t."""
+
+    alpha_t: Tensor
+    sigma_t: Tensor
+    d_alpha_t: Tensor
+    d_sigma_t: Tensor
 
 
-class Path:
-    """Base class. Subclasses implement alpha, sigma, d_alpha, d_sigma and t_from_logsnr.
+class GaussianPath:
+    """Base class. Subclasses implement alpha_t, sigma_t, d_alpha_t, d_sigma_t and t_from_logsnr.
+
+    Names: `alpha_t(t)`, `sigma_t(t)` are the coefficients of x_t = alpha_t x0 + sigma_t eps; `sigma(t)`
+    is the EDM noise level sigma_t / alpha_t, the quantity that `sigma_min`, `sigma_max`, grids and
+    samplers speak of.
 
     `t_min`/`t_max` bound the usable interval (a path may be singular at the ends); `noise_cond`
     is what a raw network is shown for time t, in "timestep units" (about 0..1000).
@@ -30,30 +36,30 @@ class Path:
     t_min: float = 0.0
     t_max: float = 1.0
 
-    def alpha(self, t: Tensor) -> Tensor:
+    def alpha_t(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def sigma(self, t: Tensor) -> Tensor:
+    def sigma_t(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def d_alpha(self, t: Tensor) -> Tensor:
+    def d_alpha_t(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def d_sigma(self, t: Tensor) -> Tensor:
+    def d_sigma_t(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
     def t_from_logsnr(self, logsnr: Tensor) -> Tensor:
         raise NotImplementedError
 
     def coeffs(self, t: Tensor) -> Coeffs:
-        return Coeffs(self.alpha(t), self.sigma(t), self.d_alpha(t), self.d_sigma(t))
+        return Coeffs(self.alpha_t(t), self.sigma_t(t), self.d_alpha_t(t), self.d_sigma_t(t))
 
     def logsnr(self, t: Tensor) -> Tensor:
-        return 2 * (torch.log(self.alpha(t)) - torch.log(self.sigma(t)))
+        return 2 * (torch.log(self.alpha_t(t)) - torch.log(self.sigma_t(t)))
 
-    def edm_sigma(self, t: Tensor) -> Tensor:
+    def sigma(self, t: Tensor) -> Tensor:
         """EDM noise level sigma_t / alpha_t."""
-        return self.sigma(t) / self.alpha(t)
+        return self.sigma_t(t) / self.alpha_t(t)
 
     def t_from_sigma(self, sigma: Tensor) -> Tensor:
         return self.t_from_logsnr(-2 * torch.log(sigma))
@@ -63,15 +69,15 @@ class Path:
 
     @property
     def sigma_min(self) -> float:
-        return float(self.edm_sigma(torch.tensor(self.t_min, dtype=torch.float64)))
+        return float(self.sigma(torch.tensor(self.t_min, dtype=torch.float64)))
 
     @property
     def sigma_max(self) -> float:
-        return float(self.edm_sigma(torch.tensor(self.t_max, dtype=torch.float64)))
+        return float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
 
     def prior_std(self) -> float:
         """Std of x_{t_max} for unit-scale data, used to draw the sampler's starting noise."""
-        return float(self.sigma(torch.tensor(self.t_max, dtype=torch.float64)))
+        return float(self.sigma_t(torch.tensor(self.t_max, dtype=torch.float64)))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

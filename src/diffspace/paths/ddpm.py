@@ -9,10 +9,10 @@ diffusers way sees the same conditioning here. Below t = 1/T the first segment i
 import torch
 from torch import Tensor
 
-from diffspace.paths.base import Path
+from diffspace.paths.base import GaussianPath
 
 
-class DDPMDiscrete(Path):
+class DDPMDiscrete(GaussianPath):
     name = "ddpm"
 
     def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
@@ -44,24 +44,24 @@ class DDPMDiscrete(Path):
         slope = (ls[i + 1] - ls[i]) * self.T  # d log sigma / dt on this segment
         return ls[i] + f * (ls[i + 1] - ls[i]), slope
 
-    def edm_sigma(self, t):
+    def sigma(self, t):
         return torch.exp(self._log_sigma(t)[0])
 
-    def alpha(self, t):
-        s = self.edm_sigma(t)
+    def alpha_t(self, t):
+        s = self.sigma(t)
         return torch.rsqrt(1 + s**2)
 
-    def sigma(self, t):
-        s = self.edm_sigma(t)
+    def sigma_t(self, t):
+        s = self.sigma(t)
         return s * torch.rsqrt(1 + s**2)
 
-    def d_alpha(self, t):
+    def d_alpha_t(self, t):
         # alpha = (1 + s^2)^(-1/2), ds/dt = s * slope
         log_s, slope = self._log_sigma(t)
         s = torch.exp(log_s)
         return -(s**2) * slope * (1 + s**2) ** -1.5
 
-    def d_sigma(self, t):
+    def d_sigma_t(self, t):
         log_s, slope = self._log_sigma(t)
         s = torch.exp(log_s)
         return s * slope * (1 + s**2) ** -1.5

@@ -7,10 +7,10 @@ import math
 import torch
 from torch import Tensor
 
-from diffspace.paths.base import Path, softplus
+from diffspace.paths.base import GaussianPath, softplus
 
 
-class VPLinear(Path):
+class VPLinear(GaussianPath):
     """Variance preserving with linear beta(t) = beta_min + t (beta_max - beta_min). [SDE] Eq. 11, 33."""
 
     name = "vp"
@@ -25,19 +25,19 @@ class VPLinear(Path):
     def _d_log_alpha(self, t: Tensor) -> Tensor:
         return -0.5 * t * (self.beta_max - self.beta_min) - 0.5 * self.beta_min
 
-    def alpha(self, t):
+    def alpha_t(self, t):
         return torch.exp(self._log_alpha(t))
 
-    def sigma(self, t):
+    def sigma_t(self, t):
         # why: -expm1 keeps precision where alpha^2 is close to 1 (small t)
         return torch.sqrt(-torch.expm1(2 * self._log_alpha(t)))
 
-    def d_alpha(self, t):
-        return self.alpha(t) * self._d_log_alpha(t)
+    def d_alpha_t(self, t):
+        return self.alpha_t(t) * self._d_log_alpha(t)
 
-    def d_sigma(self, t):
-        a = self.alpha(t)
-        return -(a**2) * self._d_log_alpha(t) / self.sigma(t)
+    def d_sigma_t(self, t):
+        a = self.alpha_t(t)
+        return -(a**2) * self._d_log_alpha(t) / self.sigma_t(t)
 
     def logsnr(self, t):
         la2 = 2 * self._log_alpha(t)
@@ -61,11 +61,11 @@ class SubVP(VPLinear):
 
     name = "subvp"
 
-    def sigma(self, t):
+    def sigma_t(self, t):
         return -torch.expm1(2 * self._log_alpha(t))
 
-    def d_sigma(self, t):
-        return -2 * self.alpha(t) ** 2 * self._d_log_alpha(t)
+    def d_sigma_t(self, t):
+        return -2 * self.alpha_t(t) ** 2 * self._d_log_alpha(t)
 
     def logsnr(self, t):
         la = self._log_alpha(t)
@@ -81,7 +81,7 @@ class SubVP(VPLinear):
         return f"SubVP(beta_min={self.beta_min}, beta_max={self.beta_max})"
 
 
-class VPCosine(Path):
+class VPCosine(GaussianPath):
     """Cosine schedule alpha = cos(u), sigma = sin(u), u linear in t, i.e. logsnr = -2 log tan(u).
 
     [IDDPM] Eq. 17 in continuous time ([VDM] App. D form): u runs from atan(sigma_min) to
@@ -98,16 +98,16 @@ class VPCosine(Path):
     def _u(self, t):
         return self.u0 + self.du * t
 
-    def alpha(self, t):
+    def alpha_t(self, t):
         return torch.cos(self._u(t))
 
-    def sigma(self, t):
+    def sigma_t(self, t):
         return torch.sin(self._u(t))
 
-    def d_alpha(self, t):
+    def d_alpha_t(self, t):
         return -self.du * torch.sin(self._u(t))
 
-    def d_sigma(self, t):
+    def d_sigma_t(self, t):
         return self.du * torch.cos(self._u(t))
 
     def logsnr(self, t):
@@ -120,7 +120,7 @@ class VPCosine(Path):
         return f"VPCosine(sigma_min={self._smin}, sigma_max={self._smax})"
 
 
-class VE(Path):
+class VE(GaussianPath):
     """Variance exploding: alpha = 1, sigma = sigma_min (sigma_max / sigma_min)^t. [SDE] Eq. 9, 31."""
 
     name = "ve"
@@ -129,17 +129,17 @@ class VE(Path):
         self._smin, self._smax = sigma_min, sigma_max
         self.log_ratio = math.log(sigma_max / sigma_min)
 
-    def alpha(self, t):
+    def alpha_t(self, t):
         return torch.ones_like(t)
 
-    def sigma(self, t):
+    def sigma_t(self, t):
         return self._smin * torch.exp(self.log_ratio * t)
 
-    def d_alpha(self, t):
+    def d_alpha_t(self, t):
         return torch.zeros_like(t)
 
-    def d_sigma(self, t):
-        return self.sigma(t) * self.log_ratio
+    def d_sigma_t(self, t):
+        return self.sigma_t(t) * self.log_ratio
 
     def logsnr(self, t):
         return -2 * (math.log(self._smin) + self.log_ratio * t)
@@ -151,7 +151,7 @@ class VE(Path):
         return f"VE(sigma_min={self._smin}, sigma_max={self._smax})"
 
 
-class EDM(Path):
+class EDM(GaussianPath):
     """EDM's choice sigma(t) = t, alpha = 1 ([EDM] Sec. 3), rescaled to t in [0, 1]: sigma = sigma_max t."""
 
     name = "edm"
@@ -160,16 +160,16 @@ class EDM(Path):
         self._smin, self._smax = sigma_min, sigma_max
         self.t_min = sigma_min / sigma_max
 
-    def alpha(self, t):
+    def alpha_t(self, t):
         return torch.ones_like(t)
 
-    def sigma(self, t):
+    def sigma_t(self, t):
         return self._smax * t
 
-    def d_alpha(self, t):
+    def d_alpha_t(self, t):
         return torch.zeros_like(t)
 
-    def d_sigma(self, t):
+    def d_sigma_t(self, t):
         return torch.full_like(t, self._smax)
 
     def t_from_logsnr(self, logsnr):
@@ -179,7 +179,7 @@ class EDM(Path):
         return f"EDM(sigma_min={self._smin}, sigma_max={self._smax})"
 
 
-class LinearFlow(Path):
+class LinearFlow(GaussianPath):
     """Linear / rectified flow (CondOT): alpha = 1 - t, sigma = t. [RF] Eq. 1, [FM] Eq. 20."""
 
     name = "linear"
@@ -187,16 +187,16 @@ class LinearFlow(Path):
     def __init__(self, t_min: float = 1e-4, t_max: float = 1.0 - 1e-4):
         self.t_min, self.t_max = t_min, t_max
 
-    def alpha(self, t):
+    def alpha_t(self, t):
         return 1 - t
 
-    def sigma(self, t):
+    def sigma_t(self, t):
         return t.clone()
 
-    def d_alpha(self, t):
+    def d_alpha_t(self, t):
         return -torch.ones_like(t)
 
-    def d_sigma(self, t):
+    def d_sigma_t(self, t):
         return torch.ones_like(t)
 
     def logsnr(self, t):

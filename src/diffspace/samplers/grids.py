@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor
 
-from diffspace.paths import DDPMDiscrete, Path
+from diffspace.paths import DDPMDiscrete, GaussianPath
 from diffspace.types import UserError
 
 
@@ -28,7 +28,7 @@ def _check_n(n: int, most: int | None = None) -> None:
 
 
 def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0,
-                  path: Path | None = None) -> Tensor:
+                  path: GaussianPath | None = None) -> Tensor:
     """[EDM] Eq. 5: n noise levels interpolated in sigma^(1/rho), then 0. rho = 7  # [EDM] Table 1."""
     _check_n(n)
     ramp = torch.linspace(0, 1, n, dtype=torch.float64)
@@ -37,24 +37,24 @@ def karras_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0, rho
 
 
 def logsnr_sigmas(n: int, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                  path: Path | None = None) -> Tensor:
+                  path: GaussianPath | None = None) -> Tensor:
     """n noise levels uniform in logSNR (= uniform in log sigma), then 0. [DPM] Sec. 3.3."""
     _check_n(n)
     return _append_zero(torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), n,
                                                  dtype=torch.float64)))
 
 
-def uniform_t_sigmas(n: int, sigma_min: float, sigma_max: float, path: Path | None = None) -> Tensor:
+def uniform_t_sigmas(n: int, sigma_min: float, sigma_max: float, path: GaussianPath | None = None) -> Tensor:
     """n noise levels uniform in the path's own time t between the times of sigma_max and sigma_min."""
     _check_n(n)
     if path is None:
         raise UserError("grid 'uniform_t' needs the path the model was trained on")
     ends = path.t_from_sigma(torch.tensor([sigma_max, sigma_min], dtype=torch.float64))
     t = torch.linspace(float(ends[0]), float(ends[1]), n, dtype=torch.float64)
-    return _append_zero(path.edm_sigma(t))
+    return _append_zero(path.sigma(t))
 
 
-def _table(path: Path | None, name: str) -> DDPMDiscrete:
+def _table(path: GaussianPath | None, name: str) -> DDPMDiscrete:
     if not isinstance(path, DDPMDiscrete):
         raise UserError(f"grid {name!r} spaces the integer timesteps of a 'ddpm' path, got {path!r}")
     return path
@@ -82,7 +82,7 @@ def linspace_timesteps(n: int, path: DDPMDiscrete) -> Tensor:
 
 def _table_grid(timesteps_fn, name):
     def grid(n: int, sigma_min: float | None = None, sigma_max: float | None = None,
-             path: Path | None = None) -> Tensor:
+             path: GaussianPath | None = None) -> Tensor:
         table = _table(path, name)
         _check_n(n, table.T)
         return table_sigmas(table, timesteps_fn(n, table))

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from diffspace.param.wrappers import VelocityFromDenoiser
-from diffspace.paths.base import Path
+from diffspace.paths.base import GaussianPath
 from diffspace.types import UserError
 
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")  # torchdiffeq's
@@ -132,14 +132,14 @@ def _integrate(field, y0: Tensor, span: tuple[float, float], div_fn: Divergence,
     return ys[-1], accs[-1], nfe
 
 
-def _check(x: Tensor, path: Path):
-    if not isinstance(path, Path):
-        raise UserError(f"path must be a diffspace Path, got {type(path).__name__}")
+def _check(x: Tensor, path: GaussianPath):
+    if not isinstance(path, GaussianPath):
+        raise UserError(f"path must be a diffspace GaussianPath, got {type(path).__name__}")
     if x.ndim < 2 or not x.is_floating_point():
         raise UserError(f"x must be a floating tensor of shape (B, ...), got {tuple(x.shape)} {x.dtype}")
 
 
-def velocity_log_likelihood(velocity, x: Tensor, path: Path, *, divergence: str = "hutchinson",
+def velocity_log_likelihood(velocity, x: Tensor, path: GaussianPath, *, divergence: str = "hutchinson",
                             n_probes: int = 1, probe: str = "rademacher", seed: int = 0,
                             index_offset: int = 0, rtol: float = 1e-5, atol: float = 1e-5,
                             method: str = "dopri5", options: dict | None = None, **cond) -> Likelihood:
@@ -152,7 +152,7 @@ def velocity_log_likelihood(velocity, x: Tensor, path: Path, *, divergence: str 
     div_fn = _divergence_fn(divergence, x, n_probes, probe, seed, index_offset)
     t0 = torch.tensor(path.t_min, dtype=torch.float64)
     t1 = torch.tensor(path.t_max, dtype=torch.float64)
-    alpha0, std1 = float(path.alpha(t0)), float(path.sigma(t1))
+    alpha0, std1 = float(path.alpha_t(t0)), float(path.sigma_t(t1))
 
     def field(t, y):
         return velocity(y, t.to(y).expand(y.shape[0]), **cond).to(y.dtype)
@@ -164,6 +164,6 @@ def velocity_log_likelihood(velocity, x: Tensor, path: Path, *, divergence: str 
     return Likelihood(-(logp_t + x[0].numel() * math.log(alpha0)), nfe)
 
 
-def log_likelihood(denoiser, x: Tensor, path: Path, **kwargs) -> Likelihood:
+def log_likelihood(denoiser, x: Tensor, path: GaussianPath, **kwargs) -> Likelihood:
     """-log p(x) in nats (B,) of a Denoiser's PF-ODE on `path`; options as `velocity_log_likelihood`."""
     return velocity_log_likelihood(VelocityFromDenoiser(denoiser, path), x, path, **kwargs)
