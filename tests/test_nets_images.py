@@ -20,15 +20,6 @@ def _shape(name):
     return (1, 8, 8) if name in ("unet-digits", "dit-p2") else (3, 12, 12)
 
 
-def _randomize(net):
-    """Zero-initialized output layers make a fresh net constant; perturb all weights to see dependence."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.2 * torch.randn(p.shape, generator=g))
-    return net.eval()
-
-
 @pytest.mark.parametrize("name", NETS)
 def test_fresh_net_outputs_zero(name):
     """Zero-init residual branches and heads: a fresh net outputs exactly 0 for any input."""
@@ -39,9 +30,9 @@ def test_fresh_net_outputs_zero(name):
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_shapes_and_conditioning(name):
+def test_shapes_and_conditioning(name, randomize):
     torch.manual_seed(0)
-    net = _randomize(NETS[name](10))
+    net = randomize(NETS[name](10))
     x = torch.randn(4, *_shape(name))
     nc = torch.tensor([10.0, 200.0, 600.0, 990.0])
     y = torch.tensor([1, 2, 3, 4])
@@ -58,8 +49,8 @@ def test_shapes_and_conditioning(name):
 
 
 @pytest.mark.parametrize("name", NETS)
-def test_unconditional_net_and_gradients(name):
-    net = _randomize(NETS[name](0)).train()
+def test_unconditional_net_and_gradients(name, randomize):
+    net = randomize(NETS[name](0)).train()
     x = torch.randn(2, *_shape(name))
     net(x, torch.tensor([1.0, 900.0])).square().mean().backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
@@ -73,11 +64,11 @@ def test_bad_sizes():
         DiT(1, 9, patch=2)
 
 
-def test_conv_classifier_features_and_noise_condition():
+def test_conv_classifier_features_and_noise_condition(randomize):
     torch.manual_seed(0)
     clean = ConvClassifier(1, 10, width=8, feat_dim=16).eval()
     x = torch.randn(5, 1, 8, 8)
     assert clean(x).shape == (5, 10) and clean.features(x).shape == (5, 16)
-    noisy = _randomize(ConvClassifier(1, 10, width=8, feat_dim=16, noise_aware=True))
+    noisy = randomize(ConvClassifier(1, 10, width=8, feat_dim=16, noise_aware=True))
     a, b = noisy(x, torch.full((5,), 100.0)), noisy(x, torch.full((5,), 800.0))
     assert a.shape == (5, 10) and (a - b).abs().max() > 1e-3

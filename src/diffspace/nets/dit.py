@@ -1,8 +1,11 @@
 """A Diffusion Transformer, [DIT] arXiv 2212.09748: patchify, adaLN-Zero blocks, fixed 2-D sin-cos positions.
 
-It knows nothing about diffusion: forward(x (B, C, H, W), noise_cond (B,), class_labels (B,) | None).
-The conditioning vector is the shared noise embedding plus the class embedding (index num_classes =
-null class), as in [DIT] Sec. 3.2 "adaLN-Zero block".
+It knows nothing about diffusion: forward(x (B, C, H, W), noise_cond (B,) or (1,), class_labels (B,) | None,
+text_emb, text_mask, text_pooled). The conditioning vector is the shared noise embedding plus the class
+embedding (index num_classes = null class), as in [DIT] Sec. 3.2 "adaLN-Zero block". With `text_dim` > 0
+each block gains cross-attention to the text tokens between self-attention and the MLP (as PixArt-alpha,
+arXiv 2310.00426 Sec. 2.3, does for DiT), and the pooled text embedding joins the conditioning vector
+(nets/cross_attention.py).
 """
 
 from dataclasses import dataclass
@@ -11,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from diffspace.nets.cross_attention import CrossAttention, TextConditioning, TextContext, condition
 from diffspace.nets.embedding import NoiseEmbedding, sinusoidal
 
 
@@ -36,9 +40,10 @@ def _pos_embed(grid: int, dim: int) -> Tensor:
 
 
 class DiTBlock(nn.Module):
-    def __init__(self, hidden: int, heads: int, mlp_ratio: float, dropout: float):
+    def __init__(self, hidden: int, heads: int, mlp_ratio: float, dropout: float, text_dim: int = 0):
         super().__init__()
         self.heads = heads
+        self.cross = CrossAttention(hidden, text_dim, heads) if text_dim else None
         self.norm1 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
         self.norm2 = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
@@ -54,17 +59,26 @@ class DiTBlock(nn.Module):
         q, k, v = self.qkv(x).reshape(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, L, D))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, ctx: TextContext | None = None) -> Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(c).chunk(6, dim=1)
         x = x + gate1[:, None] * self._attn(_modulate(self.norm1(x), shift1, scale1))
+        if self.cross is not None:
+            x = self.cross(x, ctx)
         return x + gate2[:, None] * self.mlp(_modulate(self.norm2(x), shift2, scale2))
 
 
 class DiT(nn.Module):
-    """forward(x (B, C, H, W), noise_cond (B,), class_labels (B,) | None) -> (B, C, H, W), H = W."""
+    """forward(x (B, C, H, W), noise_cond (B,) or (1,), class_labels (B,) | None,
+    text_emb (B, L, text_dim) | None, text_mask (B, L) | None, text_pooled (B, text_pooled_dim) | None)
+    -> (B, C, H, W), H = W.
+
+    `text_dim` > 0 adds text conditioning (text_pooled_dim defaults to text_dim); no text means the null
+    caption. Raises ValueError for text given to a net without it.
+    """
 
     def __init__(self, in_channels: int, resolution: int, patch: int = 2, hidden: int = 128, depth: int = 4,
-                 heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, num_classes: int = 0):
+                 heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, num_classes: int = 0,
+                 text_dim: int = 0, text_pooled_dim: int | None = None):
         super().__init__()
         if resolution % patch or hidden % heads or hidden % 4:
             raise ValueError(f"need resolution % patch == 0, hidden % heads == 0 and hidden % 4 == 0; got "
@@ -73,19 +87,23 @@ class DiT(nn.Module):
         self.embed_patches = nn.Conv2d(in_channels, hidden, patch, stride=patch)
         self.register_buffer("pos", _pos_embed(self.grid, hidden), persistent=False)
         self.embed = NoiseEmbedding(hidden, num_classes)
-        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout) for _ in range(depth))
+        self.text = TextConditioning(text_dim, text_pooled_dim or text_dim, hidden) if text_dim else None
+        self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout, text_dim)
+                                    for _ in range(depth))
         self.norm = nn.LayerNorm(hidden, elementwise_affine=False, eps=1e-6)
         self.ada = nn.Linear(hidden, 2 * hidden)
         self.head = nn.Linear(hidden, patch * patch * in_channels)
         for layer in (self.ada, self.head):  # [DIT] Sec. 3.2: the final layer starts at zero too
             nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None,
+                text_emb: Tensor | None = None, text_mask: Tensor | None = None,
+                text_pooled: Tensor | None = None) -> Tensor:
         B = x.shape[0]
         h = self.embed_patches(x).flatten(2).transpose(1, 2) + self.pos.to(x.dtype)  # (B, L, hidden)
-        c = F.silu(self.embed(noise_cond, class_labels))
+        c, ctx = condition(self.embed, self.text, noise_cond, class_labels, text_emb, text_mask, text_pooled)
         for block in self.blocks:
-            h = block(h, c)
+            h = block(h, c, ctx)
         shift, scale = self.ada(c).chunk(2, dim=1)
         h = self.head(_modulate(self.norm(h), shift, scale))  # (B, L, p * p * C)
         p, g = self.patch, self.grid

@@ -2,8 +2,11 @@
 
 ResBlocks with GroupNorm and the noise embedding injected by scale-shift ([CG] Sec. 3, "adaptive group
 normalization"), self-attention at chosen resolutions, dropout, channel multipliers per level, and a class
-embedding whose extra index is the null class for classifier-free guidance. It knows nothing about
-diffusion: forward(x (B, C, H, W), noise_cond (B,), class_labels (B,) | None) -> (B, C, H, W).
+embedding whose extra index is the null class for classifier-free guidance. With `text_dim` > 0, a
+cross-attention block follows each self-attention block and the pooled text embedding joins the noise
+embedding (nets/cross_attention.py, [LDM] arXiv 2112.10752 Sec. 3.3). It knows nothing about diffusion:
+forward(x (B, C, H, W), noise_cond (B,) or (1,), class_labels (B,) | None, text_emb, text_mask,
+text_pooled) -> (B, C, H, W).
 """
 
 from dataclasses import dataclass, field
@@ -12,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from diffspace.nets.cross_attention import CrossAttention, TextConditioning, TextContext, condition
 from diffspace.nets.embedding import NoiseEmbedding
 
 
@@ -72,70 +76,85 @@ class Attention(nn.Module):
 
 
 class _Level(nn.Module):
-    """ResBlocks (each followed by attention when enabled) at one resolution."""
+    """ResBlocks at one resolution, each followed by attention then cross-attention to text when enabled."""
 
-    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, dropout: float, attn: bool, heads: int):
+    def __init__(self, chans: list[tuple[int, int]], emb_dim: int, dropout: float, attn: bool, heads: int,
+                 text_dim: int = 0):
         super().__init__()
         self.res = nn.ModuleList(ResBlock(a, b, emb_dim, dropout) for a, b in chans)
         self.attn = nn.ModuleList(Attention(b, heads) if attn else nn.Identity() for _, b in chans)
+        self.cross = nn.ModuleList(CrossAttention(b, text_dim, heads) for _, b in chans) \
+            if attn and text_dim else None
+
+    def block(self, j: int, h: Tensor, emb: Tensor, ctx: TextContext | None) -> Tensor:
+        h = self.attn[j](self.res[j](h, emb))
+        return h if self.cross is None else self.cross[j](h, ctx)
 
 
 class UNet(nn.Module):
-    """forward(x (B, C, H, W), noise_cond (B,), class_labels (B,) | None) -> (B, C, H, W).
+    """forward(x (B, C, H, W), noise_cond (B,) or (1,), class_labels (B,) | None,
+    text_emb (B, L, text_dim) | None, text_mask (B, L) | None, text_pooled (B, text_pooled_dim) | None)
+    -> (B, C, H, W).
 
     `resolution` is the input side, divisible by 2^(len(channel_mults) - 1); attention runs at the
     resolutions listed in `attn_resolutions`. `num_classes` > 0 adds a class embedding (index
-    num_classes = null class; class_labels=None means the null class).
+    num_classes = null class; class_labels=None means the null class). `text_dim` > 0 adds
+    cross-attention at the attention resolutions and a pooled-text embedding (text_pooled_dim, default
+    text_dim); no text means the null caption. Raises ValueError for text given to a net without it.
     """
 
     def __init__(self, in_channels: int, resolution: int, channels: int = 64,
                  channel_mults: tuple[int, ...] | list[int] = (1, 2), num_res_blocks: int = 2,
                  attn_resolutions: tuple[int, ...] | list[int] = (4,), heads: int = 4, dropout: float = 0.1,
-                 num_classes: int = 0):
+                 num_classes: int = 0, text_dim: int = 0, text_pooled_dim: int | None = None):
         super().__init__()
         if resolution % 2 ** (len(channel_mults) - 1):
             raise ValueError(f"resolution {resolution} is not divisible by 2^{len(channel_mults) - 1}")
         emb_dim = 4 * channels
         self.embed = NoiseEmbedding(emb_dim, num_classes, freq_dim=channels)
+        self.text = TextConditioning(text_dim, text_pooled_dim or text_dim, emb_dim) if text_dim else None
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * m for m in channel_mults]
         res = [resolution // 2**i for i in range(len(widths))]
         self.down, self.downsample, skips, c = nn.ModuleList(), nn.ModuleList(), [channels], channels
         for i, w in enumerate(widths):
             chans = [(c if j == 0 else w, w) for j in range(num_res_blocks)]
-            self.down.append(_Level(chans, emb_dim, dropout, res[i] in attn_resolutions, heads))
+            self.down.append(_Level(chans, emb_dim, dropout, res[i] in attn_resolutions, heads, text_dim))
             skips += [w] * num_res_blocks
             c = w
             last = i == len(widths) - 1
             self.downsample.append(nn.Identity() if last else nn.Conv2d(w, w, 3, stride=2, padding=1))
             skips += [] if last else [w]
-        self.mid = _Level([(c, c), (c, c)], emb_dim, dropout, True, heads)
+        self.mid = _Level([(c, c), (c, c)], emb_dim, dropout, True, heads, text_dim)
         self.up, self.upsample = nn.ModuleList(), nn.ModuleList()
         for i, w in reversed(list(enumerate(widths))):
             chans = []
             for _ in range(num_res_blocks + 1):  # one extra block eats the downsampler's skip
                 chans.append((c + skips.pop(), w))
                 c = w
-            self.up.append(_Level(chans, emb_dim, dropout, res[i] in attn_resolutions, heads))
+            self.up.append(_Level(chans, emb_dim, dropout, res[i] in attn_resolutions, heads, text_dim))
             self.upsample.append(nn.Identity() if i == 0 else nn.Conv2d(w, w, 3, padding=1))
         self.out = nn.Sequential(_norm(c), nn.SiLU(), _zero(nn.Conv2d(c, in_channels, 3, padding=1)))
 
-    def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        emb = F.silu(self.embed(noise_cond, class_labels))
+    def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None,
+                text_emb: Tensor | None = None, text_mask: Tensor | None = None,
+                text_pooled: Tensor | None = None) -> Tensor:
+        emb, ctx = condition(self.embed, self.text, noise_cond, class_labels, text_emb, text_mask,
+                             text_pooled)
         h = self.inp(x)
         skips = [h]
         for level, down in zip(self.down, self.downsample, strict=True):
-            for res, attn in zip(level.res, level.attn, strict=True):
-                h = attn(res(h, emb))
+            for j in range(len(level.res)):
+                h = level.block(j, h, emb, ctx)
                 skips.append(h)
             if not isinstance(down, nn.Identity):
                 h = down(h)
                 skips.append(h)
-        for res, attn in zip(self.mid.res, self.mid.attn, strict=True):
-            h = attn(res(h, emb))
+        for j in range(len(self.mid.res)):
+            h = self.mid.block(j, h, emb, ctx)
         for level, up in zip(self.up, self.upsample, strict=True):
-            for res, attn in zip(level.res, level.attn, strict=True):
-                h = attn(res(torch.cat([h, skips.pop()], dim=1), emb))
+            for j in range(len(level.res)):
+                h = level.block(j, torch.cat([h, skips.pop()], dim=1), emb, ctx)
             if not isinstance(up, nn.Identity):
                 h = up(F.interpolate(h, scale_factor=2, mode="nearest"))
         return self.out(h)
