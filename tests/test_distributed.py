@@ -72,8 +72,10 @@ def test_logged_loss_is_the_global_mean(runs):
 
 @pytest.mark.slow
 def test_two_ranks_sample_exactly_like_one(runs, tmp_path):
-    # 6000 samples in chunks of 2500: rank 0 draws chunks 0 and 2, rank 1 chunk 1
-    common = ["sample", str(runs["ws2"]), "--num-samples", "6000", "--steps", "4", "--seed", "3"]
+    # 6000 samples in chunks of 2500: rank 0 draws chunks 0 and 2, rank 1 chunk 1; a stochastic
+    # sampler, so every draw must come from the sample's own stream
+    common = ["sample", str(runs["ws2"]), "--num-samples", "6000", "--steps", "4", "--seed", "3",
+              "--sampler", "edm_sde"]
     in_process(*common, "--out", str(tmp_path / "one.npz"))
     torchrun(*common, "--out", str(tmp_path / "two.npz"))
     one, two = np.load(tmp_path / "one.npz")["samples"], np.load(tmp_path / "two.npz")["samples"]
@@ -84,7 +86,8 @@ def test_two_ranks_sample_exactly_like_one(runs, tmp_path):
 @pytest.mark.slow
 def test_two_ranks_sample_and_evaluate_text_like_one(tmp_path):
     """40 sequences in batches of 16 and 150 validation chunks in batches of 64: rank 0 does batches
-    0 and 2, rank 1 batch 1, and rank 0 alone writes."""
+    0 and 2, rank 1 batch 1, and rank 0 alone writes. Sequence i draws from its own random stream, so
+    it is also the same in a run of 5 or of 20 sequences, on one process or two."""
     (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog. " * 600)
     run = tmp_path / "run"
     (tmp_path / "t.toml").write_text(
@@ -97,6 +100,14 @@ def test_two_ranks_sample_and_evaluate_text_like_one(tmp_path):
     torchrun(*sample, "--out", str(tmp_path / "two.txt"))
     one = (tmp_path / "one.txt").read_text()
     assert one.count("=== sample") == 40 and one == (tmp_path / "two.txt").read_text()
+    # per-sequence streams: the first sequences are the same for any n and world size (20 = a batch
+    # of 16 on rank 0 and one of 4 on rank 1; 5 = one batch in one process)
+    in_process(*sample[:3], "5", *sample[4:], "--out", str(tmp_path / "five.txt"))
+    torchrun(*sample[:3], "20", *sample[4:], "--out", str(tmp_path / "twenty.txt"))
+    for name, n in (("five", 5), ("twenty", 20)):
+        part = (tmp_path / f"{name}.txt").read_text()
+        assert part.count("=== sample") == n and one.startswith(part)
+        assert one[len(part):].startswith(f"=== sample {n}\n")
     in_process("eval", str(run), "--ppl", "--json", str(tmp_path / "one.json"))
     torchrun("eval", str(run), "--ppl", "--json", str(tmp_path / "two.json"))
     one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from diffspace.data.gmm import eight_gaussians_mixture
-from diffspace.paths import DDPMDiscrete, VPCosine, VPLinear
-from diffspace.samplers.grids import GRIDS, DDPMZeroTerminalSNR, table_sigmas, trailing_timesteps
+from diffspace.paths import DDPMDiscrete, DDPMZeroTerminalSNR, VPCosine, VPLinear
+from diffspace.samplers.grids import GRIDS, table_sigmas, trailing_timesteps
 from diffspace.samplers.multistep import sample_dpmpp_2m
 from diffspace.samplers.ode import sample_adaptive
 from diffspace.samplers.optimize_grid import grid_error, optimize_sigmas

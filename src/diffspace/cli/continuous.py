@@ -125,7 +125,8 @@ def as_denoiser(cfg: ContinuousConfig, module: nn.Module):
     return module
 
 
-def _draw_sigma_t(cfg: ContinuousConfig, path: GaussianPath, n: int, g: torch.Generator) -> tuple[Tensor, Tensor]:
+def _draw_sigma_t(cfg: ContinuousConfig, path: GaussianPath, n: int,
+                  g: torch.Generator) -> tuple[Tensor, Tensor]:
     lo = cfg.loss
     if lo.proposal in SIGMA_PROPOSALS:
         sigma = SIGMA_PROPOSALS[lo.proposal](n, g, lo.p_mean, lo.p_std)

@@ -11,6 +11,7 @@ from diffspace.cli.registries import DATA
 from diffspace.cli.runs import Run, sample_chunk
 from diffspace.eval.metrics import mmd_rbf, sliced_w2
 from diffspace.eval.plots import loss_curve, scatter_2d
+from diffspace.rng import Streams
 from diffspace.samplers.grids import GRIDS
 from diffspace.samplers.registry import SAMPLERS
 from diffspace.train.distributed import map_chunks
@@ -37,7 +38,7 @@ def after_train(run_dir: Path) -> None:
 
 def generate(run: Run, n: int, sampler: str, steps: int, grid: str, seed: int = 0,
              chunk: int = 2500, device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """n samples from a run; sample i depends only on (seed, i // chunk), not on batch layout.
+    """n samples from a run; sample i depends only on (seed, i), not on n, the chunk or the batch layout.
 
     Under torchrun the chunks are dealt to the ranks and gathered: rank 0 gets all n samples (the
     same as one process), the other ranks get None."""
@@ -47,8 +48,8 @@ def generate(run: Run, n: int, sampler: str, steps: int, grid: str, seed: int = 
     sigmas = run_sigmas(run, grid, steps, sampler)
     denoiser = as_denoiser(run.cfg, run.module)
     shape = tuple(run.meta["data_shape"])
-    parts = map_chunks(lambda lo, hi, s_: sample_chunk(denoiser, shape, hi - lo, sigmas, fn, s_,
-                                                       torch.device(device)), n, seed, chunk)
+    parts = map_chunks(lambda lo, hi, _: sample_chunk(denoiser, shape, Streams(seed, hi - lo, lo), sigmas, fn,
+                                                      torch.device(device)), n, seed, chunk)
     return None if parts is None else torch.cat(parts)
 
 

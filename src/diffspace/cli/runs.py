@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.cli.config import build
+from diffspace.rng import Streams
 from diffspace.train.checkpoint import load_checkpoint, load_weights, split_prefix
 from diffspace.types import UserError
 
@@ -52,9 +53,9 @@ def load_run(path: str | Path, device: torch.device | str = "cpu", ema: bool = T
 
 
 @torch.no_grad()
-def sample_chunk(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, seed: int,
+def sample_chunk(denoiser, shape: tuple[int, ...], streams: Streams, sigmas: Tensor, sampler,
                  device: torch.device, **cond) -> Tensor:
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, *shape), generator=g, dtype=torch.float64)
+    """len(streams) samples of `shape`: sample i's initial noise and every later draw come from stream i."""
+    noise = streams.randn((len(streams), *shape), torch.float64)
     x = (noise * sigmas[0]).to(device=device, dtype=torch.float32)
-    return sampler(denoiser, x, sigmas.to(device), generator=g, **cond).cpu()
+    return sampler(denoiser, x, sigmas.to(device), generator=streams, **cond).cpu()

@@ -16,6 +16,7 @@ from diffspace.data.images import load_image_data
 from diffspace.eval.featurenet import features, load_classifier, predict, train_featurenet
 from diffspace.eval.image_metrics import feature_stats, frechet_distance, kid, precision_recall
 from diffspace.eval.pictures import save_grid, save_trajectory
+from diffspace.rng import Streams
 from diffspace.samplers.guidance import ClassifierFreeGuidance
 from diffspace.types import UserError
 
@@ -33,14 +34,14 @@ def image_data(cfg) -> dict:
 def sample_images(denoiser, shape: tuple[int, ...], labels: Tensor | None, sigmas: Tensor, fn,
                   seed: int, n: int | None = None, batch: int = 500, callback=None,
                   device: torch.device | str = "cpu") -> Tensor:
-    """Samples for `labels` (or n unconditional ones) with sampler function `fn`; the noise of sample i
-    depends only on (seed, i // batch)."""
+    """Samples for `labels` (or n unconditional ones) with sampler function `fn`; every draw of sample i
+    (initial noise and sampler noise) depends only on (seed, i)."""
     n = len(labels) if labels is not None else n
     parts = []
     for lo in range(0, n, batch):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + lo // batch)
         m = min(batch, n - lo)
-        x = (torch.randn((m, *shape), generator=g, dtype=torch.float64) * sigmas[0]).float().to(device)
+        g = Streams(seed, m, lo)
+        x = (g.randn((m, *shape), torch.float64) * sigmas[0]).float().to(device)
         cond = {} if labels is None else {"class_labels": labels[lo:lo + m].to(device)}
         parts.append(fn(denoiser, x, sigmas.to(device), generator=g, callback=callback, **cond).cpu())
     return torch.cat(parts).clamp(-1, 1)

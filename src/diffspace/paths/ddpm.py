@@ -79,3 +79,33 @@ class DDPMDiscrete(GaussianPath):
     def __repr__(self):
         n, b0, b1 = self._args
         return f"DDPMDiscrete(num_timesteps={n}, beta_start={b0}, beta_end={b1})"
+
+
+class DDPMZeroTerminalSNR(DDPMDiscrete):
+    """A DDPM table rescaled to zero terminal SNR ([ZSNR] arXiv 2305.08891v4). [ZSNR] Alg. 1: shift and
+    scale sqrt(alphas_cumprod) so its last value is 0 and its first is unchanged.
+
+    why: in sigma space a zero terminal SNR is sigma = inf, which no sampler can start from. The last
+    log sigma is instead continued by the table's last increment (sigma_T = sigma_{T-1}^2 / sigma_{T-2},
+    about 3e4 for the default betas), finite and still increasing. (diffusers' Euler sets the last
+    alphas_cumprod to 2^-24, which for these betas is larger than the one before it: sigma_T < sigma_{T-1}.)
+    Zero terminal SNR is meant for v- or x0-prediction: eps cannot be read back at alpha_t = 0.
+    """
+
+    name = "ddpm_zsnr"
+
+    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        super().__init__(num_timesteps, beta_start, beta_end)
+        root = self.alphas_cumprod.sqrt()
+        root = (root - root[-1]) * root[0] / (root[0] - root[-1])  # [ZSNR] Alg. 1
+        log_sigmas = 0.5 * torch.log((1 - root[:-1] ** 2) / root[:-1] ** 2)
+        self.log_sigmas = torch.cat([log_sigmas, 2 * log_sigmas[-1:] - log_sigmas[-2:-1]])
+        self.alphas_cumprod = torch.sigmoid(-2 * self.log_sigmas)  # alpha^2 = 1 / (1 + sigma^2)
+        prev = torch.cat([self.alphas_cumprod.new_ones(1), self.alphas_cumprod[:-1]])
+        self.betas = 1 - self.alphas_cumprod / prev
+
+    def __repr__(self):
+        n, b0, b1 = self._args
+        return f"DDPMZeroTerminalSNR(num_timesteps={n}, beta_start={b0}, beta_end={b1})"
+
+

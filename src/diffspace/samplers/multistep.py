@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from diffspace.samplers.grids import check_sigmas
 from diffspace.samplers.ode import Callback, sigma_batch
 from diffspace.types import Denoiser
 
@@ -134,7 +135,7 @@ def multistep_loop(step, keep: int, denoiser: Denoiser, x: Tensor, sigmas: Tenso
                    cond: dict, value=lambda x, x0, sigma: x0) -> Tensor:
     """The thin loop of multistep samplers: one NFE per step, `value(x, x0_hat, sigma)` pushed onto a
     History of length `keep`, then x = step(x, sigma_next, history)."""
-    grid, hist = sigmas.tolist(), History()
+    grid, hist = check_sigmas(sigmas).tolist(), History()
     for i in range(len(grid) - 1):
         x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
         hist = push(hist, grid[i], value(x, x0, grid[i]), keep)
@@ -158,7 +159,7 @@ def sample_unipc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 
                  callback: Callback | None = None, **cond) -> Tensor:
     """UniPC: UniP of `order` (multistep) and, after every network call at sigma > 0, UniC on the step
     that led there (order + 1 overall). One NFE per step."""
-    grid, hist = sigmas.tolist(), History()
+    grid, hist = check_sigmas(sigmas).tolist(), History()
     x_prev = x
     for i in range(len(grid) - 1):
         x0 = denoiser(x, sigma_batch(grid[i], x), **cond)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffspace.samplers.grids import check_sigmas
 from diffspace.types import Denoiser, VelocityField
 
 Callback = Callable[[int, float, Tensor, Tensor | None], None]  # (step, sigma, x, x0_hat)
@@ -81,7 +82,7 @@ def rk4_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **c
 
 def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, cond: dict) -> Tensor:
     """The thin loop shared by one-step samplers: step(denoiser, x, sigma, sigma_next, **cond)."""
-    grid = sigmas.tolist()
+    grid = check_sigmas(sigmas).tolist()
     for i in range(len(grid) - 1):
         x, x0 = step(denoiser, x, grid[i], grid[i + 1], **cond)
         if callback is not None:
@@ -157,7 +158,7 @@ def sample_rk45(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, rtol: float = 
                 generator=None, callback: Callback | None = None, **cond) -> Tensor:
     """Adaptive Dormand-Prince from sigmas[0] to the last nonzero sigma (only the ends of the grid are
     used); if the grid ends in 0 the result is denoised there. NFE set by rtol/atol."""
-    nonzero = sigmas[sigmas > 0]
+    nonzero = check_sigmas(sigmas)[sigmas > 0]
     x = sample_adaptive(denoiser, x, float(nonzero[0]), float(nonzero[-1]), rtol, atol,
                         denoise_last=bool(sigmas[-1] == 0), **cond)
     if callback is not None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffspace.samplers.grids import karras_sigmas, logsnr_sigmas
+from diffspace.samplers.grids import check_grid, karras_sigmas, logsnr_sigmas
 from diffspace.samplers.ode import sample_adaptive
 from diffspace.types import Denoiser, UserError
 
@@ -52,9 +52,16 @@ def optimize_sigmas(sampler, denoiser: Denoiser, x: Tensor, n: int, sigma_min: f
     best = min(starts, key=lambda s: grid_error(sampler, denoiser, x, s, reference, **cond))
     if n == 1:
         return best
-    loss = lambda u: grid_error(sampler, denoiser, x, _grid(u, sigma_min, sigma_max), reference, **cond)
+
+    def loss(u: np.ndarray) -> float:
+        grid = _grid(u, sigma_min, sigma_max)
+        if (grid.diff() >= 0).any():  # why: clamping can merge levels; a zero-length step is no grid
+            return math.inf
+        return grid_error(sampler, denoiser, x, grid, reference, **cond)
+
     u = best[1:-1].log().numpy()
     for _ in range(2):  # why: one restart lets Nelder-Mead escape a collapsed simplex
         u = minimize(loss, u, method="Nelder-Mead",
                      options={"maxfev": max_evals // 2, "xatol": 1e-4, "fatol": 1e-7}).x
-    return _grid(u, sigma_min, sigma_max)
+    grid = _grid(u, sigma_min, sigma_max)
+    return check_grid(grid, what="optimized grid") if loss(u) < math.inf else best

@@ -13,8 +13,9 @@ x_s + ... by alpha_t), a Brownian motion in sigma^2. So the exact DDPM posterior
 whatever the path; the discrete table only decides which sigmas the steps visit. DDIM(eta) keeps
 a fraction eta of that posterior noise; eta = 1 is DDPM ancestral sampling, which is also the
 "Euler ancestral" step (sigma_down = sigma_next^2 / sigma, sigma_up = posterior std) and the
-first-order SDE-DPM-Solver++ ([DPM++] Eq. 18). Every sampler takes a torch.Generator; a last step
-to sigma = 0 returns x0_hat.
+first-order SDE-DPM-Solver++ ([DPM++] Eq. 18). Every sampler takes a torch.Generator or, so that
+sample i depends only on its own seed whatever the batch, a `diffspace.rng.Streams` (one generator
+per sample); a last step to sigma = 0 returns x0_hat.
 """
 
 import math
@@ -22,17 +23,15 @@ import math
 import torch
 from torch import Tensor
 
+from diffspace.rng import Generator, randn_like
 from diffspace.samplers.multistep import History, multistep_loop, phi_weights
 from diffspace.samplers.ode import Callback, heun_step, run_steps, sigma_batch
 from diffspace.types import Denoiser
-
-
-def _randn(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+from diffspace.utils import bcast
 
 
 def ddim_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, eta: float = 0.0,
-              generator: torch.Generator | None = None, **cond):
+              generator: Generator | None = None, **cond):
     """[DDIM] Eq. 12 with sigma_t(eta) of Eq. 16, divided by alpha_{t-1}: returns (x_next, x0_hat)."""
     x0 = denoiser(x, sigma_batch(sigma, x), **cond)
     if sigma_next == 0:
@@ -41,12 +40,12 @@ def ddim_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *,
     noise_std = eta * sigma_next * math.sqrt(1 - (sigma_next / sigma) ** 2)  # eta * posterior std
     x_next = x0 + math.sqrt(max(sigma_next**2 - noise_std**2, 0.0)) * eps
     if noise_std > 0:
-        x_next = x_next + noise_std * _randn(x, generator)
+        x_next = x_next + noise_std * randn_like(x, generator)
     return x_next, x0
 
 
 def euler_maruyama_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *,
-                        generator: torch.Generator | None = None, **cond):
+                        generator: Generator | None = None, **cond):
     """The reverse SDE of dx = sqrt(2 sigma) dW in sigma ([SDE] Eq. 6 with [EDM] Eq. 6, beta = 1/sigma):
     dx = 2 (x - D) / sigma dsigma + sqrt(2 sigma) dW_bar, one Euler-Maruyama step (score = (D - x) /
     sigma^2, [SDE] Eq. 7). A last step to sigma = 0 returns x0_hat (the final denoising of [SDE] App. G)."""
@@ -54,33 +53,37 @@ def euler_maruyama_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next:
     if sigma_next == 0:
         return x0, x0
     drift = 2 * (sigma_next - sigma) * (x - x0) / sigma
-    return x + drift + math.sqrt(2 * sigma * (sigma - sigma_next)) * _randn(x, generator), x0
+    return x + drift + math.sqrt(2 * sigma * (sigma - sigma_next)) * randn_like(x, generator), x0
 
 
 def langevin_correct(denoiser: Denoiser, x: Tensor, sigma: float, *, snr: float,
-                     generator: torch.Generator | None = None, **cond) -> Tensor:
+                     generator: Generator | None = None, **cond) -> Tensor:
     """[SDE] Alg. 4 corrector: one Langevin step at sigma with step size 2 (snr |z| / |score|)^2.
 
-    why: the norms are batch means of per-sample norms, as in the paper's code, so one tiny score in
-    one sample cannot blow up its step."""
+    why: each sample's step uses its own |score| and E|z|^2 = D (the paper's code takes batch means of
+    both norms, which makes a sample depend on the others in its batch; a per-sample |z| would tie the
+    step size to the noise it scales). |score| is floored at sqrt(D) / sigma, the norm of the noise's
+    own score: a sample on a mode has |score| ~ 0 and would otherwise take an unbounded step. The floor
+    caps the step at 2 snr^2 sigma^2, the annealed-Langevin step proportional to sigma^2 of NCSN (Song &
+    Ermon 2019, arXiv 1907.05600 Alg. 1)."""
     score = (denoiser(x, sigma_batch(sigma, x), **cond) - x) / sigma**2
-    z = _randn(x, generator)
-    norm = lambda v: v.flatten(1).norm(dim=1).mean()
-    step = 2 * (snr * norm(z) / norm(score)) ** 2
+    z = randn_like(x, generator)
+    mean_sq = score.flatten(1).pow(2).mean(1)  # |score|^2 / D
+    step = bcast(2 * snr**2 / mean_sq.clamp_min(1 / sigma**2), x)
     return x + step * score + torch.sqrt(2 * step) * z
 
 
 def edm_churn_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, gamma: float,
-                   s_noise: float = 1.0, generator: torch.Generator | None = None, **cond):
+                   s_noise: float = 1.0, generator: Generator | None = None, **cond):
     """[EDM] Alg. 2: raise the noise to sigma_hat = (1 + gamma) sigma, then a Heun step to sigma_next."""
     sigma_hat = sigma * (1 + gamma)  # Increase noise temporarily
     if gamma > 0:
-        x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * _randn(x, generator)
+        x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
     return heun_step(denoiser, x, sigma_hat, sigma_next, **cond)
 
 
 def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
-                      generator: torch.Generator | None = None) -> Tensor:
+                      generator: Generator | None = None) -> Tensor:
     """SDE-DPM-Solver++(2M) ([DPM++] Eq. 18 and App. B) in EDM space: with e = sigma_next / sigma,
     x_next = e^2 x + (1 - e^2) x0 + sigma_next sqrt(1 - e^2) z, plus the exact integral
     int_0^h 2 e^{-2(h-u)} u du = h - (1 - e^2) / 2 of the linear-in-lam extrapolation of x0."""
@@ -89,7 +92,7 @@ def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
         return x0
     h = math.log(sigma / sigma_next)
     one_minus = phi_weights(2 * h, 1)[0]  # 1 - e^{-2h}, via expm1
-    out = (1 - one_minus) * x + one_minus * x0 + sigma_next * math.sqrt(one_minus) * _randn(x, generator)
+    out = (1 - one_minus) * x + one_minus * x0 + sigma_next * math.sqrt(one_minus) * randn_like(x, generator)
     if past:
         slope = (x0 - x0_past[0]) / math.log(past[0] / sigma)  # d x0 / d lam
         out = out + (h - one_minus / 2) * slope
@@ -97,13 +100,13 @@ def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
 
 
 def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0,
-                generator: torch.Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
+                generator: Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
     """DDIM with eta (0: deterministic, equal to Euler in sigma). One NFE per step."""
     step = lambda d, y, s, s_next, **c: ddim_step(d, y, s, s_next, eta=eta, generator=generator, **c)
     return run_steps(step, denoiser, x, sigmas, callback, cond)
 
 
-def sample_ddpm(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator: torch.Generator | None = None,
+def sample_ddpm(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator | None = None,
                 callback: Callback | None = None, **cond) -> Tensor:
     """Ancestral sampling from the exact posterior (DDIM eta = 1, = Euler ancestral). With the grid of
     every table timestep (`table_sigmas(path, arange(T).flip(0))`) this is [DDPM] Alg. 2."""
@@ -111,14 +114,14 @@ def sample_ddpm(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator: tor
 
 
 def sample_euler_maruyama(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
-                          generator: torch.Generator | None = None, callback: Callback | None = None,
+                          generator: Generator | None = None, callback: Callback | None = None,
                           **cond) -> Tensor:
     step = lambda d, y, s, s_next, **c: euler_maruyama_step(d, y, s, s_next, generator=generator, **c)
     return run_steps(step, denoiser, x, sigmas, callback, cond)
 
 
 def sample_pc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, snr: float = 0.16,
-              generator: torch.Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
+              generator: Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
     """[SDE] Alg. 4 order: Euler-Maruyama predictor, then one Langevin corrector step at the new
     sigma (none at sigma = 0). snr = 0.16  # [SDE] App. G (CIFAR-10 VE). 2 NFE per step, 1 on the last."""
 
@@ -133,7 +136,7 @@ def sample_pc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, snr: float = 0.1
 
 def sample_edm_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_churn: float = 40.0,
                    s_tmin: float = 0.05, s_tmax: float = 50.0, s_noise: float = 1.0,
-                   generator: torch.Generator | None = None, callback: Callback | None = None,
+                   generator: Generator | None = None, callback: Callback | None = None,
                    **cond) -> Tensor:
     """[EDM] Alg. 2. Defaults S_churn = 40, S_tmin = 0.05, S_tmax = 50 from [EDM] Table 5 (ImageNet-64);
     S_noise = 1 because its 1.003 compensates a network's over-denoising, not part of the maths."""
@@ -147,7 +150,7 @@ def sample_edm_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_churn: fl
 
 
 def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
-                        generator: torch.Generator | None = None, callback: Callback | None = None,
+                        generator: Generator | None = None, callback: Callback | None = None,
                         **cond) -> Tensor:
     step = lambda y, s_next, hist: dpmpp_2m_sde_step(y, s_next, hist, generator=generator)
     return multistep_loop(step, 2, denoiser, x, sigmas, callback, cond)
