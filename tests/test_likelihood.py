@@ -82,8 +82,8 @@ class TinyNet(torch.nn.Module):
         self.net = torch.nn.Sequential(lin(dim + 1, 32), torch.nn.Tanh(), lin(32, dim))
         self.double()
 
-    def forward(self, x, noise_cond):
-        return self.net(torch.cat([x, noise_cond[:, None] / 1000], 1))
+    def forward(self, x, noise_cond):  # noise_cond (B,) or (1,): one level for the batch
+        return self.net(torch.cat([x, noise_cond.expand(len(x))[:, None] / 1000], 1))
 
 
 def random_denoiser():

@@ -9,6 +9,53 @@ def bcast(coef: Tensor, x: Tensor) -> Tensor:
     return coef.reshape(coef.shape + (1,) * (x.ndim - coef.ndim)).to(x.dtype)
 
 
+def lincomb(*terms: tuple[float, Tensor]) -> Tensor:
+    """sum_j w_j T_j for float weights, in one new tensor: the first term scaled, the others added in place.
+
+    why: a sampler step is such a sum over the whole batch; written with operators, every product and
+    partial sum is one more pass over the batch and one more temporary tensor."""
+    (w, t), *rest = terms
+    out = t * w
+    for w, t in rest:
+        out.add_(t, alpha=w)
+    return out
+
+
+def shared_level(level: Tensor) -> Tensor:
+    """A (1,) view of a (B,) noise level (or time) that is one value for the whole batch, else `level`.
+
+    One value for the batch is recognised by its layout, a stride-0 expanded view such as the samplers'
+    `sigma_batch` makes, so no value is read (no device sync). The result broadcasts against (B, ...)
+    through `bcast`, and a wrapper computes its per-level coefficients once instead of B times."""
+    if level.ndim == 1 and level.shape[0] > 1 and level.stride(0) == 0:
+        return level[:1]
+    return level
+
+
+class LevelMemo:
+    """`fn(level, x)` remembered by the level's value, for a (1,) level on the CPU outside autograd.
+
+    why: a sampling run calls its Denoiser at the same few noise levels chunk after chunk, and on the CPU
+    the dozen small tensor ops that turn one level into coefficients cost more host time than the
+    sampler's own arithmetic on the batch. Reading a CPU value costs no device sync; on other devices
+    (and for per-example levels, or under autograd, where no cached tensor may be saved for backward)
+    `fn` runs on every call. `fn` must depend on the level, x's dtype and x.ndim only."""
+
+    def __init__(self, size: int = 1024):
+        self.size, self.table = size, {}
+
+    def __call__(self, fn, level: Tensor, x: Tensor):
+        if level.shape != (1,) or level.device.type != "cpu" or torch.is_grad_enabled():
+            return fn(level, x)
+        key = (float(level), level.dtype, x.dtype, x.ndim, torch.is_inference_mode_enabled())
+        out = self.table.get(key)
+        if out is None:
+            if len(self.table) >= self.size:
+                self.table.clear()
+            out = self.table[key] = fn(level, x)
+        return out
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when available, else CPU."""
     if name == "auto":

@@ -11,13 +11,14 @@
 Each coefficient is already broadcast against x_t (see diffspace.utils.bcast).
 """
 
+import torch
 from torch import Tensor
 
 from diffspace.paths.base import Coeffs
 
 
 def _x0_from_eps(x_t, eps, c: Coeffs):
-    return (x_t - c.sigma_t * eps) / c.alpha_t
+    return torch.addcmul(x_t, c.sigma_t, eps, value=-1) / c.alpha_t
 
 
 def _eps_from_x0(x_t, x0, c: Coeffs):
@@ -75,6 +76,10 @@ PREDICTIONS = {
     "score": (from_score, to_score),
     "velocity": (from_velocity, to_velocity),
 }
+
+
+# predictions whose conversion reads the path's derivatives d_alpha_t, d_sigma_t (others may pass None)
+NEEDS_DERIVATIVES = frozenset({"velocity"})
 
 
 def x0_eps(prediction: str, x_t: Tensor, pred: Tensor, c: Coeffs) -> tuple[Tensor, Tensor]:

@@ -2,15 +2,26 @@
 
 Networks know nothing about diffusion: `net(x, noise_cond, **cond)`. `noise_cond` is in
 "timestep units" (about 0..1000) for every wrapper, so one embedding fits all.
+
+Samplers call a Denoiser with one noise level for the whole batch, a stride-0 (B,) view
+(`diffspace.utils.shared_level` recognises it without reading it). Every wrapper then computes its
+coefficients once, on a (1,) tensor, and hands the network a (1,) `noise_cond` that broadcasts over the
+batch (every net in diffspace.nets does), so a network does not embed the same level B times; a (B,)
+level with one value per example (training, likelihood) keeps the per-example path. Wrappers that call
+another callable pass it the (1,) level expanded back to a stride-0 (B,) view, so the contract
+(level of shape (B,)) holds and the inner callable shares the saving.
+
+sigma -> t runs in float64, and the noise condition is formed from the float64 t: a DDPM table point
+reaches the network as its exact integer timestep (`DDPMDiscrete.noise_cond`).
 """
 
 
 import torch
 from torch import Tensor, nn
 
-from diffspace.param.predictions import x0_eps
+from diffspace.param.predictions import NEEDS_DERIVATIVES, x0_eps
 from diffspace.paths.base import Coeffs, GaussianPath
-from diffspace.utils import bcast
+from diffspace.utils import LevelMemo, bcast, shared_level
 
 
 def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
@@ -18,17 +29,32 @@ def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
 
 
 class NetDenoiser(nn.Module):
-    """A network trained on `path` to predict `prediction`, seen as an EDM-space Denoiser."""
+    """A network trained on `path` to predict `prediction`, seen as an EDM-space Denoiser.
+
+    forward(x (B, ...), sigma (B,), **cond) -> x0_hat (B, ...). The path's derivatives are computed only
+    for predictions that need them (velocity)."""
 
     def __init__(self, net: nn.Module, path: GaussianPath, prediction: str):
         super().__init__()
         self.net, self.path, self.prediction = net, path, prediction
+        self._memo = LevelMemo()
+
+    def level(self, sigma: Tensor, x: Tensor) -> tuple[Coeffs, Tensor]:
+        """Coefficients broadcast against x and the network's noise_cond (in x's dtype) at sigma, (1,)
+        or (B,), computed in float64."""
+        s = sigma.double()
+        t = self.path.t_from_sigma(s)
+        if self.prediction in NEEDS_DERIVATIVES:
+            c = _coeffs(self.path, t, x)
+        else:
+            alpha = self.path.alpha_from_sigma(s)
+            c = Coeffs(bcast(alpha, x), bcast(alpha * s, x), None, None)  # sigma_t = alpha_t sigma
+        return c, self.path.noise_cond(t).to(x.dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        t = self.path.t_from_sigma(sigma.double()).to(x.dtype)
-        c = _coeffs(self.path, t, x)
+        c, noise_cond = self._memo(self.level, shared_level(sigma), x)
         x_t = c.alpha_t * x  # EDM space x = x_t / alpha_t
-        pred = self.net(x_t, self.path.noise_cond(t), **cond)
+        pred = self.net(x_t, noise_cond, **cond)
         return x0_eps(self.prediction, x_t, pred.to(x.dtype), c)[0]
 
 
@@ -38,15 +64,19 @@ class EDMPrecond(nn.Module):
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
         super().__init__()
         self.net, self.sigma_data = net, sigma_data
+        self._memo = LevelMemo()
 
-    def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+    def level(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(c_skip, c_out, c_in) broadcast against x and c_noise, at s of shape (1,) or (B,)."""
         sd = self.sigma_data
-        s = bcast(sigma, x)
         c_skip = sd**2 / (s**2 + sd**2)
         c_out = s * sd / torch.sqrt(s**2 + sd**2)
         c_in = 1 / torch.sqrt(s**2 + sd**2)
         # [EDM] Table 1 has c_noise = ln(sigma) / 4; times 1000 to put it in timestep units
-        c_noise = 250.0 * torch.log(sigma)
+        return bcast(c_skip, x), bcast(c_out, x), bcast(c_in, x), 250.0 * torch.log(s)
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        c_skip, c_out, c_in, c_noise = self._memo(self.level, shared_level(sigma), x)
         return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond).to(x.dtype)
 
 
@@ -56,10 +86,16 @@ class VelocityFromDenoiser(nn.Module):
     def __init__(self, denoiser, path: GaussianPath):
         super().__init__()
         self.denoiser, self.path = denoiser, path
+        self._memo = LevelMemo()
+
+    def level(self, t: Tensor, x_t: Tensor) -> tuple[Coeffs, Tensor]:
+        """Coefficients broadcast against x_t and sigma in x_t's dtype, at t of shape (1,) or (B,)."""
+        t = t.double()
+        return _coeffs(self.path, t, x_t), self.path.sigma(t).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        c = _coeffs(self.path, t, x_t)
-        x0 = self.denoiser(x_t / c.alpha_t, self.path.sigma(t).to(x_t.dtype), **cond)
+        c, sigma = self._memo(self.level, shared_level(t), x_t)
+        x0 = self.denoiser(x_t / c.alpha_t, sigma.expand(len(x_t)), **cond)
         eps = (x_t - c.alpha_t * x0) / c.sigma_t
         return c.d_alpha_t * x0 + c.d_sigma_t * eps
 
@@ -70,12 +106,17 @@ class DenoiserFromVelocity(nn.Module):
     def __init__(self, velocity, path: GaussianPath):
         super().__init__()
         self.velocity, self.path = velocity, path
+        self._memo = LevelMemo()
+
+    def level(self, sigma: Tensor, x: Tensor) -> tuple[Coeffs, Tensor]:
+        """Coefficients broadcast against x and t in x's dtype, at sigma of shape (1,) or (B,)."""
+        t = self.path.t_from_sigma(sigma.double())
+        return _coeffs(self.path, t, x), t.to(x.dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        t = self.path.t_from_sigma(sigma.double()).to(x.dtype)
-        c = _coeffs(self.path, t, x)
+        c, t = self._memo(self.level, shared_level(sigma), x)
         x_t = c.alpha_t * x
-        return x0_eps("velocity", x_t, self.velocity(x_t, t, **cond), c)[0]
+        return x0_eps("velocity", x_t, self.velocity(x_t, t.expand(len(x)), **cond), c)[0]
 
 
 class NetVelocity(nn.Module):
@@ -84,8 +125,11 @@ class NetVelocity(nn.Module):
     def __init__(self, net: nn.Module, path: GaussianPath):
         super().__init__()
         self.net, self.path = net, path
+        self._memo = LevelMemo()
+
+    def level(self, t: Tensor, x_t: Tensor) -> Tensor:
+        """The network's noise_cond in x_t's dtype at t of shape (1,) or (B,), formed in float64."""
+        return self.path.noise_cond(t.double()).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        return self.net(x_t, self.path.noise_cond(t), **cond).to(x_t.dtype)
-
-
+        return self.net(x_t, self._memo(self.level, shared_level(t), x_t), **cond).to(x_t.dtype)

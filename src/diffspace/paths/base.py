@@ -13,12 +13,13 @@ from torch import Tensor
 
 
 class Coeffs(NamedTuple):
-    """alpha_t, sigma_t and their t-derivatives at some times t."""
+    """alpha_t, sigma_t and their t-derivatives at some times t (the derivatives may be None where no
+    conversion reads them, see diffspace.param.predictions.NEEDS_DERIVATIVES)."""
 
     alpha_t: Tensor
     sigma_t: Tensor
-    d_alpha_t: Tensor
-    d_sigma_t: Tensor
+    d_alpha_t: Tensor | None
+    d_sigma_t: Tensor | None
 
 
 class GaussianPath:
@@ -63,6 +64,10 @@ class GaussianPath:
 
     def t_from_sigma(self, sigma: Tensor) -> Tensor:
         return self.t_from_logsnr(-2 * torch.log(sigma))
+
+    def alpha_from_sigma(self, sigma: Tensor) -> Tensor:
+        """alpha_t at the time whose EDM noise level is sigma (paths with a closed form override this)."""
+        return self.alpha_t(self.t_from_sigma(sigma))
 
     def noise_cond(self, t: Tensor) -> Tensor:
         return 1000.0 * t

@@ -43,6 +43,9 @@ class VPLinear(GaussianPath):
         la2 = 2 * self._log_alpha(t)
         return la2 - torch.log(-torch.expm1(la2))
 
+    def alpha_from_sigma(self, sigma):
+        return torch.rsqrt(1 + sigma**2)  # variance preserving: alpha^2 (1 + sigma^2) = 1
+
     def _t_from_log_alpha(self, log_alpha: Tensor) -> Tensor:
         # solve 1/4 t^2 d + 1/2 t b_min = -log alpha for t >= 0
         d = self.beta_max - self.beta_min
@@ -70,6 +73,10 @@ class SubVP(VPLinear):
     def logsnr(self, t):
         la = self._log_alpha(t)
         return 2 * la - 2 * torch.log(-torch.expm1(2 * la))
+
+    def alpha_from_sigma(self, sigma):
+        # sigma = (1 - alpha^2) / alpha: the positive root of alpha^2 + sigma alpha - 1, written stably
+        return 2 / (sigma + torch.sqrt(sigma**2 + 4))
 
     def t_from_logsnr(self, logsnr):
         # alpha / (1 - alpha^2) = r = exp(logsnr / 2)  =>  r alpha^2 + alpha - r = 0
@@ -113,6 +120,9 @@ class VPCosine(GaussianPath):
     def logsnr(self, t):
         return -2 * torch.log(torch.tan(self._u(t)))
 
+    def alpha_from_sigma(self, sigma):
+        return torch.rsqrt(1 + sigma**2)  # cos^2 + sin^2 = 1
+
     def t_from_logsnr(self, logsnr):
         return (torch.atan(torch.exp(-0.5 * logsnr)) - self.u0) / self.du
 
@@ -144,8 +154,14 @@ class VE(GaussianPath):
     def logsnr(self, t):
         return -2 * (math.log(self._smin) + self.log_ratio * t)
 
+    def alpha_from_sigma(self, sigma):
+        return torch.ones_like(sigma)
+
     def t_from_logsnr(self, logsnr):
         return (-0.5 * logsnr - math.log(self._smin)) / self.log_ratio
+
+    def t_from_sigma(self, sigma):
+        return (torch.log(sigma) - math.log(self._smin)) / self.log_ratio
 
     def __repr__(self):
         return f"VE(sigma_min={self._smin}, sigma_max={self._smax})"
@@ -172,8 +188,14 @@ class EDM(GaussianPath):
     def d_sigma_t(self, t):
         return torch.full_like(t, self._smax)
 
+    def alpha_from_sigma(self, sigma):
+        return torch.ones_like(sigma)
+
     def t_from_logsnr(self, logsnr):
         return torch.exp(-0.5 * logsnr) / self._smax
+
+    def t_from_sigma(self, sigma):
+        return sigma / self._smax
 
     def __repr__(self):
         return f"EDM(sigma_min={self._smin}, sigma_max={self._smax})"
@@ -201,6 +223,9 @@ class LinearFlow(GaussianPath):
 
     def logsnr(self, t):
         return 2 * (torch.log1p(-t) - torch.log(t))
+
+    def alpha_from_sigma(self, sigma):
+        return 1 / (1 + sigma)  # sigma = t / (1 - t)
 
     def t_from_logsnr(self, logsnr):
         return torch.sigmoid(-0.5 * logsnr)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.types import Denoiser
-from diffspace.utils import bcast
+from diffspace.utils import bcast, shared_level
 
 
 class ClassifierFreeGuidance:
@@ -35,12 +35,14 @@ class ClassifierFreeGuidance:
         if class_labels is None:  # nothing to guide towards
             return self.denoiser(x, sigma, **cond)
         labels = torch.cat([class_labels, torch.full_like(class_labels, self.null_class)])
-        both = self.denoiser(torch.cat([x, x]), torch.cat([sigma, sigma]), class_labels=labels, **cond)
+        s = shared_level(sigma)  # why: a level shared by the batch stays one (stride-0) for both halves
+        both_sigma = s.expand(2 * len(x)) if len(s) == 1 else torch.cat([sigma, sigma])
+        both = self.denoiser(torch.cat([x, x]), both_sigma, class_labels=labels, **cond)
         d_cond, d_uncond = both.chunk(2)
-        w = torch.full_like(sigma, self.scale)
+        w = torch.full_like(s, self.scale)
         if self.sigma_interval is not None:
             lo, hi = self.sigma_interval
-            w = torch.where((sigma > lo) & (sigma <= hi), w, torch.ones_like(w))
+            w = torch.where((s > lo) & (s <= hi), w, torch.ones_like(w))
         return d_uncond + bcast(w, x) * (d_cond - d_uncond)
 
 
@@ -56,8 +58,9 @@ class EDMClassifier(nn.Module):
         self.net, self.sigma_data = net, sigma_data
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
-        c_in = 1 / torch.sqrt(bcast(sigma, x) ** 2 + self.sigma_data**2)
-        return self.net(c_in * x, 250.0 * torch.log(sigma))
+        s = shared_level(sigma)
+        c_in = 1 / torch.sqrt(bcast(s, x) ** 2 + self.sigma_data**2)
+        return self.net(c_in * x, 250.0 * torch.log(s))
 
 
 class ClassifierGuidance:
