@@ -57,6 +57,22 @@ def check_grid(sigmas: Tensor, path: GaussianPath | None = None, what: str = "gr
     return sigmas
 
 
+def sampling_range(path: GaussianPath, sigma_min: float | None = None,
+                   sigma_max: float | None = None) -> tuple[float, float]:
+    """The noise range a run samples over: the path's own [path.sigma_min, path.sigma_max] unless the user
+    gives a bound. A DDPM table thus starts at its last timestep (t = 1, sigma = 157 for the default
+    betas, timestep 999 like diffusers), not at EDM's 80. A given bound must lie inside the path's range
+    and leave sigma_min < sigma_max; raises UserError naming the bound otherwise."""
+    lo = path.sigma_min if sigma_min is None else float(sigma_min)
+    hi = path.sigma_max if sigma_max is None else float(sigma_max)
+    for name, value in (("sigma_min", lo), ("sigma_max", hi)):
+        if not path.sigma_min * (1 - RANGE_RTOL) <= value <= path.sigma_max * (1 + RANGE_RTOL):
+            raise UserError(f"{name} = {value:.6g} is outside the range [{path.sigma_min:.6g}, "
+                            f"{path.sigma_max:.6g}] of path {path!r}")
+    _check_range(lo, hi)
+    return lo, hi
+
+
 def _append_zero(sigmas: Tensor) -> Tensor:
     return torch.cat([sigmas, sigmas.new_zeros(1)])
 

@@ -17,15 +17,16 @@ from torch import Tensor
 
 from diffspace.samplers.grids import check_sigmas
 from diffspace.types import Denoiser, VelocityField
+from diffspace.utils import lincomb
 
 Callback = Callable[[int, float, Tensor, Tensor | None], None]  # (step, sigma, x, x0_hat)
 
 
 def sigma_batch(sigma: float, x: Tensor) -> Tensor:
-    """A grid value as a (B,) noise level in x's dtype and device.
+    """A grid value (a noise level, or a time for velocity fields) as a (B,) tensor in x's dtype and device.
 
-    why: a stride-0 view of one value, so a Denoiser may compute its per-sigma coefficients once
-    (`sigma.stride(0) == 0`) instead of B times."""
+    why: a stride-0 view of one value, so a wrapper recognises one level for the batch without reading it
+    (`diffspace.utils.shared_level`) and computes its coefficients once instead of B times."""
     return x.new_full((1,), sigma).expand(x.shape[0])
 
 
@@ -34,18 +35,21 @@ def _slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
 
 
 def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
-    """One Euler step of the PF-ODE; returns (x_next, x0_hat). [EDM] Alg. 1 lines 4-5."""
+    """One Euler step of the PF-ODE; returns (x_next, x0_hat). [EDM] Alg. 1 lines 4-5:
+    x + (sigma_next - sigma) (x - x0) / sigma = x0 + (sigma_next / sigma) (x - x0), one lerp."""
     x0 = denoiser(x, sigma_batch(sigma, x), **cond)
-    return x + (sigma_next - sigma) * ((x - x0) / sigma), x0
+    return torch.lerp(x0, x, sigma_next / sigma), x0
 
 
 def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """[EDM] Alg. 1: Euler step, then the 2nd-order correction unless sigma_next = 0 (1 NFE there)."""
     x0 = denoiser(x, sigma_batch(sigma, x), **cond)
-    d = (x - x0) / sigma
-    x_next = x + (sigma_next - sigma) * d  # Euler step
-    if sigma_next > 0:  # Apply 2nd order correction
-        x_next = x + (sigma_next - sigma) * 0.5 * (d + _slope(denoiser, x_next, sigma_next, cond))
+    x_next = torch.lerp(x0, x, sigma_next / sigma)  # Euler step
+    if sigma_next > 0:  # Apply 2nd order correction: x + (sigma_next - sigma) (d + d') / 2, with
+        # d = (x - x0) / sigma and d' = (x_next - x0') / sigma_next, as one linear combination
+        x0_next = denoiser(x_next, sigma_batch(sigma_next, x), **cond)
+        a, b = 0.5 * (sigma_next - sigma) / sigma, 0.5 * (sigma_next - sigma) / sigma_next
+        x_next = lincomb((1 + a, x), (-a, x0), (b, x_next), (-b, x0_next))
     return x_next, x0
 
 
@@ -113,7 +117,7 @@ def sample_rk4(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
 
 
 def _velocity_loop(rule, velocity: VelocityField, x_t: Tensor, ts: Tensor, callback, cond) -> Tensor:
-    f = lambda y, t: velocity(y, y.new_full((y.shape[0],), t), **cond)
+    f = lambda y, t: velocity(y, sigma_batch(t, y), **cond)
     grid = ts.tolist()
     for i in range(len(grid) - 1):
         x_t = rule(f, x_t, grid[i], grid[i + 1], f(x_t, grid[i]))

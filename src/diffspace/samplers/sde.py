@@ -27,7 +27,7 @@ from diffspace.rng import Generator, randn_like
 from diffspace.samplers.multistep import History, multistep_loop, phi_weights
 from diffspace.samplers.ode import Callback, heun_step, run_steps, sigma_batch
 from diffspace.types import Denoiser
-from diffspace.utils import bcast
+from diffspace.utils import bcast, lincomb
 
 
 def ddim_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, eta: float = 0.0,
@@ -36,9 +36,9 @@ def ddim_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *,
     x0 = denoiser(x, sigma_batch(sigma, x), **cond)
     if sigma_next == 0:
         return x0, x0
-    eps = (x - x0) / sigma
     noise_std = eta * sigma_next * math.sqrt(1 - (sigma_next / sigma) ** 2)  # eta * posterior std
-    x_next = x0 + math.sqrt(max(sigma_next**2 - noise_std**2, 0.0)) * eps
+    # x0 + sqrt(sigma_next^2 - noise_std^2) eps_hat with eps_hat = (x - x0) / sigma, as one lerp
+    x_next = torch.lerp(x0, x, math.sqrt(max(sigma_next**2 - noise_std**2, 0.0)) / sigma)
     if noise_std > 0:
         x_next = x_next + noise_std * randn_like(x, generator)
     return x_next, x0
@@ -92,11 +92,12 @@ def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
         return x0
     h = math.log(sigma / sigma_next)
     one_minus = phi_weights(2 * h, 1)[0]  # 1 - e^{-2h}, via expm1
-    out = (1 - one_minus) * x + one_minus * x0 + sigma_next * math.sqrt(one_minus) * randn_like(x, generator)
-    if past:
-        slope = (x0 - x0_past[0]) / math.log(past[0] / sigma)  # d x0 / d lam
-        out = out + (h - one_minus / 2) * slope
-    return out
+    noise = randn_like(x, generator)
+    terms = [(1 - one_minus, x), (one_minus, x0), (sigma_next * math.sqrt(one_minus), noise)]
+    if past:  # + (h - (1 - e^-2h) / 2) times the slope d x0 / d lam = (x0 - x0_past) / (lam - lam_past)
+        k = (h - one_minus / 2) / math.log(past[0] / sigma)
+        terms += [(k, x0), (-k, x0_past[0])]
+    return lincomb(*terms)
 
 
 def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0,
@@ -149,8 +150,8 @@ def sample_edm_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_churn: fl
     return run_steps(step, denoiser, x, sigmas, callback, cond)
 
 
-def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *,
+def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, lower_order_final: bool = True,
                         generator: Generator | None = None, callback: Callback | None = None,
                         **cond) -> Tensor:
     step = lambda y, s_next, hist: dpmpp_2m_sde_step(y, s_next, hist, generator=generator)
-    return multistep_loop(step, 2, denoiser, x, sigmas, callback, cond)
+    return multistep_loop(step, 2, denoiser, x, sigmas, callback, cond, lower_order_final=lower_order_final)
