@@ -80,6 +80,8 @@ PREDICTIONS = {
 
 # predictions whose conversion reads the path's derivatives d_alpha_t, d_sigma_t (others may pass None)
 NEEDS_DERIVATIVES = frozenset({"velocity"})
+# predictions whose x0 is x_t / alpha_t plus a multiple of the prediction: in EDM space x0 = x + c_out pred
+SKIP_IS_ONE = frozenset({"eps", "score"})
 
 
 def x0_eps(prediction: str, x_t: Tensor, pred: Tensor, c: Coeffs) -> tuple[Tensor, Tensor]:

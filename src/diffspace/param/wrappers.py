@@ -19,7 +19,7 @@ reaches the network as its exact integer timestep (`DDPMDiscrete.noise_cond`).
 import torch
 from torch import Tensor, nn
 
-from diffspace.param.predictions import NEEDS_DERIVATIVES, x0_eps
+from diffspace.param.predictions import NEEDS_DERIVATIVES, SKIP_IS_ONE, x0_eps
 from diffspace.paths.base import Coeffs, GaussianPath
 from diffspace.utils import LevelMemo, bcast, shared_level
 
@@ -29,7 +29,11 @@ def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
 
 
 class NetDenoiser(nn.Module):
-    """A network trained on `path` to predict `prediction`, seen as an EDM-space Denoiser.
+    """A network trained on `path` to predict `prediction`, seen as an EDM-space Denoiser in the form of
+    [EDM] Table 1: D(x, sigma) = c_skip x + c_out F(c_in x, c_noise). c_in = alpha_t (the network sees
+    x_t = alpha_t x), c_noise is the path's noise_cond, and c_skip, c_out are read off the (x0, eps) hub,
+    whose conversion is affine in (x_t, F): eps gives c_skip = 1, c_out = -sigma (Table 1's VP and VE
+    columns), x0 gives 0 and 1.
 
     forward(x (B, ...), sigma (B,), **cond) -> x0_hat (B, ...). The path's derivatives are computed only
     for predictions that need them (velocity)."""
@@ -39,23 +43,26 @@ class NetDenoiser(nn.Module):
         self.net, self.path, self.prediction = net, path, prediction
         self._memo = LevelMemo()
 
-    def level(self, sigma: Tensor, x: Tensor) -> tuple[Coeffs, Tensor]:
-        """Coefficients broadcast against x and the network's noise_cond (in x's dtype) at sigma, (1,)
-        or (B,), computed in float64."""
+    def level(self, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(c_in, c_skip, c_out) broadcast against x and c_noise in x's dtype, at sigma of shape (1,) or
+        (B,), computed in float64."""
         s = sigma.double()
         t = self.path.t_from_sigma(s)
         if self.prediction in NEEDS_DERIVATIVES:
-            c = _coeffs(self.path, t, x)
+            c = self.path.coeffs(t)
         else:
             alpha = self.path.alpha_from_sigma(s)
-            c = Coeffs(bcast(alpha, x), bcast(alpha * s, x), None, None)  # sigma_t = alpha_t sigma
-        return c, self.path.noise_cond(t).to(x.dtype)
+            c = Coeffs(alpha, alpha * s, None, None)  # sigma_t = alpha_t sigma
+        zero, one = torch.zeros_like(s), torch.ones_like(s)
+        c_skip = x0_eps(self.prediction, c.alpha_t, zero, c)[0]  # x0 at x = 1 (x_t = alpha_t), F = 0
+        c_out = x0_eps(self.prediction, zero, one, c)[0]  # x0 at x = 0, F = 1
+        return bcast(c.alpha_t, x), bcast(c_skip, x), bcast(c_out, x), self.path.noise_cond(t).to(x.dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        c, noise_cond = self._memo(self.level, shared_level(sigma), x)
-        x_t = c.alpha_t * x  # EDM space x = x_t / alpha_t
-        pred = self.net(x_t, noise_cond, **cond)
-        return x0_eps(self.prediction, x_t, pred.to(x.dtype), c)[0]
+        c_in, c_skip, c_out, c_noise = self._memo(self.level, shared_level(sigma), x)
+        f = self.net(c_in * x, c_noise, **cond).to(x.dtype)
+        # why: where c_skip is 1 by construction, one pass over the batch instead of two
+        return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
 
 
 class EDMPrecond(nn.Module):

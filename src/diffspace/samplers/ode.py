@@ -45,11 +45,12 @@ def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **
     """[EDM] Alg. 1: Euler step, then the 2nd-order correction unless sigma_next = 0 (1 NFE there)."""
     x0 = denoiser(x, sigma_batch(sigma, x), **cond)
     x_next = torch.lerp(x0, x, sigma_next / sigma)  # Euler step
-    if sigma_next > 0:  # Apply 2nd order correction: x + (sigma_next - sigma) (d + d') / 2, with
-        # d = (x - x0) / sigma and d' = (x_next - x0') / sigma_next, as one linear combination
+    if sigma_next > 0:  # Apply 2nd order correction: x + (sigma_next - sigma) (d + d') / 2 with
+        # d = (x - x0) / sigma, d' = (x_next - x0') / sigma_next; as x_next = x + (sigma_next - sigma) d,
+        # that is (x + x_next) / 2 + b (x_next - x0'), b = (sigma_next - sigma) / (2 sigma_next)
         x0_next = denoiser(x_next, sigma_batch(sigma_next, x), **cond)
-        a, b = 0.5 * (sigma_next - sigma) / sigma, 0.5 * (sigma_next - sigma) / sigma_next
-        x_next = lincomb((1 + a, x), (-a, x0), (b, x_next), (-b, x0_next))
+        b = 0.5 * (sigma_next - sigma) / sigma_next
+        x_next = lincomb((0.5, x), (0.5 + b, x_next), (-b, x0_next))
     return x_next, x0
 
 
