@@ -84,7 +84,7 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_skip, c_out, c_in, c_noise = self._memo(self.level, shared_level(sigma), x)
-        return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond).to(x.dtype)
+        return torch.addcmul(c_skip * x, c_out, self.net(c_in * x, c_noise, **cond).to(x.dtype))
 
 
 class VelocityFromDenoiser(nn.Module):

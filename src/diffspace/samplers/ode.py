@@ -17,7 +17,6 @@ from torch import Tensor
 
 from diffspace.samplers.grids import check_sigmas
 from diffspace.types import Denoiser, VelocityField
-from diffspace.utils import lincomb
 
 Callback = Callable[[int, float, Tensor, Tensor | None], None]  # (step, sigma, x, x0_hat)
 
@@ -47,10 +46,10 @@ def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **
     x_next = torch.lerp(x0, x, sigma_next / sigma)  # Euler step
     if sigma_next > 0:  # Apply 2nd order correction: x + (sigma_next - sigma) (d + d') / 2 with
         # d = (x - x0) / sigma, d' = (x_next - x0') / sigma_next; as x_next = x + (sigma_next - sigma) d,
-        # that is (x + x_next) / 2 + b (x_next - x0'), b = (sigma_next - sigma) / (2 sigma_next)
+        # that is (x + y) / 2 with y = x_next + 2b (x_next - x0'), b = (sigma_next - sigma) / (2 sigma_next)
         x0_next = denoiser(x_next, sigma_batch(sigma_next, x), **cond)
-        b = 0.5 * (sigma_next - sigma) / sigma_next
-        x_next = lincomb((0.5, x), (0.5 + b, x_next), (-b, x0_next))
+        y = torch.lerp(x0_next, x_next, 1 + (sigma_next - sigma) / sigma_next)
+        x_next = torch.lerp(x, y, 0.5)
     return x_next, x0
 
 
