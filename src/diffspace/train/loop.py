@@ -28,6 +28,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffspace.cli.config import TrainConfig
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, split_prefix
+from diffspace.types import UserError
 
 Batch = dict[str, Tensor]
 
@@ -49,14 +50,37 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
-def make_ema(model: nn.Module, halflife_steps: float) -> AveragedModel:
-    """EMA with a half-life in optimizer steps ([EDM] Sec. 5 uses a half-life in images)."""
-    decay = 0.5 ** (1.0 / halflife_steps)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
+    """EMA of the weights with per-step `decay` (`ema_decay_of` turns a half-life into one).
+
+    With `warmup` update n uses min(decay, (1 + n) / (10 + n)) (TensorFlow's ExponentialMovingAverage
+    with num_updates, the default of diffusers' EMAModel), so the average forgets the initial weights.
+    why: a constant decay keeps a share decay^n of the random initial weights (0.7 % after 5000 steps
+    at 0.999), and an eps-network's PF-ODE magnifies that error (benchmarks/results/eps_recipe.md)."""
+    if not 0 < decay < 1:
+        raise UserError(f"EMA decay must be in (0, 1), got {decay}")
+    if not warmup:
+        return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    def update(ema_params, params, n_averaged):
+        n = float(n_averaged)
+        get_ema_multi_avg_fn(min(decay, (1 + n) / (10 + n)))(ema_params, params, n_averaged)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
 
 
-def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Linear warmup, then cosine decay to 0 or constant."""
+def ema_decay_of(halflife_steps: float) -> float:
+    """The per-step decay of an EMA with this half-life in optimizer steps ([EDM] Sec. 5 states its
+    EMA as a half-life in images)."""
+    return 0.5 ** (1.0 / halflife_steps)
+
+
+def lr_lambda(cfg: TrainConfig, lr_min: float = 0.0) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay from cfg.lr to `lr_min`, or constant. Raises UserError unless
+    0 <= lr_min <= cfg.lr."""
+    if not 0 <= lr_min <= cfg.lr:
+        raise UserError(f"train.lr_min must be in [0, train.lr = {cfg.lr}], got {lr_min}")
+    floor = lr_min / cfg.lr
 
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -64,7 +88,7 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
         if cfg.schedule == "constant":
             return 1.0
         progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return f
 
@@ -86,11 +110,14 @@ class Trainer:
                                 f"{self.world_size} x accumulation {accumulate}")
         self.accumulate = accumulate
         self.model = setup.model
-        self.ema = make_ema(self.model, cfg.ema_halflife_steps)
+        # why getattr: TrainConfig gains ema_decay, ema_warmup and lr_min with the runs/ API (issue 12);
+        # until then every config keeps the half-life EMA and the cosine to 0
+        decay = getattr(cfg, "ema_decay", 0.0) or ema_decay_of(cfg.ema_halflife_steps)
+        self.ema = make_ema(self.model, decay, getattr(cfg, "ema_warmup", False))
         fused = next(self.model.parameters()).is_cuda
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      fused=fused or None)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, getattr(cfg, "lr_min", 0.0)))
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.elapsed = 0, 0.0
         self.ddp = self.model
