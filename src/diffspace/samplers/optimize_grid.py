@@ -1,24 +1,42 @@
-"""A noise grid optimized for one model and one solver, in the spirit of Align Your Steps.
+"""Noise grids optimized for one model and one solver on a calibration batch, by search or by dynamic
+programming.
 
-[AYS] arXiv 2404.14507v1 chooses the steps that minimize a bound on the sampling error; here the
-error itself is small enough to measure: the RMSE between the solver's output and the adaptive
-PF-ODE solution from the same calibration noise. The n - 1 interior noise levels (the first is
-sigma_max, where the noise is given, and the grid ends in 0) are searched in log sigma with
-Nelder-Mead, started from the better of the Karras and uniform-logSNR grids. Gradient-free, so it
-works for any solver and any denoiser, and a few hundred evaluations of an n-step solver on a
-calibration batch cost seconds for small networks. Store the result with the run (a float64 tensor)
-and pass it to any sampler as `sigmas`.
+Nelder-Mead (`optimize_sigmas`), in the spirit of Align Your Steps: [AYS] arXiv 2404.14507v1 chooses
+the steps that minimize a bound on the sampling error; here the error itself is small enough to
+measure: the RMSE between the solver's output and the adaptive PF-ODE solution from the same
+calibration noise. The n - 1 interior noise levels (the first is sigma_max, where the noise is given,
+and the grid ends in 0) are searched in log sigma with Nelder-Mead, started from the better of the
+Karras and uniform-logSNR grids. Gradient-free, so it works for any solver and any denoiser; its
+budget is `max_evals` runs of the n-step solver.
+
+Dynamic programming (`dp_schedule`), after [GITS] arXiv 2405.11326v1 Sec. 4 (Alg. 1): PF-ODE
+trajectories are regular enough that the error of ONE step from candidate level i to a lower level j,
+started on the reference trajectory, measures how well that step fits it. On a fine candidate set
+(uniform in log sigma, then 0) the adaptive solution of the calibration batch is recorded at every
+level (`reference_trajectory`); every one-step move i -> j is costed as the RMS (per-example norm) of
+its distance to the reference at j; and the path from sigma_max to 0 of least total cost with a given
+number of network calls is found exactly by dynamic programming over (level, calls used). With
+several solver orders (1: Euler, 1 call; 2: Heun, 2 calls, [EDM] Alg. 1) every move is costed once
+per order and the DP also picks the order of each step, at a fixed NFE. Costs: the reference solve,
+one call per candidate level for the cached x0_hat, and for order 2 one stacked call per level (all
+Heun corrections that end there). The result is a `Schedule` (float64 grid and orders), JSON
+round-trippable, sampled by `sample_schedule`; its grid alone also serves any sampler.
+
+Store results with the run and pass the grid as `sigmas`. Everything is deterministic given the
+calibration batch.
 """
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from diffspace.samplers.grids import check_grid, karras_sigmas, logsnr_sigmas
-from diffspace.samplers.ode import sample_adaptive
+from diffspace.samplers.grids import check_grid, check_sigmas, karras_sigmas, logsnr_sigmas
+from diffspace.samplers.ode import Callback, euler_step, heun_step, sample_adaptive, sigma_batch
 from diffspace.types import Denoiser, UserError
+from diffspace.utils import lincomb
 
 
 def _grid(log_sigmas: np.ndarray, sigma_min: float, sigma_max: float) -> Tensor:
@@ -65,3 +83,176 @@ def optimize_sigmas(sampler, denoiser: Denoiser, x: Tensor, n: int, sigma_min: f
                      options={"maxfev": max_evals // 2, "xatol": 1e-4, "fatol": 1e-7}).x
     grid = _grid(u, sigma_min, sigma_max)
     return check_grid(grid, what="optimized grid") if loss(u) < math.inf else best
+
+
+# ---- dynamic programming over a candidate set ([GITS]) ------------------------------------------------
+
+STEPS = {1: euler_step, 2: heun_step}  # solver order -> one step (both [EDM] Alg. 1)
+
+
+def step_nfe(order: int, to_zero: bool) -> int:
+    """Network calls of one step: a Heun step to sigma = 0 is its Euler step ([EDM] Alg. 1)."""
+    return 1 if order == 1 or to_zero else 2
+
+
+class Schedule(NamedTuple):
+    """A step plan: a float64 grid (n + 1 levels ending in 0) and the solver order of each of its n steps
+    (keys of STEPS)."""
+
+    sigmas: Tensor
+    orders: tuple[int, ...]
+
+    @property
+    def nfe(self) -> int:
+        return sum(step_nfe(o, s == 0) for o, s in zip(self.orders, self.sigmas[1:].tolist(), strict=True))
+
+    def to_json(self) -> dict:
+        return {"sigmas": self.sigmas.tolist(), "orders": list(self.orders)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Schedule":
+        """Raises UserError for a bad grid, an unknown order or a length mismatch."""
+        sigmas = check_grid(torch.tensor(data["sigmas"], dtype=torch.float64), what="stored schedule")
+        orders = tuple(int(o) for o in data["orders"])
+        if len(orders) != len(sigmas) - 1 or any(o not in STEPS for o in orders):
+            raise UserError(f"stored schedule: expected {len(sigmas) - 1} orders from {sorted(STEPS)}, "
+                            f"got {list(orders)}")
+        return cls(sigmas, orders)
+
+
+def sample_schedule(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, orders: tuple[int, ...],
+                    generator=None, callback: Callback | None = None, **cond) -> Tensor:
+    """Step i from sigmas[i] to sigmas[i + 1] with the solver of order orders[i] (Euler or Heun).
+    x: noise already scaled by sigmas[0]. NFE: Schedule(sigmas, orders).nfe."""
+    grid = check_sigmas(sigmas).tolist()
+    if len(orders) != len(grid) - 1 or any(o not in STEPS for o in orders):
+        raise UserError(f"expected {len(grid) - 1} step orders from {sorted(STEPS)}, got {list(orders)}")
+    for i, order in enumerate(orders):
+        x, x0 = STEPS[order](denoiser, x, grid[i], grid[i + 1], **cond)
+        if callback is not None:
+            callback(i, grid[i], x, x0)
+    return x
+
+
+def reference_trajectory(denoiser: Denoiser, x: Tensor, sigmas: Tensor, rtol: float = 1e-5,
+                         atol: float = 1e-5, **cond) -> Tensor:
+    """The adaptive PF-ODE solution from x (at sigmas[0]) at every level of the descending `sigmas`,
+    (len(sigmas), B, ...); at a final level 0 the value is the denoised solution at the last nonzero
+    level (the convention of `sample_adaptive`, whose solver, dopri5 in log sigma, this is)."""
+    from torchdiffeq import odeint
+
+    def f(s, y):
+        return y - denoiser(y, torch.exp(s).to(y).expand(y.shape[0]), **cond)
+
+    nonzero = check_sigmas(sigmas)[sigmas > 0]
+    ys = odeint(f, x, nonzero.log().to(x.device), rtol=rtol, atol=atol, method="dopri5")
+    if sigmas[-1] == 0:
+        last = denoiser(ys[-1], sigma_batch(float(nonzero[-1]), ys[-1]), **cond)
+        ys = torch.cat([ys, last[None]])
+    return ys
+
+
+def _rms(err: Tensor) -> Tensor:
+    """RMS over the batch of each example's error norm: (J, B, ...) -> (J,)."""
+    return err.flatten(2).pow(2).sum(2).mean(1).sqrt()
+
+
+def _repeat(cond: dict, k: int) -> dict:
+    return {key: v.repeat(k, *[1] * (v.ndim - 1)) if isinstance(v, Tensor) else v for key, v in cond.items()}
+
+
+def _euler(traj: Tensor, x0: Tensor, lv: list[float], i: int, j: int) -> Tensor:
+    return torch.lerp(x0[i], traj[i], lv[j] / lv[i])  # [EDM] Alg. 1 line 5
+
+
+def _heun_costs(denoiser: Denoiser, traj: Tensor, x0: Tensor, lv: list[float], cond: dict) -> Tensor:
+    """C[i, j] of Heun steps i -> j (j before the final 0): one stacked call per target level j for the
+    corrections of every step that ends there."""
+    n = len(lv)
+    c = torch.full((n, n), math.inf, dtype=torch.float64)
+    for j in range(1, n - 1):
+        pred = torch.stack([_euler(traj, x0, lv, i, j) for i in range(j)])  # (j, B, ...)
+        flat = pred.flatten(0, 1)
+        x0_j = denoiser(flat, sigma_batch(lv[j], flat), **_repeat(cond, j)).reshape(pred.shape)
+        for i in range(j):  # [EDM] Alg. 1 line 8, as in ode.heun_step
+            a, b = 0.5 * (lv[j] - lv[i]) / lv[i], 0.5 * (lv[j] - lv[i]) / lv[j]
+            step = lincomb((1 + a, traj[i]), (-a, x0[i]), (b, pred[i]), (-b, x0_j[i]))
+            c[i, j] = _rms((step - traj[j])[None])[0]
+    return c
+
+
+def step_costs(denoiser: Denoiser, levels: Tensor, traj: Tensor, orders: tuple[int, ...],
+               **cond) -> dict[int, Tensor]:
+    """{order: C} with C[i, j] the RMS distance between one step of that order from traj[i] (at
+    levels[i]) to levels[j] and traj[j], for i < j (inf elsewhere, and for order 2 into a final 0,
+    which is the Euler step). levels: descending, ending in 0; traj: reference_trajectory(levels).
+    Network calls: len(levels) - 1, and as many again for order 2."""
+    lv = levels.tolist()
+    n = len(lv)
+    with torch.no_grad():
+        x0 = torch.stack([denoiser(traj[i], sigma_batch(lv[i], traj[i]), **cond) for i in range(n - 1)])
+        costs = {}
+        if 1 in orders:
+            costs[1] = torch.full((n, n), math.inf, dtype=torch.float64)
+            for i in range(n - 1):
+                steps = torch.stack([_euler(traj, x0, lv, i, j) for j in range(i + 1, n)])
+                costs[1][i, i + 1:] = _rms(steps - traj[i + 1:])
+        if 2 in orders:
+            costs[2] = _heun_costs(denoiser, traj, x0, lv, cond)
+    return costs
+
+
+def best_path(costs: dict[int, Tensor], nfe: int) -> list[tuple[int, int]]:
+    """The path 0 -> n - 1 through the nodes of the (n, n) cost matrices that uses exactly `nfe` network
+    calls (`step_nfe`; node n - 1 is the final level 0) at the least total cost, as [(node, order of the
+    step that reached it)], by dynamic programming over (node, calls used). Raises UserError when no
+    path uses exactly `nfe` calls."""
+    n = next(iter(costs.values())).shape[0]
+    best = torch.full((nfe + 1, n), math.inf, dtype=torch.float64)
+    best[0, 0] = 0.0
+    came = {}  # (calls, node) -> (previous node, order)
+    for m in range(1, nfe + 1):
+        for order, c in sorted(costs.items()):
+            for j in range(1, n):
+                k = step_nfe(order, j == n - 1)
+                if k > m:
+                    continue
+                total = best[m - k, :j] + c[:j, j]
+                i = int(torch.argmin(total))  # first minimum: deterministic ties
+                if total[i] < best[m, j]:
+                    best[m, j], came[m, j] = total[i], (i, order)
+    if not math.isfinite(best[nfe, n - 1]):
+        raise UserError(f"no schedule on these candidates uses exactly {nfe} network calls")
+    path, m, j = [], nfe, n - 1
+    while j != 0:
+        i, order = came[m, j]
+        path.append((j, order))
+        m, j = m - step_nfe(order, j == n - 1), i
+    return path[::-1]
+
+
+def candidate_sigmas(n_candidates: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """The DP's candidate levels: n_candidates uniform in log sigma from sigma_max to sigma_min, then 0."""
+    return logsnr_sigmas(n_candidates, sigma_min, sigma_max)
+
+
+def dp_schedule(denoiser: Denoiser, x: Tensor, nfe: int, sigma_min: float, sigma_max: float, *,
+                orders: tuple[int, ...] = (1,), n_candidates: int = 64, candidates: Tensor | None = None,
+                reference: Tensor | None = None, **cond) -> Schedule:
+    """The schedule from sigma_max to 0 with exactly `nfe` network calls and the least total one-step
+    error against the adaptive solution of the calibration noise x (already scaled to sigma_max), over
+    `candidates` (default `candidate_sigmas(n_candidates, ...)`; descending from sigma_max, ending in 0)
+    and the solver `orders` (1: Euler, 2: Heun). `reference`: reference_trajectory(candidates), if
+    already computed. Raises UserError for bad orders, candidates or an NFE no path can use."""
+    if not orders or any(o not in STEPS for o in orders):
+        raise UserError(f"orders must be a non-empty subset of {sorted(STEPS)}, got {orders}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise UserError(f"nfe must be a positive integer, got {nfe!r}")
+    levels = candidate_sigmas(n_candidates, sigma_min, sigma_max) if candidates is None else \
+        check_grid(candidates, what="candidate levels")
+    if reference is None:
+        with torch.no_grad():
+            reference = reference_trajectory(denoiser, x, levels, **cond)
+    path = best_path(step_costs(denoiser, levels, reference, tuple(orders), **cond), nfe)
+    sigmas = torch.cat([levels[:1], levels[[j for j, _ in path]]])
+    return Schedule(check_grid(sigmas, what="DP schedule"), tuple(o for _, o in path))
