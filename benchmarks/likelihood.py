@@ -38,17 +38,17 @@ RESULTS = Path(__file__).parent / "results"
 
 # one entry per model family: what differs from the shared [model]/[loss] defaults
 MODELS = {
-    "edm": {"model": {"path": "edm", "precond": "edm", "sigma_data": 1.0},
+    "edm": {"model": {"path": "edm", "parameterization": "edm", "sigma_data": 1.0},
             "loss": {"weighting": "edm", "proposal": "lognormal", "p_mean": -1.2, "p_std": 1.2}},
-    "vp-eps": {"model": {"path": "vp", "precond": "none", "prediction": "eps"},
+    "vp-eps": {"model": {"path": "vp", "parameterization": "eps"},
                "loss": {"weighting": "eps", "proposal": "uniform"}},
-    "cosine-v": {"model": {"path": "cosine", "precond": "none", "prediction": "v"},
+    "cosine-v": {"model": {"path": "cosine", "parameterization": "v"},
                  "loss": {"weighting": "v", "proposal": "uniform"}},
-    "linear-fm": {"model": {"path": "linear", "precond": "none", "prediction": "velocity"},
+    "linear-fm": {"model": {"path": "linear", "parameterization": "velocity"},
                   "loss": {"objective": "flow", "proposal": "uniform"}},
     # a variant, not one of the four families: EDM with its sigma proposal moved toward small noise,
     # where the NLL is decided (sharp cell edges); run it with --models edm-lowsigma
-    "edm-lowsigma": {"model": {"path": "edm", "precond": "edm", "sigma_data": 1.0},
+    "edm-lowsigma": {"model": {"path": "edm", "parameterization": "edm", "sigma_data": 1.0},
                      "loss": {"weighting": "edm", "proposal": "lognormal", "p_mean": -2.0, "p_std": 1.6}},
 }
 FAMILIES = ("edm", "vp-eps", "cosine-v", "linear-fm")

@@ -8,9 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from diffspace.cli.config import TrainConfig, build, to_dict
+from diffspace.config import build, to_dict
+from diffspace.train.loop import TrainConfig
 from diffspace.data import text as tx
-from diffspace.discrete.task import TextConfig, build_text_setup, encode_prompt, eval_text, sample_text
+from diffspace.runs.text import TextConfig, build_text_setup, encode_prompt, eval_text, sample_text
 from diffspace.train.loop import train
 from diffspace.types import UserError
 
@@ -144,7 +145,7 @@ def test_bell_shaped_proposal_shapes_training_batches_only(tmp_path):
     stay uniform. With 16 tokens, k = floor(16 r) + 1 is in 5..11 when r is in [4/16, 11/16)."""
     from statistics import NormalDist
 
-    from diffspace.discrete.task import draw_batch, load_text_data
+    from diffspace.runs.text import draw_batch, load_text_data
 
     cfg = _tiny(tmp_path, "mdlm", loss={"proposal": "logit_normal"})
     data = load_text_data(cfg)

@@ -26,10 +26,42 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from diffspace.cli.config import TrainConfig
+from diffspace.config import choice
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, split_prefix
+from diffspace.train.distributed import stop_together, world
+from diffspace.types import TrainingError, UserError
 
 Batch = dict[str, Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """The [train] section of every task's config."""
+
+    steps: int = 2000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = choice("cosine", "cosine", "constant")
+    grad_clip: float = 1.0
+    ema_halflife_steps: float = 100.0
+    amp: str = choice("none", "none", "bf16")
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_every: int = 0  # also keep a numbered checkpoint every this many steps (0: only the last)
+    minutes: float = 0.0  # wall-clock cap: stop (and checkpoint) after this many minutes; 0 = none
+
+    def validate(self, src: str) -> None:
+        for key in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"{src}: train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("lr", "ema_halflife_steps"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"{src}: train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "keep_every", "minutes"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{src}: train.{key} must be >= 0, got {getattr(self, key)}")
 
 
 @dataclass
@@ -37,16 +69,6 @@ class TrainSetup:
     model: nn.Module
     batch: Callable[[torch.Generator, int], Batch]
     loss: Callable[[nn.Module, Batch], Tensor]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss, a lost rank): the CLI prints one line, exit 1."""
-
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def make_ema(model: nn.Module, halflife_steps: float) -> AveragedModel:
@@ -178,22 +200,27 @@ def _trim_log(log: Path, step: int) -> None:
 
 def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed: int = 0,
           resume: bool = False, accumulate: int = 1, progress: bool = True,
-          stop_after: int | None = None, extra: dict | None = None) -> Trainer:
+          stop_after: int | None = None, extra: dict | None = None,
+          on_start: Callable[[Trainer], None] | None = None) -> Trainer:
     """Train until cfg.steps (or cfg.minutes, or `stop_after` steps in this call); return the Trainer.
 
     `record` is the resolved config stored in every checkpoint, `extra` more JSON metadata (e.g. the
     data shape needed to rebuild the model). With `resume`, continue from
-    run_dir/checkpoints/last.safetensors exactly where it stopped.
+    run_dir/checkpoints/last.safetensors exactly where it stopped. `on_start(trainer)` runs after the
+    checkpoint is restored and before the first step (a caller writes its files only then, once the
+    checkpoint is known to fit).
     """
     from tqdm import tqdm
 
     tr = Trainer(setup, cfg, run_dir, record, seed, accumulate, extra)
     log = tr.run_dir / "log.jsonl"
-    if tr.rank == 0:
-        tr.run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         tr.restore(tr.ckpt_path)
-        if tr.rank == 0:
+    if on_start is not None:
+        on_start(tr)
+    if tr.rank == 0:
+        tr.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
             _trim_log(log, tr.step)
     bar = tqdm(total=cfg.steps, initial=tr.step, disable=not progress or tr.rank != 0,
                dynamic_ncols=True, desc="train")
@@ -205,8 +232,6 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
         tr.elapsed = start_elapsed + time.perf_counter() - t0
         out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
         if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
-            from diffspace.train.distributed import stop_together
-
             out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
         stop = out_of_time or (stop_after is not None and run_steps >= stop_after)
         if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
