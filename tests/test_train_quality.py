@@ -2,7 +2,6 @@
 EDM preconditioning, eps-prediction on VP, v-prediction on cosine, flow matching on the linear path."""
 
 import pytest
-import torch
 
 from diffspace import runs
 from diffspace.eval.metrics import sliced_w2

@@ -18,3 +18,10 @@ def resolve_device(name: str) -> torch.device:
 
         raise UserError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
     return torch.device(name)
+
+
+def select_rows(cond: dict, rows: Tensor, batch: int) -> dict:
+    """The conditioning of some rows of a batch: tensors with `batch` leading rows are indexed by `rows`,
+    anything else (None, a batch-1 tensor that broadcasts) is passed through."""
+    return {k: v[rows] if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch else v
+            for k, v in cond.items()}

@@ -9,10 +9,9 @@ import pytest
 import torch
 
 from diffspace.config import build, to_dict
-from diffspace.train.loop import TrainConfig
 from diffspace.data import text as tx
 from diffspace.runs.text import TextConfig, build_text_setup, encode_prompt, eval_text, sample_text
-from diffspace.train.loop import train
+from diffspace.train.loop import TrainConfig, train
 from diffspace.types import UserError
 
 PANGRAM = "the quick brown fox jumps over the lazy dog. "

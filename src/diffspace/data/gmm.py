@@ -32,7 +32,9 @@ class GaussianMixture:
         """log w_k N(x; mu_k, v_k I) of shape (B, K) and the variances v_k = s_k^2 + sigma^2 (B, K)."""
         sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device).reshape(-1, 1)
         var = self.stds.to(x)[None] ** 2 + sigma**2
-        d2 = torch.cdist(x, self.means.to(x)) ** 2
+        # why: explicit squared distances, not cdist: forward-mode AD (the JVP of a MeanFlow target) works
+        # through them, and they are exact where cdist's matmul path cancels digits
+        d2 = ((x[:, None] - self.means.to(x)[None]) ** 2).sum(-1)
         logp = torch.log(self.weights.to(x)) - 0.5 * d2 / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
         return logp, var
 

@@ -40,9 +40,9 @@ def masked_nelbo(logp: Tensor, x0: Tensor, x_t: Tensor, weight: Tensor, mask_id:
     """[MDLM] Eq. 10 integrand: sum over masked tokens of -alpha'/(1-alpha) * -log p(x0 | x_t),
     divided by L. weight (B,) or (B, L)."""
     nll = -logp.gather(-1, x0[..., None])[..., 0]
-    masked = (x_t == mask_id).to(nll.dtype)
     w = weight.reshape(len(x0), -1).to(nll.dtype)
-    return (w * masked * nll).mean(dim=1)
+    # why: a clean token adds nothing, also at t = 0 where the weight is infinite (not inf * 0 = nan)
+    return torch.where(x_t == mask_id, w * nll, 0.0).mean(dim=1)
 
 
 def draw_noise(n: int, seq_len: int, g: torch.Generator, t_min: float = 1e-3, proposal: str = "stratified",

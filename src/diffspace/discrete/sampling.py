@@ -2,6 +2,11 @@
 the no-change cache, LLaDA remasking (low-confidence or random, semi-autoregressive blocks), block
 diffusion decoding and autoregressive decoding, both with an optional key/value cache.
 
+Every draw goes through `diffspace.rng` with the generator the caller passes: one `torch.Generator`
+for the batch, or `rng.Streams` (one per sequence), with which sequence i depends only on its own
+stream and not on the batch around it (its size, its order, the ranks). Every sampler draws the same
+noise per sequence whatever the caches skip, so the caches never change the tokens.
+
 [GUMBEL64] arXiv 2409.02908v3 Sec. 4: Gumbel noise drawn in float32 truncates the tail and acts as a
 lowered temperature; drawing it in float64 removes that. [MDLM] arXiv 2406.07524v2, [LLADA]
 arXiv 2502.09992v3, [BD3] arXiv 2503.09573v2.
@@ -13,9 +18,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from diffspace import rng
 from diffspace.discrete.masked import T_SCALE, subs
 from diffspace.discrete.schedules import Schedule
 from diffspace.nets.transformer import block_causal_mask, causal_mask
+from diffspace.types import UserError
 
 
 class Sampling(NamedTuple):
@@ -44,20 +51,24 @@ def filter_logits(logits: Tensor, how: Sampling) -> Tensor:
     return logits
 
 
-def gumbel_argmax(logits: Tensor, g: torch.Generator) -> Tensor:
-    """Categorical draw via argmax(logits + Gumbel) with the uniforms and the noise in float64."""
-    u = torch.rand(logits.shape, generator=g, dtype=torch.float64).to(logits.device)
+def gumbel_argmax(logits: Tensor, g: rng.Generator) -> Tensor:
+    """Categorical draw via argmax(logits + Gumbel) with the uniforms and the noise in float64; row b
+    of logits (B, ..., V) takes its uniforms from g's stream b when g is rng.Streams."""
+    u = rng.rand(tuple(logits.shape), g, torch.float64, logits.device)
     u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
     return (logits.double() - torch.log(-torch.log(u))).argmax(-1)
 
 
-def sample_categorical(logits: Tensor, g: torch.Generator, how: Sampling = PLAIN) -> Tensor:
+def sample_categorical(logits: Tensor, g: rng.Generator, how: Sampling = PLAIN) -> Tensor:
     return gumbel_argmax(filter_logits(logits, how), g)
 
 
 def ancestral_logprobs(logp0: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor, mask_id: int) -> Tensor:
     """[MDLM] Eq. 7 reverse step t -> s < t for a masked token: x0 ~ p with probability
-    (alpha_s - alpha_t) / (1 - alpha_t), else stay masked; unmasked tokens are kept (SUBS)."""
+    (alpha_s - alpha_t) / (1 - alpha_t), else stay masked; unmasked tokens are kept (SUBS).
+
+    Finite at both ends of a schedule: alpha_t = 0 (t = 1) divides by 1, and alpha_s = 1 (s = 0) gives
+    log 0 = -inf for staying masked; alpha_t = 1 is t = 0, where no step s < t starts."""
     a_t, a_s = alpha_t.double().view(-1, 1, 1), alpha_s.double().view(-1, 1, 1)
     logp = logp0.double() + torch.log((a_s - a_t) / (1 - a_t))
     stay = torch.log((1 - a_s) / (1 - a_t)).expand_as(logp[..., :1])
@@ -72,7 +83,7 @@ class Decoded(NamedTuple):
 
 
 def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, mask_id: int,
-                g: torch.Generator, how: Sampling = PLAIN, cache: bool = True) -> Decoded:
+                g: rng.Generator, how: Sampling = PLAIN, cache: bool = True) -> Decoded:
     """[MDLM] ancestral sampling from t = 1 to 0 over `steps` uniform steps; masked entries of x are
     generated, others kept (a prompt). denoise(x_t, t, rows) returns log p(x0 | x_t) for the sequences
     `rows` (indices into x; a denoiser with per-sequence state, such as a KV cache, selects them).
@@ -98,47 +109,55 @@ def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, ma
     return Decoded(x, evals / len(x))
 
 
-def low_confidence(logp: Tensor, x0_hat: Tensor, g: torch.Generator) -> Tensor:
+def low_confidence(logp: Tensor, x0_hat: Tensor, g: rng.Generator) -> Tensor:
     """[LLADA] Alg. 5: confidence = predicted probability of the drawn token."""
     return logp.gather(-1, x0_hat[..., None])[..., 0].exp()
 
 
-def random_confidence(logp: Tensor, x0_hat: Tensor, g: torch.Generator) -> Tensor:
+def random_confidence(logp: Tensor, x0_hat: Tensor, g: rng.Generator) -> Tensor:
     """[LLADA] Alg. 4 random remasking: which tokens are kept is independent of their values."""
-    return torch.rand(x0_hat.shape, generator=g, dtype=torch.float64).to(x0_hat.device)
+    return rng.rand(tuple(x0_hat.shape), g, torch.float64, x0_hat.device)
 
 
-def sample_remasking(denoise: Callable, x: Tensor, steps: int, mask_id: int, g: torch.Generator,
+def sample_remasking(denoise: Callable, x: Tensor, steps: int, mask_id: int, g: rng.Generator,
                      how: Sampling = PLAIN, block: int = 0,
                      confidence: Callable = low_confidence) -> Decoded:
     """[LLADA] Sec. 2.4 reverse process with remasking: each step predicts every masked token and keeps
     the most confident ones (an even share of what is left), remasking the rest. With `block` > 0 the
-    masked span is decoded left to right in blocks of that size (semi-autoregressive, Alg. 5)."""
+    masked span is decoded left to right in blocks of that size (semi-autoregressive, Alg. 5).
+
+    Exactly `steps` network calls: the blocks share them as evenly as they divide (the first
+    steps % n_blocks blocks take one more; [LLADA]'s code asks for a multiple of the block count
+    instead). Raises UserError when steps < the number of blocks, which each need a step."""
     masked0 = x == mask_id
     first = int(masked0.float().argmax(dim=1).min())  # earliest generated position
     span = x.shape[1] - first
     block = block if block > 0 else span
     n_blocks = -(-span // block)
-    per_block = max(steps // n_blocks, 1)
+    if steps < n_blocks:
+        raise UserError(f"steps={steps} cannot decode {n_blocks} blocks of {block} tokens: "
+                        f"semi-autoregressive remasking needs at least one step per block")
     for b in range(n_blocks):
         zone = torch.zeros_like(masked0)
         zone[:, first + b * block: first + (b + 1) * block] = True
-        for k in range(per_block):
+        n_steps = steps // n_blocks + (b < steps % n_blocks)
+        for k in range(n_steps):
             todo = (x == mask_id) & zone
             t = (x == mask_id).double().mean(dim=1)  # fraction still masked, as a linear-schedule t
             logp = filter_logits(denoise(x, t), how).log_softmax(-1)
             x0_hat = gumbel_argmax(logp, g)
             conf = confidence(logp, x0_hat, g).masked_fill(~todo, -torch.inf)
-            n_keep = -(-todo.sum(dim=1) // (per_block - k))  # ceil: the last step keeps all
+            n_keep = -(-todo.sum(dim=1) // (n_steps - k))  # ceil: the last step keeps all
             rank = conf.argsort(dim=1, descending=True).argsort(dim=1)
             x = torch.where(todo & (rank < n_keep[:, None]), x0_hat, x)
-    return Decoded(x, n_blocks * per_block)
+    return Decoded(x, steps)
 
 
 @torch.no_grad()
-def sample_ar(net: nn.Module, prompt: Tensor, length: int, start_id: int, g: torch.Generator,
+def sample_ar(net: nn.Module, prompt: Tensor, length: int, start_id: int, g: rng.Generator,
               how: Sampling = PLAIN, kv_cache: bool = True) -> Decoded:
-    """Autoregressive decoding to `length` tokens after the start token and the prompt (B, P)."""
+    """Autoregressive decoding to `length` tokens after the start token and the prompt (B, P): one
+    network call per token after the prompt."""
     x = torch.cat([torch.full((len(prompt), 1), start_id, dtype=torch.long, device=prompt.device), prompt], 1)
     cache = net.new_cache() if kv_cache else None
     step_in, nfe = x, 0
@@ -155,11 +174,13 @@ def sample_ar(net: nn.Module, prompt: Tensor, length: int, start_id: int, g: tor
 
 @torch.no_grad()
 def sample_bd3(net: nn.Module, x: Tensor, block: int, steps: int, schedule: Schedule, mask_id: int,
-               g: torch.Generator, how: Sampling = PLAIN, kv_cache: bool = True,
+               g: rng.Generator, how: Sampling = PLAIN, kv_cache: bool = True,
                time_cond: bool = False) -> Decoded:
     """[BD3] Alg. 2: blocks left to right; inside a block, MDLM ancestral steps conditioned on the clean
     blocks before it; a finished block is run once more as clean context and its keys/values cached.
-    Masked entries of x (B, L) are generated; L must be a multiple of `block`."""
+    Masked entries of x (B, L) are generated; L must be a multiple of `block`. Network calls: `steps`
+    per block with masks in it (fewer with the no-change cache), plus with `kv_cache` one per finished
+    block but the last."""
     B, L = x.shape
     cache = net.new_cache() if kv_cache else None
     nfe = 0

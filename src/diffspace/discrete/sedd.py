@@ -4,14 +4,22 @@ samplers ([SEDD] arXiv 2310.16834v3).
 The network's raw output r (B, L, V) gives log-ratios: absorbing, log s_y = r_y + log(alpha/(1-alpha))
 (the scaling of [SEDD] App. C.2, so that exp(r) estimates p(x0 = y | x_t)); uniform, log s_y = r_y with
 s_y ~ p_t(x with this token set to y) / p_t(x). Losses are nats per token, shape (B,).
+
+At a schedule's ends: the absorbing process works down to alpha_1 = 0 (the linear and cosine
+schedules), every formula taken as its limit there. The uniform process needs alpha_t > 0: at
+alpha_t = 0 its ratios are all 1 whatever the data (they carry nothing for the Tweedie step to
+invert) and its rate sigma(t) = -alpha'_t / alpha_t is infinite, so the score entropy diverges;
+its steps refuse alpha_t = 0 and the text config asks for the loglinear schedule.
 """
 
 import torch
 from torch import Tensor, nn
 
+from diffspace import rng
 from diffspace.discrete.masked import T_SCALE, mask_tokens
 from diffspace.discrete.sampling import Decoded, ancestral_logprobs, gumbel_argmax
 from diffspace.discrete.schedules import Schedule
+from diffspace.types import UserError
 
 
 def _net_out(net: nn.Module, x_t: Tensor, t: Tensor, time_cond: bool) -> Tensor:
@@ -25,8 +33,8 @@ def absorb_score_entropy(raw: Tensor, x0: Tensor, x_t: Tensor, weight: Tensor, m
     raw = raw.clone()
     raw[..., mask_id] = -torch.inf  # why: no transition into the mask state in reverse
     term = raw.exp().sum(-1) - raw.gather(-1, x0[..., None])[..., 0] - 1
-    masked = (x_t == mask_id).to(term.dtype)
-    return (weight.reshape(len(x0), -1) * masked * term).mean(dim=1)
+    # why: a clean token adds nothing, also at t = 0 where the weight is infinite (not inf * 0 = nan)
+    return torch.where(x_t == mask_id, weight.reshape(len(x0), -1) * term, 0.0).mean(dim=1)
 
 
 def sedd_absorb_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedule, mask_id: int,
@@ -49,7 +57,7 @@ def uniform_score_entropy(raw: Tensor, x0: Tensor, x_t: Tensor, t: Tensor, sched
     alpha = schedule.alpha(t).view(-1, 1, 1).to(raw.dtype)
     q = (1 - alpha) / V + alpha * torch.nn.functional.one_hot(x0, V).to(raw.dtype)  # (B, L, V)
     ratio = q / q.gather(-1, x_t[..., None])
-    k = ratio * (ratio.log() - 1)  # K(a) = a (log a - 1) makes each term >= 0
+    k = torch.xlogy(ratio, ratio) - ratio  # K(a) = a (log a - 1) makes each term >= 0; K(0) = 0 at t = 0
     terms = raw.exp() - ratio * raw + k
     terms = terms.scatter(-1, x_t[..., None], 0.0)  # why: y = x_t is not a transition
     rate = schedule.rate(t).view(-1, 1).to(raw.dtype) / V
@@ -74,15 +82,23 @@ def absorb_tweedie(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor, m
 
 def absorb_euler(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor, mask_id: int) -> Tensor:
     """[SEDD] Eq. 17 Euler (tau-leaping) step: jump M -> y with probability
-    (sigma_bar_t - sigma_bar_s) s_y, s_y = exp(raw_y) alpha_t / (1 - alpha_t); clipped, renormalized."""
+    (sigma_bar_t - sigma_bar_s) s_y, s_y = exp(raw_y) alpha_t / (1 - alpha_t); clipped, renormalized.
+
+    At alpha_t = 0 (t = 1 of the linear and cosine schedules) sigma_bar_t is infinite and s_y is 0;
+    their product alpha_t log(alpha_s / alpha_t) / (1 - alpha_t) tends to 0 (x log x -> 0), so the
+    Euler step from there, which takes the rate at its start, leaves every mask in place."""
     a_t, a_s = alpha_t.double().view(-1, 1, 1), alpha_s.double().view(-1, 1, 1)
-    p = (torch.log(a_s / a_t) * a_t / (1 - a_t)) * raw.double().exp()
+    # why: xlogy gives alpha_t log(alpha_s / alpha_t) its limit 0 at alpha_t = 0, not 0 * inf = nan
+    jump = (torch.xlogy(a_t, a_s) - torch.xlogy(a_t, a_t)) / (1 - a_t)  # [SEDD] Eq. 17
+    p = jump * raw.double().exp()
     p[..., mask_id] = 0.0
     return _stay_rest(p, x_t, mask_id)
 
 
 def uniform_euler(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor) -> Tensor:
-    """Euler step for the uniform process: jump x -> y with probability (sigma_bar_t - sigma_bar_s)/V s_y."""
+    """Euler step for the uniform process: jump x -> y with probability (sigma_bar_t - sigma_bar_s)/V s_y.
+    Raises UserError at alpha_t = 0 (see the module docstring)."""
+    _require_signal(alpha_t)
     V = raw.shape[-1]
     p = torch.log(alpha_s / alpha_t).double().view(-1, 1, 1) / V * raw.double().exp()
     return _stay_rest(p.scatter(-1, x_t[..., None], 0.0), x_t, None)
@@ -90,13 +106,21 @@ def uniform_euler(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor) ->
 
 def uniform_tweedie(raw: Tensor, x_t: Tensor, alpha_t: Tensor, alpha_s: Tensor) -> Tensor:
     """[SEDD] Thm. 4.2 with exp(sQ) = e^-s I + (1 - e^-s) 11^T / V: p(x_s = y | x_t) is proportional to
-    [exp(-dQ) s]_y exp(dQ)(x_t, y), d = sigma_bar_t - sigma_bar_s, beta = e^-d = alpha_t / alpha_s."""
+    [exp(-dQ) s]_y exp(dQ)(x_t, y), d = sigma_bar_t - sigma_bar_s, beta = e^-d = alpha_t / alpha_s.
+    Raises UserError at alpha_t = 0 (see the module docstring)."""
+    _require_signal(alpha_t)
     V = raw.shape[-1]
     beta = (alpha_t / alpha_s).double().view(-1, 1, 1)
     s = raw.double().exp().scatter(-1, x_t[..., None], 1.0)  # s_x = 1: the ratio of x to itself
     back = s / beta + (1 - 1 / beta) * s.sum(-1, keepdim=True) / V
     fwd = (1 - beta) / V + beta * torch.nn.functional.one_hot(x_t, V).double()
     return (back.clamp_min(0) * fwd).clamp_min(1e-300).log()
+
+
+def _require_signal(alpha_t: Tensor) -> None:
+    if bool((alpha_t <= 0).any()):
+        raise UserError("the uniform process needs alpha_t > 0 at every step (a schedule such as "
+                        "'loglinear'); at alpha_t = 0 its scores carry no information")
 
 
 def _stay_rest(p: Tensor, x_t: Tensor, mask_id: int | None) -> Tensor:
@@ -114,12 +138,12 @@ T_END = 1e-3  # why: sigma_bar(t) -> 0 makes the Euler rates vanish; the final T
 
 
 @torch.no_grad()
-def sample_sedd(net: nn.Module, x: Tensor, schedule: Schedule, steps: int, step_fn, g: torch.Generator,
+def sample_sedd(net: nn.Module, x: Tensor, schedule: Schedule, steps: int, step_fn, g: rng.Generator,
                 final_fn, time_cond: bool = True, n_tokens: int | None = None) -> Decoded:
     """Reverse sampling over `steps` uniform steps from t = 1 to T_END with `step_fn` (an Euler or
     Tweedie step above, bound to mask_id for the absorbing case), then one Tweedie step to t = 0
-    (`final_fn`) as [SEDD] App. C.3's final denoising. x holds the prior draw (all masks, or uniform
-    tokens); `n_tokens` keeps only the data tokens' scores (uniform process)."""
+    (`final_fn`) as [SEDD] App. C.3's final denoising: steps + 1 network calls. x holds the prior draw
+    (all masks, or uniform tokens); `n_tokens` keeps only the data tokens' scores (uniform process)."""
     ts = torch.linspace(1.0, T_END, steps + 1, dtype=torch.float64, device=x.device)
     ts = torch.cat([ts, ts.new_zeros(1)])
     for i in range(steps + 1):

@@ -54,10 +54,11 @@ class TextConditioning(nn.Module):
 
 def condition(embed: nn.Module, text: TextConditioning | None, noise_cond: Tensor,
               class_labels: Tensor | None, text_emb: Tensor | None, text_mask: Tensor | None,
-              text_pooled: Tensor | None) -> tuple[Tensor, TextContext | None]:
-    """silu(noise + class [+ pooled text] embedding) (B or 1, D) and the text context (None without
-    text conditioning) of an image net; ValueError for text given to a net without it."""
-    emb, ctx = embed(noise_cond, class_labels), None
+              text_pooled: Tensor | None,
+              noise_cond_2: Tensor | None = None) -> tuple[Tensor, TextContext | None]:
+    """silu(noise [+ second noise] + class [+ pooled text] embedding) (B or 1, D) and the text context
+    (None without text conditioning) of an image net; ValueError for text given to a net without it."""
+    emb, ctx = embed(noise_cond, class_labels, noise_cond_2), None
     if text is not None:
         ctx, pooled = text(text_emb, text_mask, text_pooled)
         emb = emb + pooled

@@ -1,11 +1,11 @@
 """A Diffusion Transformer, [DIT] arXiv 2212.09748: patchify, adaLN-Zero blocks, fixed 2-D sin-cos positions.
 
 It knows nothing about diffusion: forward(x (B, C, H, W), noise_cond (B,) or (1,), class_labels (B,) | None,
-text_emb, text_mask, text_pooled). The conditioning vector is the shared noise embedding plus the class
-embedding (index num_classes = null class), as in [DIT] Sec. 3.2 "adaLN-Zero block". With `text_dim` > 0
-each block gains cross-attention to the text tokens between self-attention and the MLP (as PixArt-alpha,
-arXiv 2310.00426 Sec. 2.3, does for DiT), and the pooled text embedding joins the conditioning vector
-(nets/cross_attention.py).
+text_emb, text_mask, text_pooled, noise_cond_2 (B,) | None for nets built with `second_cond`). The
+conditioning vector is the shared noise embedding plus the class embedding (index num_classes = null
+class), as in [DIT] Sec. 3.2 "adaLN-Zero block". With `text_dim` > 0 each block gains cross-attention to
+the text tokens between self-attention and the MLP (as PixArt-alpha, arXiv 2310.00426 Sec. 2.3, does for
+DiT), and the pooled text embedding joins the conditioning vector (nets/cross_attention.py).
 """
 
 from dataclasses import dataclass
@@ -78,7 +78,7 @@ class DiT(nn.Module):
 
     def __init__(self, in_channels: int, resolution: int, patch: int = 2, hidden: int = 128, depth: int = 4,
                  heads: int = 4, mlp_ratio: float = 4.0, dropout: float = 0.0, num_classes: int = 0,
-                 text_dim: int = 0, text_pooled_dim: int | None = None):
+                 text_dim: int = 0, text_pooled_dim: int | None = None, second_cond: bool = False):
         super().__init__()
         if resolution % patch or hidden % heads or hidden % 4:
             raise ValueError(f"need resolution % patch == 0, hidden % heads == 0 and hidden % 4 == 0; got "
@@ -86,7 +86,7 @@ class DiT(nn.Module):
         self.patch, self.channels, self.grid = patch, in_channels, resolution // patch
         self.embed_patches = nn.Conv2d(in_channels, hidden, patch, stride=patch)
         self.register_buffer("pos", _pos_embed(self.grid, hidden), persistent=False)
-        self.embed = NoiseEmbedding(hidden, num_classes)
+        self.embed = NoiseEmbedding(hidden, num_classes, second_cond=second_cond)
         self.text = TextConditioning(text_dim, text_pooled_dim or text_dim, hidden) if text_dim else None
         self.blocks = nn.ModuleList(DiTBlock(hidden, heads, mlp_ratio, dropout, text_dim)
                                     for _ in range(depth))
@@ -98,10 +98,11 @@ class DiT(nn.Module):
 
     def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None,
                 text_emb: Tensor | None = None, text_mask: Tensor | None = None,
-                text_pooled: Tensor | None = None) -> Tensor:
+                text_pooled: Tensor | None = None, noise_cond_2: Tensor | None = None) -> Tensor:
         B = x.shape[0]
         h = self.embed_patches(x).flatten(2).transpose(1, 2) + self.pos.to(x.dtype)  # (B, L, hidden)
-        c, ctx = condition(self.embed, self.text, noise_cond, class_labels, text_emb, text_mask, text_pooled)
+        c, ctx = condition(self.embed, self.text, noise_cond, class_labels, text_emb, text_mask, text_pooled,
+                           noise_cond_2)
         for block in self.blocks:
             h = block(h, c, ctx)
         shift, scale = self.ada(c).chunk(2, dim=1)

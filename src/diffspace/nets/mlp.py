@@ -27,18 +27,21 @@ class _Block(nn.Module):
 
 
 class MLP(nn.Module):
-    """forward(x (B, D), noise_cond (B,), class_labels (B,) | None) -> (B, D)."""
+    """forward(x (B, D), noise_cond (B,), class_labels (B,) | None, noise_cond_2 (B,) | None) -> (B, D).
+
+    `second_cond` adds a second noise condition (nets/embedding.py), required by forward then."""
 
     def __init__(self, dim: int, hidden: int = 256, depth: int = 4, dropout: float = 0.0,
-                 num_classes: int = 0):
+                 num_classes: int = 0, second_cond: bool = False):
         super().__init__()
         self.inp = nn.Linear(dim, hidden)
-        self.embed = NoiseEmbedding(hidden, num_classes)
+        self.embed = NoiseEmbedding(hidden, num_classes, second_cond=second_cond)
         self.blocks = nn.ModuleList(_Block(hidden, dropout) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(hidden), nn.SiLU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None) -> Tensor:
-        emb = nn.functional.silu(self.embed(noise_cond, class_labels))
+    def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None,
+                noise_cond_2: Tensor | None = None) -> Tensor:
+        emb = nn.functional.silu(self.embed(noise_cond, class_labels, noise_cond_2))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

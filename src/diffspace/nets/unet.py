@@ -6,7 +6,8 @@ embedding whose extra index is the null class for classifier-free guidance. With
 cross-attention block follows each self-attention block and the pooled text embedding joins the noise
 embedding (nets/cross_attention.py, [LDM] arXiv 2112.10752 Sec. 3.3). It knows nothing about diffusion:
 forward(x (B, C, H, W), noise_cond (B,) or (1,), class_labels (B,) | None, text_emb, text_mask,
-text_pooled) -> (B, C, H, W).
+text_pooled, noise_cond_2 (B,) | None: a second noise condition for nets built with `second_cond`) ->
+(B, C, H, W).
 """
 
 from dataclasses import dataclass, field
@@ -106,12 +107,13 @@ class UNet(nn.Module):
     def __init__(self, in_channels: int, resolution: int, channels: int = 64,
                  channel_mults: tuple[int, ...] | list[int] = (1, 2), num_res_blocks: int = 2,
                  attn_resolutions: tuple[int, ...] | list[int] = (4,), heads: int = 4, dropout: float = 0.1,
-                 num_classes: int = 0, text_dim: int = 0, text_pooled_dim: int | None = None):
+                 num_classes: int = 0, text_dim: int = 0, text_pooled_dim: int | None = None,
+                 second_cond: bool = False):
         super().__init__()
         if resolution % 2 ** (len(channel_mults) - 1):
             raise ValueError(f"resolution {resolution} is not divisible by 2^{len(channel_mults) - 1}")
         emb_dim = 4 * channels
-        self.embed = NoiseEmbedding(emb_dim, num_classes, freq_dim=channels)
+        self.embed = NoiseEmbedding(emb_dim, num_classes, freq_dim=channels, second_cond=second_cond)
         self.text = TextConditioning(text_dim, text_pooled_dim or text_dim, emb_dim) if text_dim else None
         self.inp = nn.Conv2d(in_channels, channels, 3, padding=1)
         widths = [channels * m for m in channel_mults]
@@ -138,9 +140,9 @@ class UNet(nn.Module):
 
     def forward(self, x: Tensor, noise_cond: Tensor, class_labels: Tensor | None = None,
                 text_emb: Tensor | None = None, text_mask: Tensor | None = None,
-                text_pooled: Tensor | None = None) -> Tensor:
+                text_pooled: Tensor | None = None, noise_cond_2: Tensor | None = None) -> Tensor:
         emb, ctx = condition(self.embed, self.text, noise_cond, class_labels, text_emb, text_mask,
-                             text_pooled)
+                             text_pooled, noise_cond_2)
         h = self.inp(x)
         skips = [h]
         for level, down in zip(self.down, self.downsample, strict=True):

@@ -7,7 +7,6 @@ The vocabulary is the tokenizer's plus one mask token (mask_id = n_tokens); AR u
 start token.
 """
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from diffspace import rng
 from diffspace.config import choice
 from diffspace.data import text as tx
 from diffspace.discrete import evaluate as ev
@@ -31,6 +31,7 @@ from diffspace.discrete.masked import (
 )
 from diffspace.discrete.sampling import (
     PLAIN,
+    Decoded,
     Sampling,
     low_confidence,
     random_confidence,
@@ -140,9 +141,14 @@ class TextConfig:
         if m.kind == "llada" and self.loss.schedule != "linear":
             raise UserError(f"{src}: model.kind = 'llada' uses loss.schedule = 'linear', "
                             f"got {self.loss.schedule!r}")
-        if self.sample.sampler != "auto" and self.sample.sampler not in SAMPLERS[m.kind]:
-            raise UserError(f"{src}: sample.sampler = {self.sample.sampler!r} does not fit model.kind = "
-                            f"{m.kind!r} (use one of {', '.join(SAMPLERS[m.kind])})")
+        if m.kind == "sedd_uniform" and not make_schedule(self.loss.schedule).alpha(torch.tensor(1.0)) > 0:
+            # why: at alpha = 0 the uniform process's rate is infinite and its scores say nothing (sedd.py)
+            raise UserError(f"{src}: model.kind = 'sedd_uniform' needs a schedule with alpha_1 > 0 "
+                            f"(loss.schedule = 'loglinear'), got {self.loss.schedule!r}")
+        try:
+            resolve_sampling(self)
+        except UserError as e:
+            raise UserError(f"{src}: [sample] {e}") from None
         if self.loss.estimator == "count" and m.noise_cond and m.kind in COUNTED:
             raise UserError(f"{src}: loss.estimator = 'count' needs a network without t input; with "
                             "model.noise_cond = true use loss.estimator = 'time'")
@@ -248,18 +254,46 @@ def _with_mask(f, mask_id, raw, x, a_t, a_s):
     return f(raw, x, a_t, a_s, mask_id)
 
 
-@torch.no_grad()
-def generate_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, g: torch.Generator,
-                    sampler: str = "auto", steps: int = 0, prompt: Tensor | None = None, block: int = 0,
-                    how: Sampling = PLAIN, kv_cache: bool = True):
-    """n sequences of data.seq_len tokens (a Decoded with the network-call count)."""
-    kind, L, mask_id, tc = cfg.model.kind, cfg.data.seq_len, n_tokens, _time_cond(cfg)
+BLOCK_SAMPLERS = ("remask", "remask_random", "bd3")  # the samplers that read a block length
+
+
+def resolve_sampling(cfg: TextConfig, sampler: str | None = None, steps: int | None = None,
+                     block: int | None = None) -> tuple[str, int, int]:
+    """The (sampler, steps, block) a text run samples with. Each argument left None takes the config's
+    [sample] value; sampler "auto" is the kind's default (SAMPLERS); bd3's block 0 is model.block.
+    steps counts network calls per sequence (per block for bd3, plus SEDD's final Tweedie step; ar
+    decodes one token per call and does not read it). Raises UserError for a sampler that does not fit
+    the kind, steps < 1, or a block length the sampler cannot use."""
+    s, kind = cfg.sample, cfg.model.kind
+    sampler = s.sampler if sampler is None else sampler
     sampler = SAMPLERS[kind][0] if sampler == "auto" else sampler
     if sampler not in SAMPLERS[kind]:
         raise UserError(f"sampler {sampler!r} does not fit model kind {kind!r} "
                         f"(use {', '.join(SAMPLERS[kind])})")
+    steps = s.steps if steps is None else steps
+    if steps < 1 and kind != "ar":
+        raise UserError(f"steps must be positive, got {steps}")
+    block = s.block if block is None else block
+    if block < 0 or (block and sampler not in BLOCK_SAMPLERS):
+        raise UserError(f"block={block} does not apply to sampler {sampler!r} (a block length >= 0 is "
+                        f"read by {', '.join(BLOCK_SAMPLERS)})")
+    if sampler == "bd3":
+        block = block or cfg.model.block
+        if cfg.data.seq_len % block:
+            raise UserError(f"block={block} must divide data.seq_len={cfg.data.seq_len} for bd3")
+    return sampler, steps, block
+
+
+@torch.no_grad()
+def generate_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, g: rng.Generator,
+                    sampler: str | None = None, steps: int | None = None, prompt: Tensor | None = None,
+                    block: int | None = None, how: Sampling = PLAIN, kv_cache: bool = True) -> Decoded:
+    """n sequences of data.seq_len tokens (a Decoded with the network calls per sequence). g is one
+    torch.Generator for the batch, or rng.Streams with one stream per sequence, which makes sequence i
+    independent of the others. sampler, steps, block: see resolve_sampling."""
+    kind, L, mask_id, tc = cfg.model.kind, cfg.data.seq_len, n_tokens, _time_cond(cfg)
+    sampler, steps, block = resolve_sampling(cfg, sampler, steps, block)
     dev = next(net.parameters()).device
-    steps = steps or cfg.sample.steps
     prompt = torch.zeros(0, dtype=torch.long) if prompt is None else prompt
     x = torch.full((n, L), mask_id, dtype=torch.long)
     x[:, :len(prompt)] = prompt
@@ -268,12 +302,12 @@ def generate_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, g: t
     if kind == "ar":
         return sample_ar(net, x[:, :len(prompt)], L, mask_id, g, how, kv_cache)
     if kind == "bd3":
-        return sample_bd3(net, x, block or cfg.model.block, steps, sch, mask_id, g, how, kv_cache, tc)
+        return sample_bd3(net, x, block, steps, sch, mask_id, g, how, kv_cache, tc)
     if kind.startswith("sedd"):
         if kind == "sedd_uniform":
             if len(prompt):
                 raise UserError("prompts are not supported for model.kind = 'sedd_uniform'")
-            x = torch.randint(n_tokens, (n, L), generator=g).to(dev)
+            x = rng.randint(n_tokens, (n, L), g, dev)  # the uniform prior
         step, final = _sedd_steps(kind, sampler, mask_id)
         keep = n_tokens if kind == "sedd_uniform" else None  # why: the absorbing scores include the mask
         return sedd.sample_sedd(net, x, sch, steps, step, g, final, tc, keep)
@@ -285,17 +319,21 @@ def generate_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, g: t
     return sample_remasking(den, x, steps, mask_id, g, how, block, conf)
 
 
-SAMPLE_CHUNK = 16  # sequences per sampling batch: sequence i depends only on (seed, i // 16)
+SAMPLE_CHUNK = 16  # sequences per sampling batch (memory only: sequence i depends on (seed, i) alone)
 EVAL_CHUNK = 64  # validation chunks per NELBO batch, whose masks depend only on (seed, batch index)
 
 
 def sample_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, seed: int = 0,
-                  sampler: str = "auto", steps: int = 0, prompt: Tensor | None = None, block: int = 0,
-                  how: Sampling = PLAIN) -> Tensor | None:
-    """n sequences (n, L) on the CPU. Under torchrun the batches are dealt to the ranks: rank 0 gets all
-    n (the same as one process), the other ranks None."""
-    def chunk(lo, hi, s_):
-        g = torch.Generator().manual_seed(s_)
+                  sampler: str | None = None, steps: int | None = None, prompt: Tensor | None = None,
+                  block: int | None = None, how: Sampling = PLAIN) -> Tensor | None:
+    """n sequences (n, L) on the CPU. Sequence i draws from its own random stream (rng.Streams under
+    seed, index i), so it is the same for any n, batching or number of ranks. Under torchrun the batches
+    are dealt to the ranks: rank 0 gets all n (the same as one process), the other ranks None."""
+    if n < 1:
+        raise UserError(f"the number of samples must be positive, got {n}")
+
+    def chunk(lo, hi, _chunk_seed):
+        g = rng.Streams(seed, hi - lo, offset=lo)
         out = generate_tokens(net, cfg, n_tokens, hi - lo, g, sampler, steps, prompt, block, how)
         return out.tokens.cpu()
 
@@ -303,14 +341,15 @@ def sample_tokens(net: nn.Module, cfg: TextConfig, n_tokens: int, n: int, seed: 
     return None if parts is None else torch.cat(parts)
 
 
-def sample_text(net: nn.Module, cfg: TextConfig, tok, n: int, seed: int = 0, sampler: str = "auto",
-                steps: int = 0, prompt: str = "", block: int = 0,
-                how: Sampling | None = None) -> list[str] | None:
-    """n decoded samples (None on torchrun ranks other than 0)."""
+def sample_text(net: nn.Module, cfg: TextConfig, tok, n: int | None = None, seed: int = 0,
+                sampler: str | None = None, steps: int | None = None, prompt: str | None = None,
+                block: int | None = None, how: Sampling | None = None) -> list[str] | None:
+    """n decoded samples (None on torchrun ranks other than 0); arguments left None take the config's
+    [sample] values."""
     s = cfg.sample
     how = how or Sampling(s.temperature, s.top_k, s.top_p)
-    ids = encode_prompt(tok, prompt, cfg.data.seq_len)
-    out = sample_tokens(net, cfg, tok.size, n, seed, sampler, steps, ids, block, how)
+    ids = encode_prompt(tok, s.prompt if prompt is None else prompt, cfg.data.seq_len)
+    out = sample_tokens(net, cfg, tok.size, s.n if n is None else n, seed, sampler, steps, ids, block, how)
     return None if out is None else [tok.decode(row) for row in out.tolist()]
 
 
@@ -335,14 +374,16 @@ def nelbo_values(net: nn.Module, cfg: TextConfig, n_tokens: int, chunks: Tensor,
 
 
 def eval_text(net: nn.Module, cfg: TextConfig, data: TextData, ar_net: nn.Module | None = None,
-              seed: int = 0, sampler: str = "auto", steps: int = 0, ppl_only: bool = False) -> dict | None:
-    """Validation bits/char (exact or bound, with standard error); unless ppl_only, also samples'
-    generative perplexity under ar_net and their n-gram entropies next to the data's. Under torchrun
-    the work is shared and rank 0 gets the metrics, the other ranks None."""
+              seed: int = 0, sampler: str | None = None, steps: int | None = None, ppl_only: bool = False,
+              n_samples: int | None = None) -> dict | None:
+    """Validation bits/char (exact or bound, with standard error); unless ppl_only, also the generative
+    perplexity under ar_net and the n-gram entropies of n_samples samples (None: eval.n_samples) next
+    to the data's. Under torchrun the work is shared and rank 0 gets the metrics, the other ranks None."""
     e, L, V = cfg.eval, cfg.data.seq_len, data.tok.size
+    n = e.n_samples if n_samples is None else n_samples
     chunks = tx.eval_chunks(data.val, L, e.max_chunks)
     vals = nelbo_values(net, cfg, V, chunks, e.n_mc, seed)
-    samples = None if ppl_only else sample_tokens(net, cfg, V, e.n_samples, seed + 1, sampler, steps)
+    samples = None if ppl_only else sample_tokens(net, cfg, V, n, seed + 1, sampler, steps)
     if vals is None:  # a torchrun rank other than 0: it only helped
         return None
     out = {"kind": cfg.model.kind, "val_chunks": len(chunks),
@@ -350,10 +391,10 @@ def eval_text(net: nn.Module, cfg: TextConfig, data: TextData, ar_net: nn.Module
     if ppl_only:
         return out
     out |= {f"sample_{k}": v for k, v in ev.entropy_report(samples).items()}
-    out |= {f"data_{k}": v for k, v in ev.entropy_report(chunks[:e.n_samples]).items()}
+    out |= {f"data_{k}": v for k, v in ev.entropy_report(chunks[:n]).items()}
     if ar_net is not None:
         out["gen_ppl"] = ev.gen_perplexity(ar_net, samples, V)
-        out["data_gen_ppl"] = ev.gen_perplexity(ar_net, chunks[:e.n_samples], V)
+        out["data_gen_ppl"] = ev.gen_perplexity(ar_net, chunks[:n], V)
     return out
 
 
@@ -374,15 +415,12 @@ def after_train(run_dir: Path) -> None:
 
 def text_sample(run: Run, opts: SampleOptions) -> list[str] | None:
     """opts.n decoded samples (None on torchrun ranks other than 0); None fields take the run's [sample]."""
-    cfg, s = run.cfg, run.cfg.sample
+    s = run.cfg.sample
     pick = lambda value, default: default if value is None else value
     how = Sampling(pick(opts.temperature, s.temperature), pick(opts.top_k, s.top_k),
                    pick(opts.top_p, s.top_p))
-    n = pick(opts.n, s.n)
-    if n <= 0:
-        raise UserError(f"n must be positive, got {n}")
-    return sample_text(run.module, cfg, load_text_data(cfg).tok, n, opts.seed, pick(opts.sampler, s.sampler),
-                       pick(opts.steps, s.steps), pick(opts.prompt, s.prompt), pick(opts.block, s.block), how)
+    return sample_text(run.module, run.cfg, load_text_data(run.cfg).tok, opts.n, opts.seed, opts.sampler,
+                       opts.steps, opts.prompt, opts.block, how)
 
 
 def text_evaluate(run: Run, opts: EvalOptions) -> dict:
@@ -395,10 +433,8 @@ def text_evaluate(run: Run, opts: EvalOptions) -> dict:
             ar_net = load_as(TEXT, cfg.eval.ar_run, run.device).module
         else:
             log.warning("no AR run at %s; generative perplexity is left out", cfg.eval.ar_run)
-    if opts.n is not None:
-        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, n_samples=opts.n))
-    metrics = eval_text(run.module, cfg, load_text_data(cfg), ar_net, opts.seed, opts.sampler or "auto",
-                        opts.steps or 0, opts.ppl_only)
+    metrics = eval_text(run.module, cfg, load_text_data(cfg), ar_net, opts.seed, opts.sampler, opts.steps,
+                        opts.ppl_only, opts.n)
     if metrics is None:  # a torchrun rank other than 0: it only helped
         return {}
     metrics = {"step": run.step, "seed": opts.seed, **metrics}

@@ -1,0 +1,83 @@
+"""Few-step parameterizations: a two-time flow map read as an average velocity, and the consistency
+function with its boundary condition built in.
+
+References: [MEANFLOW] arXiv 2505.13447v1, [SHORTCUT] 2410.12557v3, [CM] 2303.01469v2, [EDM] 2206.00364v2.
+
+Average velocity ([MEANFLOW] Eq. 3): on a path's PF-ODE dx_t/dt = v(x_t, t),
+
+    u(x_t, r, t) = 1 / (t - r) * int_r^t v(x_tau, tau) dtau,   so   x_r = x_t - (t - r) u(x_t, r, t),
+
+a jump along the trajectory from t to r (Eq. 12), and u -> v as r -> t. A shortcut model's velocity for
+a step of size d from t ([SHORTCUT] Sec. 3) is the same object at r = t - d. A network with two time
+inputs becomes this map through `NetAverageVelocity`; it is called `(x_t, t, r)`, extending the
+VelocityField's `(x_t, t)` (the paper writes u(z_t, r, t)).
+
+How these join the (x0, eps) hub of param/predictions.py: a prediction there is a function of one
+(x_t, t) that fixes (x0_hat, eps_hat); u over [r, t] with r < t is not (it depends on the trajectory
+between r and t), so it is no new entry. Its one pointwise reading, r = t, *is* the hub's `velocity`:
+`InstantVelocity` gives that VelocityField and `DenoiserFromVelocity` the Denoiser, so every ODE sampler
+applies to a map network. The consistency function's output f(x, sigma) is the PF-ODE endpoint at
+sigma_min, an estimate of the clean sample: it is read as the hub's `x0`, and `ConsistencyPrecond` is
+a Denoiser-shaped wrapper like `EDMPrecond`, with [CM]'s coefficients in place of [EDM]'s.
+"""
+
+import torch
+from torch import Tensor, nn
+
+from diffspace.paths.base import GaussianPath
+from diffspace.utils import bcast
+
+
+class NetAverageVelocity(nn.Module):
+    """A network with a second noise condition (built with `second_cond=True`) read as the average
+    velocity u(x_t, r, t) on `path`: forward(x_t (B, ...), t (B,), r (B,), **cond) -> (B, ...).
+
+    The network sees noise_cond(t) and, as the second condition, the interval noise_cond(t) -
+    noise_cond(r) ([MEANFLOW] Sec. 4.3 conditions on (t, t - r), the best of its Fig. 4c variants).
+    """
+
+    def __init__(self, net: nn.Module, path: GaussianPath):
+        super().__init__()
+        self.net, self.path = net, path
+
+    def forward(self, x_t: Tensor, t: Tensor, r: Tensor, **cond) -> Tensor:
+        nc = self.path.noise_cond(t)
+        return self.net(x_t, nc, noise_cond_2=nc - self.path.noise_cond(r), **cond).to(x_t.dtype)
+
+
+class InstantVelocity(nn.Module):
+    """The VelocityField of an average-velocity map at r = t: v(x_t, t) = u(x_t, t, t) ([MEANFLOW] Sec. 3,
+    lim_{r -> t} u = v)."""
+
+    def __init__(self, avg_velocity):
+        super().__init__()
+        self.avg_velocity = avg_velocity
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        return self.avg_velocity(x_t, t, t, **cond)
+
+
+class ConsistencyPrecond(nn.Module):
+    """[CM] Eq. 5 with App. C's coefficients: f(x, sigma) = c_skip x + c_out F(c_in x, c_noise),
+
+        c_skip = sigma_data^2 / ((sigma - sigma_min)^2 + sigma_data^2),
+        c_out  = sigma_data (sigma - sigma_min) / sqrt(sigma_data^2 + sigma^2),
+
+    so c_skip(sigma_min) = 1 and c_out(sigma_min) = 0: f(x, sigma_min) = x exactly, whatever the (finite)
+    network output.
+    EDM space (x = x_t / alpha_t, sigma (B,)), called like a Denoiser; c_in and c_noise as `EDMPrecond`.
+    sigma_min = 0.002 and sigma_data = 0.5 are [CM] App. C's.
+    """
+
+    def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002):
+        super().__init__()
+        self.net, self.sigma_data, self.sigma_min = net, sigma_data, sigma_min
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        sd = self.sigma_data
+        s = bcast(sigma, x)
+        c_skip = sd**2 / ((s - self.sigma_min) ** 2 + sd**2)
+        c_out = sd * (s - self.sigma_min) / torch.sqrt(sd**2 + s**2)
+        c_in = 1 / torch.sqrt(s**2 + sd**2)
+        c_noise = 250.0 * torch.log(sigma)  # [EDM] Table 1 ln(sigma) / 4, in timestep units (x 1000)
+        return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond).to(x.dtype)
