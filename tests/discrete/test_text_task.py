@@ -117,9 +117,19 @@ def test_cli_train_sample_eval_and_bad_input(tmp_path, capsys):
     assert main(["train", str(tmp_path / "t.toml"), "--no-progress"]) == 0
     assert main(["sample", str(run), "--n", "3", "--steps", "2"]) == 0
     assert (run / "samples.txt").read_text().count("=== sample") == 3
+    assert main(["sample", str(run), "--n", "20"]) == 0  # --n honoured (it once wrote the config's n)
+    assert (run / "samples.txt").read_text().count("=== sample") == 20
+    assert main(["sample", str(run)]) == 0  # without --n: the config's [sample] n = 8
+    assert (run / "samples.txt").read_text().count("=== sample") == 8
     assert main(["eval", str(run)]) == 0
     assert "bits_per_char" in (run / "metrics.json").read_text()
     capsys.readouterr()
+    for flags, words in ((["--grid", "karras"], "text runs cannot use the option 'grid' (--grid)"),
+                         (["--cfg", "2"], "(--cfg)"), (["--nll"], "(--nll)"),
+                         (["--ppl", "--n", "5"], "do not apply with --ppl")):
+        assert main(["eval", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
     bad = ["train", str(tmp_path / "t.toml"), "--overwrite", "--set", f"data.corpus={tmp_path / 'none.txt'}"]
     assert main(bad) == 2
     assert "text corpus not found" in capsys.readouterr().err

@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n", "--num-samples", dest="n", type=int,
                    help="number of samples; default: the run's [eval] n (images: the test split)")
     e.add_argument("--json", help="also write the metrics to this file")
-    e.add_argument("--featurenet", help="image runs: feature-net artifact (default: "
-                                        "RUN/featurenet.safetensors, trained there on the run's data if missing)")
+    e.add_argument("--featurenet", help="image runs: feature-net artifact (default: RUN/featurenet."
+                                        "safetensors, trained there on the run's data if missing)")
     e.add_argument("--nll", action="store_true",
                    help="continuous runs: also the PF-ODE NLL of the test split (nats, bits/dim, "
                         "standard error, NFE) and, for 8-bit-style image data, the DDPM bound")
@@ -144,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _sampler_options(args) -> dict:
-    return {opt: getattr(args, flag) for flag, opt in SAMPLER_FLAGS.items() if getattr(args, flag) is not None}
+    given = {flag: getattr(args, flag) for flag in SAMPLER_FLAGS}
+    return {SAMPLER_FLAGS[flag]: v for flag, v in given.items() if v is not None}
 
 
 def cmd_train(args) -> None:
@@ -181,7 +182,8 @@ def _write_array(x, out: Path) -> None:
     elif out.suffix == ".npz":
         np.savez(tmp, samples=x.numpy())
     elif out.suffix == ".csv":
-        write_atomic(out, "\n".join(",".join(f"{v:.9g}" for v in row) for row in x.flatten(1).tolist()) + "\n")
+        rows = x.flatten(1).tolist()
+        write_atomic(out, "\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
         return
     else:
         raise UserError(f"--out {out}: use a .npz, .npy or .csv file name")
@@ -201,9 +203,9 @@ def cmd_sample(args) -> None:
         sampler_options=_sampler_options(args), guidance=args.cfg,
         class_labels=tuple(args.class_labels) if args.class_labels else None, prompt=args.prompt,
         block=args.block, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if args.out and Path(args.out).suffix not in ((".txt",) if run.task == "text" else (".npz", ".npy", ".csv")):
-        raise UserError(f"--out {args.out}: use a " + (".txt" if run.task == "text" else ".npz, .npy or .csv")
-                        + " file name")
+    suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv")
+    if args.out and Path(args.out).suffix not in suffixes:
+        raise UserError(f"--out {args.out}: use a {', '.join(suffixes)} file name")
     with peer_guard("nothing was written"):
         samples = runs.sample(run, opts)
     if samples is None:  # a torchrun rank other than 0: it only helped
@@ -222,8 +224,9 @@ def cmd_sample(args) -> None:
         elif samples.ndim == 2 and samples.shape[1] >= 2:
             from diffspace.runs.continuous import load_data
 
+            sc = run.cfg.sample
             scatter_2d(samples, load_data(run.cfg)["x_test"], out.with_suffix(".png"),
-                       f"{opts.sampler or run.cfg.sample.sampler}, {opts.steps or run.cfg.sample.steps} steps")
+                       f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps")
     print(f"wrote {len(samples)} samples to {out}")
 
 
@@ -255,8 +258,8 @@ def cmd_optimize_grid(args) -> None:
     from diffspace import runs
 
     sigmas = runs.optimize_grid(_load(args), args.sampler, args.steps, args.n_calib, args.seed)
-    print(f"stored the optimized {args.steps}-step grid for {args.sampler} in {Path(args.run) / 'grids.json'}: "
-          + ", ".join(f"{v:.4g}" for v in sigmas.tolist()))
+    levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
+    print(f"stored the {args.steps}-step grid for {args.sampler} in {args.run}/grids.json: {levels}")
 
 
 def cmd_train_images_classifier(args) -> None:

@@ -416,6 +416,8 @@ def after_train(run_dir: Path) -> None:
 def text_sample(run: Run, opts: SampleOptions) -> list[str] | None:
     """opts.n decoded samples (None on torchrun ranks other than 0); None fields take the run's [sample]."""
     s = run.cfg.sample
+    if run.cfg.model.kind == "ar" and opts.steps is not None:
+        raise UserError("steps (--steps) do not apply to model.kind = 'ar', which decodes one token per call")
     pick = lambda value, default: default if value is None else value
     how = Sampling(pick(opts.temperature, s.temperature), pick(opts.top_k, s.top_k),
                    pick(opts.top_p, s.top_p))
@@ -427,6 +429,8 @@ def text_evaluate(run: Run, opts: EvalOptions) -> dict:
     """Bits/char (and perplexity) on the validation split; unless opts.ppl_only also the samples' gen-ppl
     (under eval.ar_run, or the model itself if AR) and entropies. Rank 0 writes RUN/metrics.json."""
     cfg = run.cfg
+    if opts.ppl_only and (opts.n, opts.sampler, opts.steps) != (None, None, None):
+        raise UserError("--n, --sampler and --steps do not apply with --ppl, which draws no samples")
     ar_net = run.module if cfg.model.kind == "ar" else None
     if ar_net is None and cfg.eval.ar_run and not opts.ppl_only:
         if (Path(cfg.eval.ar_run) / "checkpoints" / "last.safetensors").is_file():
