@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from diffspace.cli.runs import load_run
 from diffspace.data.toy import make_toy
 from diffspace.eval.metrics import sliced_w2
-from diffspace.runs import load_run
 from diffspace.samplers.grids import GRIDS
 from diffspace.samplers.ode import CountingDenoiser, sample_adaptive
 from diffspace.samplers.optimize_grid import optimize_sigmas
@@ -62,7 +62,7 @@ class Stopwatch(torch.nn.Module):
 def load_model():
     """The trained NetDenoiser(net, DDPMDiscrete(), "eps") (EMA weights), its net under a stopwatch."""
     if not (RUN_DIR / "checkpoints" / "last.safetensors").exists():
-        subprocess.run([sys.executable, "-m", "diffspace", "train", str(ROOT / "samplers.toml"),
+        subprocess.run([sys.executable, "-m", "diffspace.cli.main", "train", str(ROOT / "samplers.toml"),
                         "--set", f"run.dir={RUN_DIR}", "--overwrite", "--no-progress"], check=True)
     module = load_run(RUN_DIR).module
     module.net = Stopwatch(module.net)
