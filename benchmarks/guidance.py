@@ -14,18 +14,13 @@ import json
 import time
 from pathlib import Path
 
-from diffspace.cli.continuous import as_denoiser
-from diffspace.cli.continuous_run import run_sigmas, sampler_fn
-from diffspace.cli.runs import load_run
 from diffspace.eval.featurenet import features, load_noisy_classifier, train_classifier
-from diffspace.eval.image_eval import (
-    balanced_labels,
-    featurenet_for,
-    image_data,
-    sample_images,
-    score_samples,
-)
+from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
+from diffspace.runs import load_run
+from diffspace.runs.continuous import as_denoiser, load_data
+from diffspace.runs.evaluation import featurenet_for
+from diffspace.runs.sampling import generate, run_sigmas, sampler_fn
 from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance
 
 
@@ -44,7 +39,7 @@ def sweep(args) -> dict:
     cfg, K = run.cfg, run.cfg.model.num_classes
     if K == 0:
         raise SystemExit(f"{args.run} is not class-conditional: guidance needs model.num_classes > 0")
-    data = image_data(cfg)
+    data = load_data(cfg)
     net, meta = featurenet_for(run)
     ref_feats = features(net, data["x_train"])
     ref_stats = feature_stats(ref_feats)
@@ -60,7 +55,7 @@ def sweep(args) -> dict:
             guided = (ClassifierFreeGuidance(den, scale, K) if kind == "cfg"
                       else ClassifierGuidance(den, clf, scale))
             t0 = time.perf_counter()
-            x = sample_images(guided, shape, labels, sigmas, fn, args.seed)
+            x = generate(guided, shape, len(labels), sigmas, fn, args.seed, run.device, labels).clamp(-1, 1)
             seconds = time.perf_counter() - t0
             m = score_samples(net, x, labels, ref_stats, ref_feats)
             rows.append({"guidance": kind, "scale": scale, **m, "fid_ratio": m["fid"] / base["fid"],

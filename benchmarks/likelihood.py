@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from diffspace.cli.config import build, to_dict
-from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_path, build_setup
+from diffspace.config import build, to_dict
 from diffspace.data.gmm import eight_gaussians_mixture
 from diffspace.data.toy import make_toy
 from diffspace.eval.bits import summarize
+from diffspace.runs import load_run
+from diffspace.runs.continuous import ContinuousConfig, as_denoiser, build_path, build_setup, load_data
 from diffspace.samplers.likelihood import log_likelihood, velocity_log_likelihood
 from diffspace.train.loop import train
 
@@ -38,17 +39,17 @@ RESULTS = Path(__file__).parent / "results"
 
 # one entry per model family: what differs from the shared [model]/[loss] defaults
 MODELS = {
-    "edm": {"model": {"path": "edm", "precond": "edm", "sigma_data": 1.0},
+    "edm": {"model": {"path": "edm", "parameterization": "edm", "sigma_data": 1.0},
             "loss": {"weighting": "edm", "proposal": "lognormal", "p_mean": -1.2, "p_std": 1.2}},
-    "vp-eps": {"model": {"path": "vp", "precond": "none", "prediction": "eps"},
+    "vp-eps": {"model": {"path": "vp", "parameterization": "eps"},
                "loss": {"weighting": "eps", "proposal": "uniform"}},
-    "cosine-v": {"model": {"path": "cosine", "precond": "none", "prediction": "v"},
+    "cosine-v": {"model": {"path": "cosine", "parameterization": "v"},
                  "loss": {"weighting": "v", "proposal": "uniform"}},
-    "linear-fm": {"model": {"path": "linear", "precond": "none", "prediction": "velocity"},
+    "linear-fm": {"model": {"path": "linear", "parameterization": "velocity"},
                   "loss": {"objective": "flow", "proposal": "uniform"}},
     # a variant, not one of the four families: EDM with its sigma proposal moved toward small noise,
     # where the NLL is decided (sharp cell edges); run it with --models edm-lowsigma
-    "edm-lowsigma": {"model": {"path": "edm", "precond": "edm", "sigma_data": 1.0},
+    "edm-lowsigma": {"model": {"path": "edm", "parameterization": "edm", "sigma_data": 1.0},
                      "loss": {"weighting": "edm", "proposal": "lognormal", "p_mean": -2.0, "p_std": 1.6}},
 }
 FAMILIES = ("edm", "vp-eps", "cosine-v", "linear-fm")
@@ -113,7 +114,8 @@ def run_diffusion(model: str, data: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = config(model, data, args, tmp)
         torch.manual_seed(cfg.run.seed)
-        setup, d = build_setup(cfg, torch.device("cpu"))
+        setup, _ = build_setup(cfg, torch.device("cpu"))
+        d = load_data(cfg)
         t0 = time.perf_counter()
         tr = train(setup, cfg.train, Path(tmp), to_dict(cfg), seed=cfg.run.seed, progress=False)
         seconds = time.perf_counter() - t0
@@ -131,9 +133,7 @@ def run_flow(data: str, seconds: float, args) -> dict:
         raise SystemExit("the flow baseline needs the bench extra: pip install -e '.[bench]'") from e
     torch.manual_seed(args.seed)
     cfg = config("edm", data, args, "unused")
-    from diffspace.cli.registries import DATA
-
-    d = DATA[data](cfg)
+    d = load_data(cfg)
     flow = zuko.flows.NSF(features=2, transforms=args.flow_transforms, bins=args.flow_bins,
                           hidden_features=(args.hidden,) * 2)
     opt = torch.optim.Adam(flow.parameters(), lr=args.flow_lr)
@@ -155,13 +155,11 @@ def run_flow(data: str, seconds: float, args) -> dict:
 def run_images(run_dir: str, args) -> dict:
     """Bits/dim of a trained image run on its test split: dequantized PF-ODE NLL (Hutchinson) and the
     DDPM bound of the same Denoiser on the standard 1000-step schedule, with and without labels."""
-    from diffspace.cli.registries import DATA
-    from diffspace.cli.runs import load_run
     from diffspace.eval.bits import nll_report
     from diffspace.paths import DDPMDiscrete
 
     run = load_run(run_dir)
-    d = DATA[run.cfg.data.name](run.cfg)
+    d = load_data(run.cfg)
     x, y = d["x_test"][:args.image_n], d.get("y_test")
     den, path, k = as_denoiser(run.cfg, run.module), build_path(run.cfg), run.cfg.model.num_classes
     out = {"run": run_dir, "data": run.cfg.data.name, "step": run.step, "levels": args.image_levels}

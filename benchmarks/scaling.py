@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 import torch.multiprocessing as mp
 
-from diffspace.cli.config import build, load_toml
-from diffspace.cli.continuous import ContinuousConfig, build_setup
+from diffspace.config import build, load_toml
+from diffspace.runs.continuous import ContinuousConfig, build_setup
 from diffspace.train.distributed import barrier, init_distributed, shutdown
 from diffspace.train.loop import Trainer
 

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from diffspace.cli.config import TrainConfig, build, to_dict
-from diffspace.cli.runs import load_run
-from diffspace.discrete.task import TextConfig, build_text_setup, eval_text, generate_tokens, load_text_data
-from diffspace.train.loop import train
+from diffspace.config import build, to_dict
+from diffspace.runs import load_run
+from diffspace.runs.text import TextConfig, build_text_setup, eval_text, generate_tokens, load_text_data
+from diffspace.train.loop import TrainConfig, train
 
 # config sections per model; masked kinds train with the mask-count estimator and the bell-shaped draw
 BELL = {"estimator": "count", "proposal": "logit_normal"}
@@ -253,7 +253,7 @@ def generalization_gap(args) -> list[dict]:
     (same count, same Monte Carlo draws): a model that memorizes the small corpus shows a gap."""
     from diffspace.data.text import eval_chunks
     from diffspace.discrete.evaluate import bits_report
-    from diffspace.discrete.task import nelbo_values
+    from diffspace.runs.text import nelbo_values
 
     rows = []
     for name in args.models:

@@ -46,7 +46,7 @@ def test_help_describes_every_option_with_default():
     out = " ".join(cli("sample", "--help").stdout.split())
     for opt in ["--n", "--out", "--sampler", "--steps", "--grid", "--seed", "--device"]:
         assert opt in out
-    assert "the run's [sample] sampler" in out and "(default: 10000)" in out
+    assert "the run's [sample] sampler" in out and "the run's [sample] n" in out
 
 
 def test_dry_run_prints_resolved_config():
@@ -108,7 +108,7 @@ def test_bad_sampling_arguments(run):
 def test_existing_run_is_not_overwritten(run):
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
     res = cli("train", ROOT / "configs/demo.toml", "--set", f"run.dir={run}", *TINY)
-    assert_one_line_error(res, "not empty", "--resume")
+    assert_one_line_error(res, "holds a trained run", "--resume")
     assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
 
 

@@ -1,15 +1,12 @@
 """Feature net and noise-aware classifier artifacts, and a tiny end-to-end digits training whose samples
 must beat noise clearly on the feature-net FID."""
 
-import argparse
 import json
 
 import pytest
 import torch
 
-from diffspace.cli.config import build, to_dict
-from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_setup
-from diffspace.cli.runs import load_run
+from diffspace import runs
 from diffspace.data.images import load_digits
 from diffspace.eval.featurenet import (
     features,
@@ -19,11 +16,8 @@ from diffspace.eval.featurenet import (
     train_classifier,
     train_featurenet,
 )
-from diffspace.eval.image_eval import eval_images, sample_images
 from diffspace.eval.image_metrics import fid_from_features
-from diffspace.samplers.grids import karras_sigmas
-from diffspace.samplers.ode import sample_heun
-from diffspace.train.loop import train
+from diffspace.runs.continuous import load_data
 from diffspace.types import UserError
 
 
@@ -64,21 +58,18 @@ def test_noisy_classifier_is_accurate_at_low_noise(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_digits_training_beats_noise_on_fid(featurenet, tmp_path):
-    cfg = build(ContinuousConfig, {
+    run = runs.train({
+        "run": {"dir": str(tmp_path)},
         "data": {"name": "digits"},
         "model": {"net": "unet", "sigma_data": 0.75, "num_classes": 10,
                   "unet": {"channels": 16, "channel_mults": [1, 2], "num_res_blocks": 1,
                            "attn_resolutions": [], "dropout": 0.0}},
         "train": {"steps": 400, "batch_size": 64, "lr": 3e-3, "warmup_steps": 20, "ema_halflife_steps": 40.0,
                   "ckpt_every": 100_000, "log_every": 100_000},
-    }, "tiny-digits")
-    torch.manual_seed(0)
-    setup, data = build_setup(cfg, torch.device("cpu"))
-    tr = train(setup, cfg.train, tmp_path, to_dict(cfg), progress=False, extra={"data_shape": [1, 8, 8]})
+    })
+    data = load_data(run.cfg)
     net, _ = load_classifier(featurenet[0], "featurenet")
-    labels = torch.arange(300) % 10
-    denoiser = as_denoiser(cfg, tr.ema.module)
-    x = sample_images(denoiser, (1, 8, 8), labels, karras_sigmas(12), sample_heun, seed=1)
+    x = runs.sample(run, runs.SampleOptions(n=300, seed=1, sampler="heun", steps=12))  # classes 0..9 cycled
     noise = torch.rand(300, 1, 8, 8, generator=torch.Generator().manual_seed(2)) * 2 - 1
     ref = features(net, data["x_train"])
     fid, fid_noise = fid_from_features(ref, features(net, x)), fid_from_features(ref, features(net, noise))
@@ -87,10 +78,10 @@ def test_tiny_digits_training_beats_noise_on_fid(featurenet, tmp_path):
     assert fid < 0.1 * fid_noise
     assert fid < 3 * fid_base  # the issue's bar for the full run already holds for this tiny one
 
-    # the `diffspace eval` hook on the saved run: same real baseline, CFG metrics, pictures written
-    args = argparse.Namespace(cfg=2.0, n=40, seed=0, sampler="euler", steps=6, grid=None,
-                              featurenet=str(featurenet[0]))
-    metrics = eval_images(load_run(tmp_path), args)
+    # `diffspace eval` on the saved run: same real baseline, CFG metrics, pictures and metrics written
+    opts = runs.EvalOptions(guidance=2.0, n=40, sampler="euler", steps=6, featurenet=str(featurenet[0]))
+    metrics = runs.evaluate(runs.load_run(tmp_path), opts)
     assert metrics["fid_real_baseline"] == pytest.approx(fid_base, rel=1e-9)
     assert 0 <= metrics["cas"] <= 1 and 0 <= metrics["cas_nocfg"] <= 1 and metrics["fid"] > 0
     assert (tmp_path / "samples.png").is_file() and (tmp_path / "denoising.png").is_file()
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics

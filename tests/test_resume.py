@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import diffspace.train.checkpoint as ckpt_mod
-from diffspace.cli.config import build
-from diffspace.cli.continuous import ContinuousConfig, build_setup
+from diffspace.config import build
+from diffspace.runs.continuous import ContinuousConfig, build_setup
 from diffspace.train.checkpoint import load_checkpoint
 from diffspace.train.loop import train
 

@@ -91,8 +91,8 @@ def test_user_grids_go_through_the_validator(bad, words):
 def test_samplers_refuse_a_grid_that_is_not_decreasing(name):
     data = GaussianMixture(torch.zeros(1, 1), torch.tensor([0.7]), torch.ones(1))
     with pytest.raises(UserError, match="strictly decreasing"):
-        SAMPLERS[name].fn(data.denoiser, torch.zeros(2, 1), torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64),
-                          generator=torch.Generator())
+        bad = torch.tensor([1.0, 2.0, 0.0], dtype=torch.float64)
+        SAMPLERS[name].fn(data.denoiser, torch.zeros(2, 1), bad, generator=torch.Generator())
 
 
 def test_zero_terminal_snr_is_a_path():

@@ -2,14 +2,10 @@
 EDM preconditioning, eps-prediction on VP, v-prediction on cosine, flow matching on the linear path."""
 
 import pytest
-import torch
 
-from diffspace.cli.config import build
-from diffspace.cli.continuous import ContinuousConfig, as_denoiser, build_path, build_setup
+from diffspace import runs
 from diffspace.eval.metrics import sliced_w2
-from diffspace.samplers.grids import karras_sigmas
-from diffspace.samplers.registry import SAMPLERS
-from diffspace.train.loop import train
+from diffspace.runs.continuous import load_data
 
 COMMON = {
     "data": {"name": "8gaussians", "n_train": 20_000, "n_test": 4000},
@@ -24,13 +20,13 @@ COMMON = {
 SAMPLER = {"vp-eps": "ddpm"}
 
 CORNERS = {
-    "edm": ({"path": "edm", "precond": "edm", "sigma_data": 1.0},
+    "edm": ({"path": "edm", "parameterization": "edm", "sigma_data": 1.0},
             {"weighting": "edm", "proposal": "lognormal"}),
-    "vp-eps": ({"path": "vp", "precond": "none", "prediction": "eps"},
+    "vp-eps": ({"path": "vp", "parameterization": "eps"},
                {"weighting": "eps", "proposal": "uniform"}),
-    "cosine-v": ({"path": "cosine", "precond": "none", "prediction": "v"},
+    "cosine-v": ({"path": "cosine", "parameterization": "v"},
                  {"weighting": "v", "proposal": "uniform"}),
-    "linear-fm": ({"path": "linear", "precond": "none", "prediction": "velocity"},
+    "linear-fm": ({"path": "linear", "parameterization": "velocity"},
                   {"objective": "flow", "proposal": "logit_normal"}),
 }
 
@@ -46,18 +42,11 @@ def _merge(a: dict, b: dict) -> dict:
 @pytest.mark.parametrize("corner", sorted(CORNERS))
 def test_corner_trains_to_quality(corner, tmp_path):
     model, loss = CORNERS[corner]
-    cfg = build(ContinuousConfig, _merge(COMMON, {"model": model, "loss": loss}), corner)
-    torch.manual_seed(0)
-    setup, data = build_setup(cfg, torch.device("cpu"))
-    tr = train(setup, cfg.train, tmp_path, {}, progress=False)
-    denoiser = as_denoiser(cfg, tr.ema.module)
-    path = build_path(cfg)
+    config = _merge(COMMON, {"model": model, "loss": loss, "run": {"dir": str(tmp_path / corner)}})
+    run = runs.train(config)
     steps = 64 if corner in SAMPLER else 32
-    sigmas = karras_sigmas(steps, max(path.sigma_min, 0.002), min(path.sigma_max, 80.0))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        fn = SAMPLERS[SAMPLER.get(corner, "heun")].fn
-        x = fn(denoiser, torch.randn(4000, 2, generator=g) * float(sigmas[0]), sigmas, generator=g)
+    x = runs.sample(run, runs.SampleOptions(n=4000, seed=1, sampler=SAMPLER.get(corner, "heun"), steps=steps))
+    data = load_data(run.cfg)
     x_test, x_train = data["x_test"], data["x_train"][:4000]
     sw2, base = sliced_w2(x, x_test), sliced_w2(x_train, x_test)
     print(f"{corner}: sw2 {sw2:.4f}, data baseline {base:.4f}")

@@ -3,19 +3,18 @@ timesteps of the table, the cosine to an lr floor, the EMA with the warmup of di
 plain MLP, the bounded output of a LayerNorm head, and the checkerboard's exact denoiser."""
 
 import math
-from dataclasses import dataclass
 
 import pytest
 import torch
 
-from diffspace.cli.config import TrainConfig
+from diffspace.config import build
 from diffspace.data.toy import CHECKERBOARD_CELLS, checkerboard_denoiser
 from diffspace.losses.proposals import table_t
 from diffspace.nets.mlp import MLP, PlainMLP
 from diffspace.paths import PATHS
 from diffspace.paths.ddpm import DDPMDiscrete
 from diffspace.rng import Streams
-from diffspace.train.loop import TrainSetup, lr_lambda, make_ema, train
+from diffspace.train.loop import TrainConfig, TrainSetup, lr_lambda, make_ema, train
 from diffspace.types import UserError
 
 
@@ -40,17 +39,17 @@ def test_table_t_per_example_streams_and_bad_path():
 
 
 def test_cosine_ends_at_the_lr_floor():
-    cfg = TrainConfig(steps=1000, lr=2e-3, warmup_steps=100)
-    f = lr_lambda(cfg, lr_min=2e-5)
+    cfg = TrainConfig(steps=1000, lr=2e-3, warmup_steps=100, lr_min=2e-5)
+    f = lr_lambda(cfg)
     assert f(0) == pytest.approx(1 / 100) and f(99) == pytest.approx(1.0)
     assert f(1000) * cfg.lr == pytest.approx(2e-5, rel=1e-12)
     mid = f(100 + 450)  # half way down the cosine: the midpoint of lr and lr_min
     assert mid * cfg.lr == pytest.approx((2e-3 + 2e-5) / 2, rel=1e-12)
     values = [f(s) for s in range(100, 1001)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
-    assert lr_lambda(cfg)(1000) == pytest.approx(0.0, abs=1e-15)  # default: to 0 as before
+    assert lr_lambda(TrainConfig(steps=1000))(1000) == pytest.approx(0.0, abs=1e-15)  # default: to 0
     with pytest.raises(UserError, match="lr_min"):
-        lr_lambda(cfg, lr_min=3e-3)
+        build(TrainConfig, {"lr": 2e-3, "lr_min": 3e-3})
 
 
 def _ema_trajectory(decay: float, warmup: bool, values: list[float]) -> float:
@@ -78,21 +77,14 @@ def test_ema_warmup_is_diffusers_recurrence():
         make_ema(torch.nn.Linear(1, 1), 1.0)
 
 
-@dataclass
-class _RecipeConfig(TrainConfig):
-    lr_min: float = 0.0
-    ema_decay: float = 0.0
-    ema_warmup: bool = False
-
-
 def test_trainer_reads_the_recipe_fields(tmp_path):
-    """A config with lr_min / ema_decay / ema_warmup (fields the runs/ API adds) reaches the Trainer."""
+    """train.lr_min / ema_decay / ema_warmup reach the Trainer."""
     torch.manual_seed(0)
     model = torch.nn.Linear(2, 1)
     setup = TrainSetup(model, lambda g, n: {"x": torch.randn(n, 2, generator=g)},
                        lambda m, b: m(b["x"]).pow(2).squeeze(1))
-    cfg = _RecipeConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=2, lr_min=1e-4, ema_decay=0.5,
-                        ema_warmup=True, log_every=100, ckpt_every=100)
+    cfg = TrainConfig(steps=12, batch_size=8, lr=1e-2, warmup_steps=2, lr_min=1e-4, ema_decay=0.5,
+                      ema_warmup=True, log_every=100, ckpt_every=100)
     history = []
     tr = train(setup, cfg, tmp_path, {}, progress=False, stop_after=1)
     history.append([p.detach().clone() for p in model.parameters()])

@@ -29,3 +29,7 @@ class DiscreteDenoiser(Protocol):
 
 class UserError(ValueError):
     """Bad input from a user: the CLI prints its one-line message and exits with status 2."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on (non-finite loss, a lost rank): the CLI prints one line, exit 1."""

@@ -3,6 +3,8 @@
 import torch
 from torch import Tensor
 
+from diffspace.types import UserError
+
 
 def bcast(coef: Tensor, x: Tensor) -> Tensor:
     """Reshape a per-example coefficient (B,) to broadcast against x (B, ...)."""
@@ -61,8 +63,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from diffspace.types import UserError
-
         raise UserError(f"device {name!r} requested but CUDA is not available (use --device cpu or auto)")
     return torch.device(name)
 

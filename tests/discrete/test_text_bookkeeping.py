@@ -6,15 +6,15 @@ import torch
 from torch import nn
 
 from diffspace import rng
-from diffspace.cli.config import build
-from diffspace.discrete import task
-from diffspace.discrete.task import (
+from diffspace.config import build
+from diffspace.nets.transformer import Transformer, TransformerConfig
+from diffspace.runs import text as task
+from diffspace.runs.text import (
     TextConfig,
     generate_tokens,
     resolve_sampling,
     sample_tokens,
 )
-from diffspace.nets.transformer import Transformer, TransformerConfig
 from diffspace.types import UserError
 
 V, L = 10, 16  # data tokens; id V is the mask (and AR's start token)

@@ -9,7 +9,7 @@ import torch
 from scipy.stats import chisquare
 from torch import nn
 
-from diffspace.cli.config import build
+from diffspace.config import build
 from diffspace.discrete import sampling, sedd
 from diffspace.discrete.masked import bd3_loss, draw_noise, mask_tokens, masked_denoiser, mdlm_loss
 from diffspace.discrete.sampling import (
@@ -22,7 +22,7 @@ from diffspace.discrete.sampling import (
     sample_remasking,
 )
 from diffspace.discrete.schedules import SCHEDULES, make_schedule
-from diffspace.discrete.task import KINDS, SAMPLERS, TextConfig, generate_tokens
+from diffspace.runs.text import KINDS, SAMPLERS, TextConfig, generate_tokens
 from diffspace.types import UserError
 
 V = 6  # data tokens; id V is the mask

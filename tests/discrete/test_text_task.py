@@ -8,10 +8,10 @@ from collections import Counter
 import pytest
 import torch
 
-from diffspace.cli.config import TrainConfig, build, to_dict
+from diffspace.config import build, to_dict
 from diffspace.data import text as tx
-from diffspace.discrete.task import TextConfig, build_text_setup, encode_prompt, eval_text, sample_text
-from diffspace.train.loop import train
+from diffspace.runs.text import TextConfig, build_text_setup, encode_prompt, eval_text, sample_text
+from diffspace.train.loop import TrainConfig, train
 from diffspace.types import UserError
 
 PANGRAM = "the quick brown fox jumps over the lazy dog. "
@@ -117,9 +117,19 @@ def test_cli_train_sample_eval_and_bad_input(tmp_path, capsys):
     assert main(["train", str(tmp_path / "t.toml"), "--no-progress"]) == 0
     assert main(["sample", str(run), "--n", "3", "--steps", "2"]) == 0
     assert (run / "samples.txt").read_text().count("=== sample") == 3
+    assert main(["sample", str(run), "--n", "20"]) == 0  # --n honoured (it once wrote the config's n)
+    assert (run / "samples.txt").read_text().count("=== sample") == 20
+    assert main(["sample", str(run)]) == 0  # without --n: the config's [sample] n = 8
+    assert (run / "samples.txt").read_text().count("=== sample") == 8
     assert main(["eval", str(run)]) == 0
     assert "bits_per_char" in (run / "metrics.json").read_text()
     capsys.readouterr()
+    for flags, words in ((["--grid", "karras"], "text runs cannot use the option 'grid' (--grid)"),
+                         (["--cfg", "2"], "(--cfg)"), (["--nll"], "(--nll)"),
+                         (["--ppl", "--n", "5"], "do not apply with --ppl")):
+        assert main(["eval", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err
     bad = ["train", str(tmp_path / "t.toml"), "--overwrite", "--set", f"data.corpus={tmp_path / 'none.txt'}"]
     assert main(bad) == 2
     assert "text corpus not found" in capsys.readouterr().err
@@ -144,7 +154,7 @@ def test_bell_shaped_proposal_shapes_training_batches_only(tmp_path):
     stay uniform. With 16 tokens, k = floor(16 r) + 1 is in 5..11 when r is in [4/16, 11/16)."""
     from statistics import NormalDist
 
-    from diffspace.discrete.task import draw_batch, load_text_data
+    from diffspace.runs.text import draw_batch, load_text_data
 
     cfg = _tiny(tmp_path, "mdlm", loss={"proposal": "logit_normal"})
     data = load_text_data(cfg)

@@ -11,11 +11,10 @@ import pytest
 import torch
 from scipy.stats import chisquare
 
-from diffspace.cli.config import TrainConfig
 from diffspace.data.quantized import BINARY, Grid
 from diffspace.families.autoregressive import MADE, PixelCNN, ar_loss, sample_autoregressive
 from diffspace.rng import Streams
-from diffspace.train.loop import TrainSetup, train
+from diffspace.train.loop import TrainConfig, TrainSetup, train
 from diffspace.types import UserError
 
 P = 0.3  # P(pixel on) of the i.i.d. source

@@ -1,13 +1,15 @@
-"""The `diffspace` command line. Bad input exits 2 with one line; a failed run exits 1."""
+"""The `diffspace` command line: argparse -> option dataclasses -> `diffspace.runs`, then printing, files
+and exit codes. Bad input exits 2 with one line; a run that cannot go on exits 1 with one line."""
 
 import argparse
 import json
-import shutil
+import logging
 import signal
 import sys
 from pathlib import Path
 
-from diffspace.types import UserError
+from diffspace import __version__
+from diffspace.types import TrainingError, UserError
 
 EPILOG = "Run `diffspace COMMAND --help` for the options of each command."
 
@@ -30,27 +32,41 @@ def _add_sampling(p):
     p.add_argument("--sampler", help="sampler name (see `diffspace samplers`); default: the run's "
                                      "[sample] sampler")
     p.add_argument("--steps", type=int, help="number of steps; default: the run's [sample] steps")
-    p.add_argument("--grid", help="noise-level grid: karras, logsnr, uniform_t, leading, trailing, "
-                                  "linspace, or optimized (stored by `diffspace optimize-grid`); "
+    p.add_argument("--grid", help="continuous runs: noise-level grid: karras, logsnr, uniform_t, leading, "
+                                  "trailing, linspace, or optimized (stored by `diffspace optimize-grid`); "
                                   "default: the run's [sample] grid")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (samples depend only on it)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (sample i depends only on it and i)")
+    p.add_argument("--cfg", type=float, help="class-conditional runs: classifier-free guidance scale w "
+                                             "(0: unconditional, 1: conditional); default: 1")
+    p.add_argument("--eta", type=float, help="ddim: fraction of the posterior noise kept (0 = DDIM)")
+    p.add_argument("--churn", type=float, help="edm_sde: S_churn, the noise added per step")
+    p.add_argument("--snr", type=float, help="pc: signal-to-noise ratio of the Langevin corrector")
+    p.add_argument("--order", type=int, help="unipc / deis: order of the multistep predictor")
+
+
+SAMPLER_FLAGS = {"eta": "eta", "churn": "s_churn", "snr": "snr", "order": "order"}  # flag -> sampler option
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="diffspace", formatter_class=_Formatter, epilog=EPILOG,
                 description="Train, sample and evaluate diffusion and flow models in one design space.")
+    p.add_argument("--version", action="version", version=f"diffspace {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", formatter_class=_Formatter, help="train a model from a TOML config",
                        description="Train from a TOML config; writes a run directory (config, "
-                                   "checkpoints, log, loss plot).")
+                                   "checkpoints, log, loss plot). Nothing is written before the config, "
+                                   "data and model are known to be good.")
     t.add_argument("config", help="TOML config file (or a run directory with --resume)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     t.add_argument("--resume", action="store_true",
-                   help="continue the run in run.dir from its last checkpoint")
-    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+                   help="continue the run in the given directory (or run.dir) from its last checkpoint; "
+                        "with a larger --set train.steps, extend a finished run")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace a trained run in run.dir (only a directory diffspace created, holding "
+                        "only its files)")
     t.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_device(t)
@@ -59,12 +75,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Draw samples from a run directory or checkpoint file.")
     s.add_argument("run", help="run directory or checkpoint (.safetensors)")
     # why --num-samples: torchrun's own parser rejects "--n" as an ambiguous prefix of its options
-    s.add_argument("--n", "--num-samples", dest="n", type=int, default=10_000, help="number of samples")
-    s.add_argument("--out", default="",
-                   help="output .npz/.npy/.csv (default: RUN/samples.npz; text runs: RUN/samples.txt)")
-    s.add_argument("--prompt", default="", help="text runs: the text every sample continues")
-    s.add_argument("--block", type=int, default=0,
-                   help="text runs: block size L' for block diffusion / semi-AR decoding (0: the run's)")
+    s.add_argument("--n", "--num-samples", dest="n", type=int,
+                   help="number of samples; default: the run's [sample] n")
+    s.add_argument("--out", help="output .npz/.npy/.csv (default: RUN/samples.npz; text runs: "
+                                 "RUN/samples.txt)")
+    s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
+                   help="class-conditional runs: the class of the samples (several are cycled)")
+    s.add_argument("--prompt", help="text runs: the text every sample continues")
+    s.add_argument("--block", type=int, help="text runs: block size L' for block / semi-AR decoding")
+    s.add_argument("--temperature", type=float, help="text runs: sampling temperature")
+    s.add_argument("--top-k", type=int, help="text runs: keep the k most probable tokens (0: all)")
+    s.add_argument("--top-p", type=float, help="text runs: nucleus sampling mass (1: all)")
     _add_sampling(s)
     _add_device(s)
 
@@ -72,18 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Sample from a run and compare with held-out data; writes "
                                    "RUN/metrics.json and pictures, prints a summary.")
     e.add_argument("run", help="run directory or checkpoint (.safetensors)")
-    e.add_argument("--n", "--num-samples", dest="n", type=int, default=0,
-                   help="number of samples (0: the run's [eval] n)")
-    e.add_argument("--json", default="", help="also write the metrics to this file")
-    e.add_argument("--cfg", type=float, default=1.0,
-                   help="image runs: classifier-free guidance scale w (1: the conditional model)")
-    e.add_argument("--featurenet", default="",
-                   help="image runs: feature-net artifact (default: RUN/featurenet.safetensors, trained "
-                        "there on the run's data if missing)")
+    e.add_argument("--n", "--num-samples", dest="n", type=int,
+                   help="number of samples; default: the run's [eval] n (images: the test split)")
+    e.add_argument("--json", help="also write the metrics to this file")
+    e.add_argument("--featurenet", help="image runs: feature-net artifact (default: RUN/featurenet."
+                                        "safetensors, trained there on the run's data if missing)")
     e.add_argument("--nll", action="store_true",
                    help="continuous runs: also the PF-ODE NLL of the test split (nats, bits/dim, "
                         "standard error, NFE) and, for 8-bit-style image data, the DDPM bound")
-    e.add_argument("--nll-n", type=int, default=1000, help="test examples used by --nll")
+    e.add_argument("--nll-n", type=int, help="continuous runs: test examples used by --nll (default 1000)")
     e.add_argument("--ppl", action="store_true",
                    help="text runs: only bits/char and perplexity on the validation split")
     _add_sampling(e)
@@ -125,102 +143,111 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _sampler_options(args) -> dict:
+    given = {flag: getattr(args, flag) for flag in SAMPLER_FLAGS}
+    return {SAMPLER_FLAGS[flag]: v for flag, v in given.items() if v is not None}
+
+
 def cmd_train(args) -> None:
-    import torch
+    from diffspace import runs
+    from diffspace.config import to_dict, to_toml
+    from diffspace.train.distributed import is_main
 
-    from diffspace.cli.config import build, load_toml, to_dict, to_toml
-    from diffspace.cli.runs import checkpoint_of
-    from diffspace.cli.tasks import task_of
-    from diffspace.train.distributed import init_distributed, peer_guard
-    from diffspace.train.loop import train
-    from diffspace.utils import resolve_device
-
-    src = args.config
-    if args.resume and Path(src).is_dir():
-        from diffspace.train.checkpoint import load_checkpoint
-
-        data = load_checkpoint(checkpoint_of(src))[1]["config"]
-        from diffspace.cli.config import parse_override
-
-        for text in args.set:
-            keys, value = parse_override(text)
-            node = data
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-            node[keys[-1]] = value
-    else:
-        data = load_toml(src, args.set)
-    task = task_of(data, src)
-    cfg = build(task.config_cls, data, src)
-    record = to_dict(cfg)
     if args.dry_run:
-        print(to_toml(record))
+        print(to_toml(to_dict(runs.load_config(args.config, args.set, args.resume))))
         return
-    if args.accumulate < 1:
-        raise UserError(f"--accumulate must be >= 1, got {args.accumulate}")
-    run_dir = Path(cfg.run.dir)
-    device = init_distributed(resolve_device(args.device if args.device != "auto" else cfg.run.device))
-    _prepare_run_dir(run_dir, args, to_toml(record))
-    torch.manual_seed(cfg.run.seed)
-    setup, extra = task.build_setup(cfg, device)
-    with peer_guard(f"the last checkpoint in {run_dir / 'checkpoints'} is intact; continue with "
-                    f"`diffspace train {run_dir} --resume` (under torchrun or not)"):
-        tr = train(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=args.resume,
-                   accumulate=args.accumulate, progress=not args.no_progress, extra=extra)
-    if tr.rank == 0:
-        if task.after_train:
-            task.after_train(run_dir)
-        print(f"trained {tr.step} steps in {tr.elapsed:.0f} s; run directory: {run_dir}")
-
-
-def _prepare_run_dir(run_dir: Path, args, config_toml: str) -> None:
-    """Check the run directory on every rank, then let rank 0 alone clear it and write the config."""
-    from diffspace.train.distributed import barrier, is_main
-
-    if args.resume and not (run_dir / "checkpoints" / "last.safetensors").is_file():
-        raise UserError(f"--resume: no checkpoint in {run_dir}")
-    occupied = not args.resume and run_dir.exists() and any(run_dir.iterdir())
-    if occupied and not args.overwrite:
-        raise UserError(f"run directory {run_dir} is not empty; use --resume to continue it or "
-                        "--overwrite to replace it")
-    barrier()  # why: every rank looks before rank 0 changes anything, or they would see its config
+    run = runs.train(args.config, args.set, resume=args.resume, overwrite=args.overwrite,
+                     accumulate=args.accumulate, device=args.device, progress=not args.no_progress)
     if is_main():
-        if occupied:
-            shutil.rmtree(run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.toml").write_text(config_toml + "\n")
+        print(f"trained {run.step} steps in {run.meta['elapsed']:.0f} s; run directory: {run.dir}")
 
 
 def _load(args):
-    from diffspace.cli.runs import load_run
+    from diffspace import runs
     from diffspace.train.distributed import init_distributed
     from diffspace.utils import resolve_device
 
-    args.device_obj = init_distributed(resolve_device(args.device))
-    return load_run(args.run, args.device_obj)
+    return runs.load_run(args.run, init_distributed(resolve_device(args.device)))
+
+
+def _write_array(x, out: Path) -> None:
+    import numpy as np
+
+    from diffspace.runs.rundir import write_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
+    if out.suffix == ".npy":
+        np.save(tmp, x.numpy())
+    elif out.suffix == ".npz":
+        np.savez(tmp, samples=x.numpy())
+    elif out.suffix == ".csv":
+        rows = x.flatten(1).tolist()
+        write_atomic(out, "\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
+        return
+    else:
+        raise UserError(f"--out {out}: use a .npz, .npy or .csv file name")
+    tmp.replace(out)
 
 
 def cmd_sample(args) -> None:
-    from diffspace.cli.tasks import task_of
+    from diffspace import runs
+    from diffspace.eval.pictures import save_grid
+    from diffspace.eval.plots import scatter_2d
+    from diffspace.runs.rundir import write_atomic
     from diffspace.train.distributed import peer_guard
 
     run = _load(args)
+    opts = runs.SampleOptions(
+        n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
+        sampler_options=_sampler_options(args), guidance=args.cfg,
+        class_labels=tuple(args.class_labels) if args.class_labels else None, prompt=args.prompt,
+        block=args.block, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv")
+    if args.out and Path(args.out).suffix not in suffixes:
+        raise UserError(f"--out {args.out}: use a {', '.join(suffixes)} file name")
     with peer_guard("nothing was written"):
-        task_of(run.meta["config"], args.run).sample(run, args)
+        samples = runs.sample(run, opts)
+    if samples is None:  # a torchrun rank other than 0: it only helped
+        return
+    if isinstance(samples, list):  # text
+        out = Path(args.out) if args.out else run.dir / "samples.txt"
+        text = "".join(f"=== sample {i}\n{t}\n" for i, t in enumerate(samples))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(out, text)
+        print(text, end="")
+    else:
+        out = Path(args.out) if args.out else run.dir / "samples.npz"
+        _write_array(samples, out)
+        if samples.ndim == 4:
+            save_grid(samples[:100], out.with_suffix(".png"), ncols=10)
+        elif samples.ndim == 2 and samples.shape[1] >= 2:
+            from diffspace.runs.continuous import load_data
+
+            sc = run.cfg.sample
+            scatter_2d(samples, load_data(run.cfg)["x_test"], out.with_suffix(".png"),
+                       f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps")
+    print(f"wrote {len(samples)} samples to {out}")
 
 
 def cmd_eval(args) -> None:
-    from diffspace.cli.tasks import task_of
+    from diffspace import runs
     from diffspace.train.distributed import is_main, peer_guard
 
     run = _load(args)
+    opts = runs.EvalOptions(
+        n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
+        sampler_options=_sampler_options(args), guidance=args.cfg, featurenet=args.featurenet,
+        nll=args.nll, nll_n=args.nll_n, ppl_only=args.ppl)
     with peer_guard("no metrics were written"):
-        metrics = task_of(run.meta["config"], args.run).evaluate(run, args)
+        metrics = runs.evaluate(run, opts)
     if not is_main():  # the other ranks only helped sample
         return
     if args.json:
+        from diffspace.runs.rundir import write_atomic
+
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+        write_atomic(Path(args.json), json.dumps(metrics, indent=2) + "\n")
     width = max(len(k) for k in metrics)
     print(f"evaluation of {run.dir} (step {run.step})")
     for k, v in metrics.items():
@@ -228,9 +255,11 @@ def cmd_eval(args) -> None:
 
 
 def cmd_optimize_grid(args) -> None:
-    from diffspace.cli.continuous_run import optimize_grid_cmd
+    from diffspace import runs
 
-    optimize_grid_cmd(_load(args), args)
+    sigmas = runs.optimize_grid(_load(args), args.sampler, args.steps, args.n_calib, args.seed)
+    levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
+    print(f"stored the {args.steps}-step grid for {args.sampler} in {args.run}/grids.json: {levels}")
 
 
 def cmd_train_images_classifier(args) -> None:
@@ -250,12 +279,11 @@ def cmd_samplers(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from diffspace.cli.config import to_toml
-    from diffspace.cli.runs import checkpoint_of, run_dir_of
-    from diffspace.train.checkpoint import load_checkpoint
+    from diffspace.config import to_toml
+    from diffspace.runs.loading import read_run
+    from diffspace.runs.rundir import run_dir_of
 
-    ckpt = checkpoint_of(args.run)
-    tensors, meta = load_checkpoint(ckpt)
+    ckpt, tensors, meta = read_run(args.run)
     n_params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
     run_dir = run_dir_of(ckpt)
     print(f"checkpoint  {ckpt}\nstep        {meta['step']} of {meta['config']['train']['steps']}")
@@ -266,7 +294,9 @@ def cmd_info(args) -> None:
         print(f"last loss   {last['loss']:.5g} at step {last['step']}")
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
-        print("metrics     " + json.dumps(json.loads(metrics.read_text())))
+        m = json.loads(metrics.read_text())
+        stale = "" if m.get("step") == meta["step"] else f" (stale: from step {m.get('step')})"
+        print(f"metrics{stale}  " + json.dumps(m))
     print("\n" + to_toml(meta["config"]))
 
 
@@ -278,8 +308,8 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # why: `diffspace ... | head` exits quietly
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="diffspace: %(message)s", stream=sys.stderr)
     from diffspace.train.distributed import shutdown
-    from diffspace.train.loop import TrainingError
 
     try:
         COMMANDS[args.command](args)

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from diffspace.losses.vlb import ddpm_bound
 from diffspace.paths.ddpm import DDPMDiscrete
 from diffspace.samplers.likelihood import log_likelihood, per_example_draw
 from diffspace.types import UserError
@@ -110,8 +111,6 @@ def nll_report(denoiser, path, x: Tensor, *, levels: int | None = None,
     report["dequantization_offset_bits"] = bits_per_dim(dequantization_offset(dim, levels), dim)
     bound_path = path if bound_path is None and isinstance(path, DDPMDiscrete) else bound_path
     if bound_path is not None:
-        from diffspace.losses.vlb import ddpm_bound
-
         g = torch.Generator().manual_seed(seed)
         b = torch.cat([ddpm_bound(denoiser, xb, bound_path, n_t=bound_n_t, levels=levels, generator=g, **cb)
                        for _, xb, cb in _batches(x, cond, batch_size)])

@@ -23,8 +23,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as dist
 
-from diffspace.train.loop import TrainingError, world
-from diffspace.types import UserError
+from diffspace.types import TrainingError, UserError
 
 T = TypeVar("T")
 
@@ -40,6 +39,13 @@ def _timeout() -> timedelta:
     if seconds <= 0:
         raise UserError(f"DIFFSPACE_DIST_TIMEOUT={text!r}: expected a positive number of seconds")
     return timedelta(seconds=seconds)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without a process group."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 class Terminated(TrainingError):

@@ -26,11 +26,50 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from diffspace.cli.config import TrainConfig
+from diffspace.config import choice
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, split_prefix
-from diffspace.types import UserError
+from diffspace.train.distributed import stop_together, world
+from diffspace.types import TrainingError, UserError
 
 Batch = dict[str, Tensor]
+
+
+@dataclass
+class TrainConfig:
+    """The [train] section of every task's config."""
+
+    steps: int = 2000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    schedule: str = choice("cosine", "cosine", "constant")
+    grad_clip: float = 1.0
+    ema_halflife_steps: float = 100.0
+    ema_decay: float = 0.0  # > 0: a per-step EMA decay instead of the half-life (e.g. 0.999 as diffusers)
+    ema_warmup: bool = False  # decay min(d, (1 + n) / (10 + n)) at update n (diffusers' EMAModel)
+    lr_min: float = 0.0  # the cosine schedule decays from lr to lr_min
+    amp: str = choice("none", "none", "bf16")
+    log_every: int = 50
+    ckpt_every: int = 500
+    keep_every: int = 0  # also keep a numbered checkpoint every this many steps (0: only the last)
+    minutes: float = 0.0  # wall-clock cap: stop (and checkpoint) after this many minutes; 0 = none
+
+    def validate(self, src: str) -> None:
+        for key in ("steps", "batch_size", "log_every", "ckpt_every"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"{src}: train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("lr", "ema_halflife_steps"):
+            if not getattr(self, key) > 0:
+                raise UserError(f"{src}: train.{key} must be positive, got {getattr(self, key)}")
+        for key in ("weight_decay", "warmup_steps", "grad_clip", "keep_every", "minutes"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{src}: train.{key} must be >= 0, got {getattr(self, key)}")
+        if not 0 <= self.lr_min <= self.lr:
+            raise UserError(f"{src}: train.lr_min must be in [0, train.lr = {self.lr}], got {self.lr_min}")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"{src}: train.ema_decay must be in [0, 1) (0: use ema_halflife_steps), "
+                            f"got {self.ema_decay}")
 
 
 @dataclass
@@ -38,16 +77,6 @@ class TrainSetup:
     model: nn.Module
     batch: Callable[[torch.Generator, int], Batch]
     loss: Callable[[nn.Module, Batch], Tensor]
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on (non-finite loss, a lost rank): the CLI prints one line, exit 1."""
-
-
-def world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
@@ -75,12 +104,9 @@ def ema_decay_of(halflife_steps: float) -> float:
     return 0.5 ** (1.0 / halflife_steps)
 
 
-def lr_lambda(cfg: TrainConfig, lr_min: float = 0.0) -> Callable[[int], float]:
-    """Linear warmup, then cosine decay from cfg.lr to `lr_min`, or constant. Raises UserError unless
-    0 <= lr_min <= cfg.lr."""
-    if not 0 <= lr_min <= cfg.lr:
-        raise UserError(f"train.lr_min must be in [0, train.lr = {cfg.lr}], got {lr_min}")
-    floor = lr_min / cfg.lr
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Linear warmup, then cosine decay from cfg.lr to cfg.lr_min, or constant (a factor on cfg.lr)."""
+    floor = cfg.lr_min / cfg.lr
 
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -110,14 +136,12 @@ class Trainer:
                                 f"{self.world_size} x accumulation {accumulate}")
         self.accumulate = accumulate
         self.model = setup.model
-        # why getattr: TrainConfig gains ema_decay, ema_warmup and lr_min with the runs/ API (issue 12);
-        # until then every config keeps the half-life EMA and the cosine to 0
-        decay = getattr(cfg, "ema_decay", 0.0) or ema_decay_of(cfg.ema_halflife_steps)
-        self.ema = make_ema(self.model, decay, getattr(cfg, "ema_warmup", False))
+        decay = cfg.ema_decay or ema_decay_of(cfg.ema_halflife_steps)
+        self.ema = make_ema(self.model, decay, cfg.ema_warmup)
         fused = next(self.model.parameters()).is_cuda
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                      fused=fused or None)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg, getattr(cfg, "lr_min", 0.0)))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.elapsed = 0, 0.0
         self.ddp = self.model
@@ -205,22 +229,27 @@ def _trim_log(log: Path, step: int) -> None:
 
 def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed: int = 0,
           resume: bool = False, accumulate: int = 1, progress: bool = True,
-          stop_after: int | None = None, extra: dict | None = None) -> Trainer:
+          stop_after: int | None = None, extra: dict | None = None,
+          on_start: Callable[[Trainer], None] | None = None) -> Trainer:
     """Train until cfg.steps (or cfg.minutes, or `stop_after` steps in this call); return the Trainer.
 
     `record` is the resolved config stored in every checkpoint, `extra` more JSON metadata (e.g. the
     data shape needed to rebuild the model). With `resume`, continue from
-    run_dir/checkpoints/last.safetensors exactly where it stopped.
+    run_dir/checkpoints/last.safetensors exactly where it stopped. `on_start(trainer)` runs after the
+    checkpoint is restored and before the first step (a caller writes its files only then, once the
+    checkpoint is known to fit).
     """
     from tqdm import tqdm
 
     tr = Trainer(setup, cfg, run_dir, record, seed, accumulate, extra)
     log = tr.run_dir / "log.jsonl"
-    if tr.rank == 0:
-        tr.run_dir.mkdir(parents=True, exist_ok=True)
     if resume:
         tr.restore(tr.ckpt_path)
-        if tr.rank == 0:
+    if on_start is not None:
+        on_start(tr)
+    if tr.rank == 0:
+        tr.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
             _trim_log(log, tr.step)
     bar = tqdm(total=cfg.steps, initial=tr.step, disable=not progress or tr.rank != 0,
                dynamic_ncols=True, desc="train")
@@ -232,8 +261,6 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
         tr.elapsed = start_elapsed + time.perf_counter() - t0
         out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
         if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
-            from diffspace.train.distributed import stop_together
-
             out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
         stop = out_of_time or (stop_after is not None and run_steps >= stop_after)
         if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:

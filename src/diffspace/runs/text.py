@@ -8,7 +8,7 @@ start token.
 """
 
 import json
-import sys
+import logging
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace import rng
-from diffspace.cli.config import RunConfig, TrainConfig, choice
+from diffspace.config import choice
 from diffspace.data import text as tx
 from diffspace.discrete import evaluate as ev
 from diffspace.discrete import sedd
@@ -41,12 +41,18 @@ from diffspace.discrete.sampling import (
     sample_remasking,
 )
 from diffspace.discrete.schedules import SCHEDULES, make_schedule
+from diffspace.eval.plots import loss_curve
 from diffspace.losses.proposals import T_PROPOSALS
 from diffspace.nets.transformer import Transformer, TransformerConfig
+from diffspace.runs.loading import load_as
+from diffspace.runs.options import EvalOptions, Run, SampleOptions, Task
+from diffspace.runs.rundir import write_atomic
+from diffspace.runs.schema import RunConfig
 from diffspace.train.distributed import map_chunks
-from diffspace.train.loop import TrainSetup
+from diffspace.train.loop import TrainConfig, TrainSetup
 from diffspace.types import UserError
 
+log = logging.getLogger("diffspace")
 KINDS = ("mdlm", "llada", "sedd_absorb", "sedd_uniform", "bd3", "ar")
 COUNTED = ("mdlm", "bd3")  # the kinds whose NELBO loss.estimator = "count" can estimate
 SAMPLERS = {  # sampler names allowed per kind; the first is the default
@@ -392,73 +398,56 @@ def eval_text(net: nn.Module, cfg: TextConfig, data: TextData, ar_net: nn.Module
     return out
 
 
-# ---- `diffspace train / sample / eval` hooks (cli/tasks.py) ---------------------------------------
+# ---- the text task's record: train / sample / evaluate ---------------------------------------------
 
-def setup_for_cli(cfg: TextConfig, device: torch.device):
+def setup_for_run(cfg: TextConfig, device: torch.device):
     setup, data = build_text_setup(cfg, device)
     return setup, {"n_tokens": data.tok.size}
 
 
-def module_for_cli(cfg: TextConfig, meta: dict) -> nn.Module:
+def module_from_meta(cfg: TextConfig, meta: dict) -> nn.Module:
     return build_text_model(cfg, meta["n_tokens"])
 
 
 def after_train(run_dir: Path) -> None:
-    from diffspace.eval.plots import loss_curve
-
     loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
 
 
-def sample_cmd(run, args) -> None:
-    """Writes RUN/samples.txt (or --out) and prints the samples. Reads --n, --steps, --sampler, --seed,
-    and the text flags --prompt and --block when the CLI has them."""
-    cfg, data = run.cfg, load_text_data(run.cfg)
-    texts = sample_text(run.module, cfg, data.tok, _arg(args, "n", None), args.seed,
-                        _arg(args, "sampler", None), _arg(args, "steps", None), _arg(args, "prompt", None),
-                        _arg(args, "block", None))
-    if texts is None:  # a torchrun rank other than 0: it only helped
-        return
-    out = Path(args.out) if getattr(args, "out", "") else run.dir / "samples.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"=== sample {i}\n{t}\n" for i, t in enumerate(texts)))
-    for i, t in enumerate(texts):
-        print(f"=== sample {i}\n{t}")
-    print(f"wrote {len(texts)} samples to {out}")
+def text_sample(run: Run, opts: SampleOptions) -> list[str] | None:
+    """opts.n decoded samples (None on torchrun ranks other than 0); None fields take the run's [sample]."""
+    s = run.cfg.sample
+    if run.cfg.model.kind == "ar" and opts.steps is not None:
+        raise UserError("steps (--steps) do not apply to model.kind = 'ar', which decodes one token per call")
+    pick = lambda value, default: default if value is None else value
+    how = Sampling(pick(opts.temperature, s.temperature), pick(opts.top_k, s.top_k),
+                   pick(opts.top_p, s.top_p))
+    return sample_text(run.module, run.cfg, load_text_data(run.cfg).tok, opts.n, opts.seed, opts.sampler,
+                       opts.steps, opts.prompt, opts.block, how)
 
 
-def eval_cmd(run, args) -> dict:
-    """Bits/char (and perplexity) on the validation split; with --ppl only that, else also samples'
-    gen-ppl (under eval.ar_run, or the model itself if AR) and entropies. Writes RUN/metrics.json."""
-    from diffspace.cli.runs import load_run
-
+def text_evaluate(run: Run, opts: EvalOptions) -> dict:
+    """Bits/char (and perplexity) on the validation split; unless opts.ppl_only also the samples' gen-ppl
+    (under eval.ar_run, or the model itself if AR) and entropies. Rank 0 writes RUN/metrics.json."""
     cfg = run.cfg
+    if opts.ppl_only and (opts.n, opts.sampler, opts.steps) != (None, None, None):
+        raise UserError("--n, --sampler and --steps do not apply with --ppl, which draws no samples")
     ar_net = run.module if cfg.model.kind == "ar" else None
-    if ar_net is None and cfg.eval.ar_run:
+    if ar_net is None and cfg.eval.ar_run and not opts.ppl_only:
         if (Path(cfg.eval.ar_run) / "checkpoints" / "last.safetensors").is_file():
-            ar_net = load_run(cfg.eval.ar_run, next(run.module.parameters()).device).module
+            ar_net = load_as(TEXT, cfg.eval.ar_run, run.device).module
         else:
-            print(f"note: no AR run at {cfg.eval.ar_run}; generative perplexity is left out", file=sys.stderr)
-    metrics = eval_text(run.module, cfg, load_text_data(cfg), ar_net, args.seed,
-                        _arg(args, "sampler", None), _arg(args, "steps", None),
-                        bool(getattr(args, "ppl", False)))
+            log.warning("no AR run at %s; generative perplexity is left out", cfg.eval.ar_run)
+    metrics = eval_text(run.module, cfg, load_text_data(cfg), ar_net, opts.seed, opts.sampler, opts.steps,
+                        opts.ppl_only, opts.n)
     if metrics is None:  # a torchrun rank other than 0: it only helped
         return {}
-    metrics = {"step": run.step, **metrics}
-    (run.dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics = {"step": run.step, "seed": opts.seed, **metrics}
+    write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 
-# why: the shared `sample` parser's --n default is the continuous task's 10 000 points
-CONTINUOUS_DEFAULTS = {"n": 10_000}
-
-
-def _arg(args, name: str, default):
-    v = getattr(args, name, None)
-    return default if v is None or v == "" or v == 0 or CONTINUOUS_DEFAULTS.get(name) == v else v
-
-
-def text_task():
-    """The Task record that cli/tasks.py registers under "text"."""
-    from diffspace.cli.tasks import Task
-
-    return Task(TextConfig, setup_for_cli, module_for_cli, sample_cmd, eval_cmd, after_train)
+TEXT = Task("text", TextConfig, setup_for_run, module_from_meta, text_sample, text_evaluate,
+            sample_options=frozenset({"n", "seed", "sampler", "steps", "prompt", "block", "temperature",
+                                      "top_k", "top_p"}),
+            eval_options=frozenset({"n", "seed", "sampler", "steps", "ppl_only"}),
+            after_train=after_train)

@@ -1,17 +1,38 @@
-"""The only name -> object registries of the continuous task: data sources and networks."""
+"""The name -> object registries of the continuous task: data sources and networks.
+
+Building from a config is the edge where a bad setting becomes a one-line UserError: an error a data
+loader or a network constructor raises for its arguments (ValueError, an assertion, a shape error) is
+re-raised naming the config key.
+"""
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from diffspace.data.files import load_vectors
+from diffspace.data.images import load_image_data
 from diffspace.data.toy import TOY_SETS, make_toy
-from diffspace.eval.image_eval import image_data
 from diffspace.nets.dit import DiT
 from diffspace.nets.mlp import MLP
 from diffspace.nets.unet import UNet
 from diffspace.types import UserError
+
+IMAGE_DATA = ("digits", "lfw", "folder", "npz")
+
+
+@contextmanager
+def config_errors(what: str) -> Iterator[None]:
+    """Re-raise what building `what` from a config raises as one UserError line."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (ValueError, AssertionError, RuntimeError, OSError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot build {what}: {first}") from None
 
 
 def _toy(name: str):
@@ -33,8 +54,21 @@ def _file(cfg) -> dict:
     return {"x_train": x[perm[n_test:]], "x_test": x[perm[:n_test]]}
 
 
-DATA = {name: _toy(name) for name in TOY_SETS} | {"file": _file} | \
-    {name: image_data for name in ("digits", "lfw", "folder", "npz")}
+def _images(cfg) -> dict:
+    """Image data: train/test tensors and labels, split by run.seed."""
+    d = cfg.data
+    path = d.file or None
+    x, y = load_image_data(d.name, "train", cfg.run.seed, path, d.image_size)
+    xt, yt = load_image_data(d.name, "test", cfg.run.seed, path, d.image_size)
+    return {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
+
+
+DATA = {name: _toy(name) for name in TOY_SETS} | {"file": _file} | {name: _images for name in IMAGE_DATA}
+
+
+def load(cfg) -> dict:
+    with config_errors(f"data.name = {cfg.data.name!r}"):
+        return DATA[cfg.data.name](cfg)
 
 
 def _mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
@@ -64,4 +98,6 @@ NETS = {"mlp": _mlp, "unet": _unet, "dit": _dit}
 
 
 def make_net(cfg, shape: tuple[int, ...]) -> nn.Module:
-    return NETS[cfg.model.net](cfg, shape)
+    with config_errors(f"model.net = {cfg.model.net!r} with [model.{cfg.model.net}] for data of shape "
+                       f"{tuple(shape)}"):
+        return NETS[cfg.model.net](cfg, shape)

@@ -1,8 +1,7 @@
-"""The continuous task: vectors (and, through the data and net registries, images).
+"""The continuous task: vectors and images, any path x parameterization x loss x sampler.
 
 Config sections: [run] [data] [model] [loss] [train] [sample] [eval]. `build_*` functions turn a
-validated config into objects; this file and registries.py are the only places where names become
-objects.
+validated config into objects; with registries.py they are the only places where names become objects.
 """
 
 from dataclasses import dataclass, field
@@ -10,35 +9,43 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from diffspace.cli.config import RunConfig, TrainConfig, choice
-from diffspace.cli.registries import DATA, NETS, make_net
+from diffspace.config import choice
 from diffspace.losses import SIGMA_PROPOSALS, T_PROPOSALS, WEIGHTINGS, denoising_loss, flow_matching_loss
 from diffspace.nets.dit import DiTConfig
 from diffspace.nets.mlp import MLPConfig
 from diffspace.nets.unet import UNetConfig
 from diffspace.param import PREDICTIONS, DenoiserFromVelocity, EDMPrecond, NetDenoiser, NetVelocity
-from diffspace.paths import PATHS, GaussianPath
-from diffspace.train.loop import TrainSetup
+from diffspace.paths import PATHS, DDPMDiscrete, GaussianPath
+from diffspace.runs import registries
+from diffspace.runs.registries import DATA, IMAGE_DATA, NETS, make_net
+from diffspace.runs.schema import RunConfig
+from diffspace.samplers.grids import GRIDS
+from diffspace.samplers.registry import SAMPLERS
+from diffspace.train.loop import TrainConfig, TrainSetup
 from diffspace.types import UserError
+
+TABLE_GRIDS = ("leading", "trailing", "linspace")  # spacings of a DDPM table's integer timesteps
 
 
 @dataclass
 class DataConfig:
-    name: str = "checkerboard"  # a toy set, or "file" (with `file`)
-    file: str = ""  # .npy / .npz / .csv for name = "file"
+    name: str = "checkerboard"  # a toy set, "file" (with `file`), or image data (digits, lfw, folder, npz)
+    file: str = ""  # .npy / .npz / .csv for name = "file"; the folder or .npz for "folder" / "npz"
     key: str = ""  # array name inside a .npz
     n_train: int = 100_000  # toy sets: points generated for training
     n_test: int = 10_000  # toy sets: held-out points (evaluation baseline)
-    image_size: int = 24  # lfw: resize 25x25 to 24 or 32 (images: digits, lfw, folder, npz with `file`)
+    image_size: int = 24  # lfw: resize 25x25 to 24 or 32
 
 
 @dataclass
 class ModelConfig:
     net: str = "mlp"
     path: str = "edm"
-    prediction: str = choice("x0", *PREDICTIONS)
-    precond: str = choice("edm", "edm", "none")  # "edm": [EDM] preconditioning (path then sets only sampling)
-    sigma_data: float = 0.5
+    # how the network's output is read: "edm" = [EDM] preconditioning (the network predicts x0 through
+    # c_skip, c_out, c_in, c_noise; the path then sets only the sampling range), or a raw prediction on
+    # the path: x0, eps, v, score, velocity
+    parameterization: str = choice("edm", "edm", *PREDICTIONS)
+    sigma_data: float = 0.5  # [EDM] preconditioning's data scale
     num_classes: int = 0  # > 0: class-conditional, with a null class for guidance
     p_uncond: float = 0.1  # label dropout probability during training (conditional models)
     mlp: MLPConfig = field(default_factory=MLPConfig)
@@ -60,7 +67,7 @@ class LossConfig:
 class SampleConfig:
     sampler: str = "heun"
     steps: int = 18
-    grid: str = "karras"
+    grid: str = "karras"  # a name in samplers.grids.GRIDS, or "optimized" (`diffspace optimize-grid`)
     n: int = 10_000
 
 
@@ -81,23 +88,31 @@ class ContinuousConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self, src: str) -> None:
-        m, lo = self.model, self.loss
-        if m.path not in PATHS:
-            raise UserError(f"{src}: model.path = {m.path!r} is not one of {', '.join(PATHS)}")
-        if m.net not in NETS:
-            raise UserError(f"{src}: model.net = {m.net!r} is not one of {', '.join(NETS)}")
-        if self.data.name not in DATA:
-            raise UserError(f"{src}: data.name = {self.data.name!r} is not one of {', '.join(DATA)}")
-        if lo.objective == "flow" and (m.precond != "none" or m.prediction != "velocity"):
-            raise UserError(f"{src}: loss.objective = 'flow' needs model.precond = 'none' and "
-                            "model.prediction = 'velocity'")
-        for key, value in [("train.steps", self.train.steps), ("train.batch_size", self.train.batch_size),
-                           ("sample.steps", self.sample.steps), ("sample.n", self.sample.n),
-                           ("eval.n", self.eval.n)]:
+        m, lo, s = self.model, self.loss, self.sample
+        for key, value, names in (("model.path", m.path, PATHS), ("model.net", m.net, NETS),
+                                  ("data.name", self.data.name, DATA),
+                                  ("sample.sampler", s.sampler, SAMPLERS),
+                                  ("sample.grid", s.grid, [*GRIDS, "optimized"])):
+            if value not in names:
+                raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(names)}")
+        if s.grid in TABLE_GRIDS and not issubclass(PATHS[m.path], DDPMDiscrete):
+            raise UserError(f"{src}: sample.grid = {s.grid!r} spaces the timesteps of a DDPM table; "
+                            f"model.path = {m.path!r} has none (use karras, logsnr or uniform_t)")
+        if lo.objective == "flow" and m.parameterization != "velocity":
+            raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
+                            "model.parameterization = 'velocity'")
+        for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("eval.n", self.eval.n),
+                           ("model.sigma_data", m.sigma_data)]:
             if value <= 0:
                 raise UserError(f"{src}: {key} must be positive, got {value}")
         if not 0 <= m.p_uncond < 1:
             raise UserError(f"{src}: model.p_uncond must be in [0, 1), got {m.p_uncond}")
+        if m.num_classes < 0:
+            raise UserError(f"{src}: model.num_classes must be >= 0, got {m.num_classes}")
+
+    @property
+    def images(self) -> bool:
+        return self.data.name in IMAGE_DATA
 
 
 # ---- building objects from a config ---------------------------------------------------------
@@ -107,15 +122,15 @@ def build_path(cfg: ContinuousConfig) -> GaussianPath:
 
 
 def build_module(cfg: ContinuousConfig, shape: tuple[int, ...]) -> nn.Module:
-    """The trained module: a Denoiser, or for flow matching a VelocityField."""
+    """The trained module for examples of `shape`: a Denoiser, or for flow matching a VelocityField."""
     m = cfg.model
     net = make_net(cfg, shape)
     path = build_path(cfg)
     if cfg.loss.objective == "flow":
         return NetVelocity(net, path)
-    if m.precond == "edm":
+    if m.parameterization == "edm":
         return EDMPrecond(net, m.sigma_data)
-    return NetDenoiser(net, path, m.prediction)
+    return NetDenoiser(net, path, m.parameterization)
 
 
 def as_denoiser(cfg: ContinuousConfig, module: nn.Module):
@@ -135,9 +150,28 @@ def _draw_sigma_t(cfg: ContinuousConfig, path: GaussianPath, n: int,
     return path.sigma(t), t
 
 
+def _weight(cfg: ContinuousConfig, sigma: Tensor) -> Tensor:
+    name = cfg.loss.weighting
+    if name == "edm":
+        return WEIGHTINGS[name](sigma, cfg.model.sigma_data)
+    if name == "min_snr":
+        return WEIGHTINGS[name](sigma, cfg.loss.min_snr_gamma)
+    return WEIGHTINGS[name](sigma)
+
+
+def load_data(cfg: ContinuousConfig) -> dict:
+    """The run's data: x_train, x_test (and y_train, y_test for labelled images)."""
+    data = registries.load(cfg)
+    y = data.get("y_train")
+    if cfg.model.num_classes > 0 and (y is None or int(y.max()) >= cfg.model.num_classes):
+        have = "no labels" if y is None else f"labels up to {int(y.max())}"
+        raise UserError(f"model.num_classes = {cfg.model.num_classes} but data {cfg.data.name!r} has {have}")
+    return data
+
+
 def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup, dict]:
-    """The TrainSetup and the data (dict with x_train, x_test, y_train, y_test) for a config."""
-    data = DATA[cfg.data.name](cfg)
+    """The TrainSetup for a config and the metadata a checkpoint needs to rebuild the module."""
+    data = load_data(cfg)
     x_train = data["x_train"].to(device)
     y_train = data.get("y_train")
     y_train = None if y_train is None else y_train.to(device)
@@ -162,15 +196,8 @@ def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup
         weight = _weight(cfg, b["sigma"])
         return denoising_loss(model, b["x0"], b["sigma"], weight, eps=b["eps"], **cond)
 
-    return TrainSetup(module, batch, loss), data
+    return TrainSetup(module, batch, loss), {"data_shape": list(x_train.shape[1:])}
 
 
-def _weight(cfg: ContinuousConfig, sigma: Tensor) -> Tensor:
-    name = cfg.loss.weighting
-    if name == "edm":
-        return WEIGHTINGS[name](sigma, cfg.model.sigma_data)
-    if name == "min_snr":
-        return WEIGHTINGS[name](sigma, cfg.loss.min_snr_gamma)
-    return WEIGHTINGS[name](sigma)
-
-
+def module_from_meta(cfg: ContinuousConfig, meta: dict) -> nn.Module:
+    return build_module(cfg, tuple(meta["data_shape"]))

@@ -1,14 +1,16 @@
 """Strict TOML configs as nested dataclasses.
 
-Unknown keys, wrong types and bad values fail with one line naming the key and the file. Each field
-may declare `choices` in its metadata; `--set a.b=value` overrides are parsed as TOML values.
+Unknown keys, wrong types and bad values fail with one line (UserError) naming the key and the file.
+Each field may declare `choices` in its metadata; a dataclass may define `validate(src)` for checks
+across fields; `key=value` overrides (the CLI's `--set`) are parsed as TOML values.
 """
 
+import copy
 import dataclasses
 import tomllib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -18,30 +20,6 @@ from diffspace.types import UserError
 def choice(default, *options):
     """A field whose value must be one of `options`."""
     return field(default=default, metadata={"choices": options})
-
-
-@dataclass
-class RunConfig:
-    dir: str = "runs/default"
-    seed: int = 0
-    device: str = choice("auto", "auto", "cpu", "cuda")
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 2000
-    batch_size: int = 512
-    lr: float = 2e-3
-    weight_decay: float = 0.0
-    warmup_steps: int = 100
-    schedule: str = choice("cosine", "cosine", "constant")
-    grad_clip: float = 1.0
-    ema_halflife_steps: float = 100.0
-    amp: str = choice("none", "none", "bf16")
-    log_every: int = 50
-    ckpt_every: int = 500
-    keep_every: int = 0  # also keep a numbered checkpoint every this many steps (0: only the last)
-    minutes: float = 0.0  # wall-clock cap: stop (and checkpoint) after this many minutes; 0 = none
 
 
 def _type_name(tp) -> str:
@@ -98,7 +76,7 @@ def build(cls, data: dict, src: str = "<config>", prefix: str = ""):
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'train.steps=100' -> (['train', 'steps'], 100). Values are TOML; bare words become strings."""
     if "=" not in text:
-        raise UserError(f"--set expects key=value, got {text!r}")
+        raise UserError(f"an override must be key=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
@@ -107,23 +85,30 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def load_toml(path: str | Path, overrides: list[str] = ()) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{p}: malformed TOML ({e})") from None
+def apply_overrides(data: dict, overrides: list[str] = ()) -> dict:
+    """A copy of the nested dict `data` with each 'a.b=value' override set."""
+    data = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
         node = data
         for k in keys[:-1]:
             node = node.setdefault(k, {})
             if not isinstance(node, dict):
-                raise UserError(f"--set {text}: {k!r} is not a table")
+                raise UserError(f"override {text!r}: {k!r} is not a table")
         node[keys[-1]] = value
     return data
+
+
+def load_toml(path: str | Path, overrides: list[str] = ()) -> dict:
+    """Read a TOML file into a dict and apply overrides; UserError if missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: malformed TOML ({e})") from None
+    return apply_overrides(data, overrides)
 
 
 def to_dict(cfg) -> dict:

@@ -1,0 +1,267 @@
+"""Why a diffspace-trained eps-network sampled badly with the ODE, and the diffusers recipe as a config.
+
+Issue 13 item 7: the eps-MLP of benchmarks/samplers.toml had an adaptive PF-ODE sliced W2 of 1.18 on
+the checkerboard where a diffusers-style training of an MLP on the same DDPM table reached 0.033. This
+script trains, each from scratch and single-threaded:
+
+  reference   the recipe in plain PyTorch: PlainMLP (4 x 128 SiLU on [x, 128 sinusoidal features of
+              the integer timestep]), diffusers' float32 table, x_t = sqrt(abar_k) x0 + sqrt(1 - abar_k)
+              eps with k ~ U{0..999}, eps MSE, Adam 5000 x 1024, lr 2e-3, 100 warmup steps, cosine to
+              2e-5, EMA 0.999 with the warmup of diffusers' EMAModel;
+  config      the same recipe through diffspace: configs/ddpm-eps-checkerboard.toml (proposal `table_t`,
+              `denoising_loss` with the eps weighting through NetDenoiser, the Trainer with lr_min and
+              ema_decay / ema_warmup);
+  and the config with one thing changed (VARIANTS, ABLATION).
+
+Each network, as NetDenoiser(net, DDPMDiscrete(), "eps") with its EMA weights, is sampled from the same
+10k noises (x_T ~ N(0, I) at t = 1, sigma_max = 157) by the adaptive PF-ODE (dopri5, rtol = atol =
+1e-5) and compared with 10k held-out points: sliced W2 over 256 fixed directions
+(diffspace.eval.metrics). Beside it: the same ODE with the checkerboard's exact denoiser (the best any
+network can do on these noises), the held-out-vs-train floor, the ODE's NFE, the share of samples
+outside [-2.5, 2.5]^2 and the largest sample norm, and the eps error at t = 1 against the exact
+denoiser by the radius |x_T| (10k standard normal noises reach |x_T| = 4.5).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py             # VARIANTS, 2 at a time
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --ablation  # one change at a time
+    .venv/bin/python benchmarks/eps_recipe.py --report                      # md from the json
+
+Writes benchmarks/results/eps_recipe{,_ablation}.{json,md}.
+"""
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from diffspace.config import build, load_toml
+from diffspace.data.toy import checkerboard_denoiser, make_toy
+from diffspace.eval.metrics import sliced_w2
+from diffspace.losses import T_PROPOSALS, WEIGHTINGS, denoising_loss
+from diffspace.losses.proposals import table_t
+from diffspace.nets.mlp import MLP, PlainMLP
+from diffspace.param import NetDenoiser
+from diffspace.paths.ddpm import DDPMDiscrete
+from diffspace.samplers.ode import CountingDenoiser, sample_adaptive
+from diffspace.train.loop import TrainConfig, TrainSetup, train
+
+ROOT = Path(__file__).resolve().parent
+CONFIG = ROOT.parent / "configs" / "ddpm-eps-checkerboard.toml"
+CACHE = ROOT / "cache" / "eps_recipe"
+N, N_PROJ, RADII = 10_000, 256, (1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
+
+# name -> --set overrides of the config (None: the plain-PyTorch reference)
+VARIANTS = {
+    "reference (plain PyTorch)": None,
+    "config": [],
+    "config, EMA without warmup": ["train.ema_warmup=false"],
+    "config, residual MLP (today's `mlp`)": ["model.net=mlp"],
+    "config, residual MLP without output LayerNorm": ["model.net=mlp", "model.mlp.out_norm=false"],
+}
+ABLATION = {
+    "config": [],
+    "proposal stratified (continuous t)": ["loss.proposal=stratified"],
+    "EMA half-life 200 steps, no warmup": ["train.ema_decay=0.0", "train.ema_halflife_steps=200.0",
+                                           "train.ema_warmup=false"],
+    "lr to 0": ["train.lr_min=0.0"],
+    "grad clip 1": ["train.grad_clip=1.0"],
+    "4000 steps": ["train.steps=4000"],
+    "seed 1": ["run.seed=1"],
+    "residual MLP, recipe of samplers.toml": [
+        "model.net=mlp", "loss.proposal=stratified", "train.ema_decay=0.0", "train.ema_halflife_steps=200.0",
+        "train.lr_min=0.0", "train.grad_clip=1.0", "train.steps=4000", "train.ema_warmup=false"],
+    "the same, without output LayerNorm": [
+        "model.net=mlp", "model.mlp.out_norm=false", "loss.proposal=stratified", "train.ema_decay=0.0",
+        "train.ema_halflife_steps=200.0", "train.lr_min=0.0", "train.grad_clip=1.0", "train.steps=4000",
+        "train.ema_warmup=false"],
+}
+
+
+# ---- (a) the recipe in plain PyTorch ---------------------------------------------------------------
+
+def train_reference(seed: int = 0, steps: int = 5000, batch: int = 1024) -> torch.nn.Module:
+    """The diffusers way, written out; returns the EMA network."""
+    torch.manual_seed(seed)
+    net = PlainMLP(2, 128, 4)
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    warmup, lr, lr_min = 100, 2e-3, 2e-5
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+
+    def factor(s: int) -> float:  # linear warmup, then a cosine from lr to lr_min
+        if s < warmup:
+            return (s + 1) / warmup
+        return (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))) / lr
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)  # float32, as diffusers builds it
+    data = make_toy("checkerboard", 100_000, seed, "train")
+    g = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        x0 = data[torch.randint(len(data), (batch,), generator=g)]
+        k = torch.randint(0, 1000, (batch,), generator=g)
+        eps = torch.randn(batch, 2, generator=g)
+        x_t = abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps
+        loss = (net(x_t, k.float()) - eps).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        decay = min(0.999, (1 + step) / (10 + step)) if step else 0.0  # diffusers' EMAModel default
+        with torch.no_grad():
+            for name, v in net.state_dict().items():
+                ema[name].lerp_(v, 1 - decay)
+    net.load_state_dict(ema)
+    return net
+
+
+# ---- (b) the config through diffspace --------------------------------------------------------------
+
+def build_net(model: dict) -> torch.nn.Module:
+    mlp = model.get("mlp", {})
+    if model["net"] == "plain_mlp":
+        return PlainMLP(2, mlp["hidden"], mlp["depth"])
+    return MLP(2, mlp["hidden"], mlp["depth"], out_norm=mlp.get("out_norm", True))
+
+
+def train_config(overrides: list[str], run_dir: Path) -> torch.nn.Module:
+    """The config with overrides, built from the library's parts (until the runs/ registries know
+    plain_mlp, model.mlp.out_norm and the 'table' proposal; then this is runs.train); returns the EMA
+    network."""
+    cfg = load_toml(CONFIG, overrides)
+    model, loss, seed = cfg["model"], cfg["loss"], cfg["run"]["seed"]
+    assert (model["path"], model["prediction"], loss["weighting"]) == ("ddpm", "eps", "eps")
+    tc = build(TrainConfig, cfg["train"], str(CONFIG), "train.")
+    path = DDPMDiscrete()
+    torch.manual_seed(seed)
+    module = NetDenoiser(build_net(model), path, "eps")
+    data = make_toy(cfg["data"]["name"], 100_000, seed, "train")
+
+    def batch(g: torch.Generator, n: int) -> dict:
+        idx = torch.randint(len(data), (n,), generator=g)
+        t = table_t(n, g, path) if loss["proposal"] == "table" else \
+            T_PROPOSALS[loss["proposal"]](n, g, path.t_min, path.t_max)
+        return {"x0": data[idx], "sigma": path.sigma(t), "eps": torch.randn(n, 2, generator=g)}
+
+    def per_example(m, b: dict) -> torch.Tensor:
+        return denoising_loss(m, b["x0"], b["sigma"], WEIGHTINGS["eps"](b["sigma"]), eps=b["eps"])
+
+    tr = train(TrainSetup(module, batch, per_example), tc, run_dir, cfg, seed=seed, progress=False)
+    return tr.ema.module.net
+
+
+# ---- measurements ----------------------------------------------------------------------------------
+
+def ode_samples(denoiser, path: DDPMDiscrete) -> tuple[torch.Tensor, int]:
+    """The adaptive PF-ODE from the fixed 10k noises at t = 1 (x_T ~ N(0, I)), and its NFE."""
+    noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(0))
+    counter = CountingDenoiser(denoiser)
+    with torch.no_grad():
+        x = sample_adaptive(counter, noise * math.sqrt(1 + path.sigma_max**2), path.sigma_max,
+                            path.sigma_min, rtol=1e-5, atol=1e-5)
+    return x, counter.nfe
+
+
+def eps_error_by_radius(denoiser, path: DDPMDiscrete) -> dict[str, float]:
+    """RMS of eps_hat - eps_exact at t = 1 on 256 directions of x_T = r u, per radius r."""
+    ang = torch.arange(256, dtype=torch.float64) * (2 * math.pi / 256)
+    u = torch.stack([ang.cos(), ang.sin()], 1)
+    sigma, out = path.sigma_max, {}
+    for r in RADII:
+        x = r * u * math.sqrt(1 + sigma**2)  # EDM space
+        s = torch.full((len(x),), sigma, dtype=torch.float64)
+        with torch.no_grad():
+            x0_hat = denoiser(x.float(), s.float()).double()
+        out[str(r)] = float(((checkerboard_denoiser(x, s) - x0_hat) / sigma).pow(2).sum(1).mean().sqrt())
+    return out
+
+
+def measure(denoiser, path: DDPMDiscrete, heldout: torch.Tensor) -> dict:
+    x, nfe = ode_samples(denoiser, path)
+    return {"sw2": sliced_w2(x, heldout, n_proj=N_PROJ), "nfe": nfe,
+            "outside": float((x.abs() > 2.5).any(1).double().mean()), "largest": float(x.norm(dim=1).max()),
+            "eps_error_t1": eps_error_by_radius(denoiser, path)}
+
+
+def run_variant(item: tuple[str, list[str] | None]) -> tuple[str, dict]:
+    name, overrides = item
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    path = DDPMDiscrete()
+    if overrides is None:
+        net = train_reference()
+    else:
+        net = train_config(overrides, CACHE / name.replace(" ", "_").replace(",", ""))
+    train_s = time.perf_counter() - t0
+    res = measure(NetDenoiser(net.eval(), path, "eps"), path, make_toy("checkerboard", N, 0, "test"))
+    res |= {"overrides": overrides, "train_s": train_s}
+    print(f"{name}: sliced W2 {res['sw2']:.4f} ({train_s:.0f} s)", flush=True)
+    return name, res
+
+
+def baselines() -> dict:
+    path, heldout = DDPMDiscrete(), make_toy("checkerboard", N, 0, "test")
+    exact = measure(checkerboard_denoiser, path, heldout)
+    return {"heldout_vs_train": sliced_w2(make_toy("checkerboard", N, 0, "train"), heldout, n_proj=N_PROJ),
+            "exact_denoiser": exact}
+
+
+# ---- report ----------------------------------------------------------------------------------------
+
+def write_markdown(result: dict, out: Path) -> None:
+    base = result["baselines"]
+    lines = [
+        "## eps-networks on the DDPM table: recipe and ODE sampling", "",
+        f"Measured by `{result['command']}` ({result['machine']}). Adaptive PF-ODE (dopri5, rtol = atol "
+        f"= 1e-5) from the same {N} noises at t = 1; sliced W2 ({N_PROJ} directions) to {N} held-out points. "
+        f"Held-out vs train: {base['heldout_vs_train']:.4f}; the same ODE with the exact denoiser of the "
+        f"checkerboard: {base['exact_denoiser']['sw2']:.4f} ({base['exact_denoiser']['nfe']} NFE). "
+        "'outside': share of samples outside [-2.5, 2.5]^2 (the data fill [-2, 2]^2); 'largest': the "
+        "largest sample norm. 'eps error at t = 1': RMS of eps_hat - eps_exact at x_T = r u over 256 "
+        "directions u.", "",
+        "| network and recipe | sliced W2 | NFE | outside | largest | eps error at t = 1, r = "
+        + " / ".join(str(r) for r in RADII) + " | training s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in result["variants"].items():
+        err = " / ".join(f"{r['eps_error_t1'][str(x)]:.1e}" for x in RADII)
+        lines.append(f"| {name} | {r['sw2']:.4f} | {r['nfe']} | {r['outside']:.4f} | {r['largest']:.1f} | "
+                     f"{err} | {r['train_s']:.0f} |")
+    lines += ["", "Overrides of `configs/ddpm-eps-checkerboard.toml` per row:", ""]
+    lines += [f"- {name}: `{' '.join(r['overrides'])}`" for name, r in result["variants"].items()
+              if r["overrides"]]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--ablation", action="store_true", help="one change at a time (ABLATION)")
+    ap.add_argument("--jobs", type=int, default=2, help="variants trained at once, one thread each")
+    ap.add_argument("--report", action="store_true", help="rewrite the md from the json")
+    args = ap.parse_args()
+    stem = ROOT / "results" / ("eps_recipe_ablation" if args.ablation else "eps_recipe")
+    if args.report:
+        write_markdown(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md"))
+        return
+    torch.set_num_threads(1)
+    variants = ABLATION if args.ablation else VARIANTS
+    with ProcessPoolExecutor(args.jobs) as pool:
+        done = dict(pool.map(run_variant, variants.items()))
+    result = {
+        "command": "benchmarks/eps_recipe.py " + " ".join(sys.argv[1:]),
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                   f"1 thread per variant, {args.jobs} at once, shared CPU",
+        "baselines": baselines(), "variants": {name: done[name] for name in variants},
+    }
+    stem.parent.mkdir(exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    write_markdown(result, stem.with_suffix(".md"))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

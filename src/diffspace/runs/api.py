@@ -1,0 +1,164 @@
+"""The verbs of the runs layer: what the CLI does, for Python users, returning tensors and dicts.
+
+    cfg = load_config("configs/demo.toml", ["train.steps=500", "run.dir=runs/mine"])
+    run = train(cfg)                                   # writes runs/mine, returns the trained Run
+    run = load_run("runs/mine")                        # EMA weights, eval mode
+    x = sample(run, SampleOptions(n=1000, sampler="dpmpp_2m", steps=10))
+    metrics = evaluate(run, EvalOptions(nll=True))
+
+Nothing here prints: notes go to the "diffspace" logger, errors are UserError (bad input) or
+TrainingError (a run that cannot go on).
+"""
+
+import copy
+import dataclasses
+import logging
+from pathlib import Path
+
+import torch
+
+from diffspace.config import apply_overrides, build, load_toml, to_dict, to_toml
+from diffspace.runs import rundir, sampling
+from diffspace.runs.continuous import load_data
+from diffspace.runs.evaluation import nll_metrics
+from diffspace.runs.loading import build_run, read_run
+from diffspace.runs.options import EvalOptions, Run, SampleOptions, check_options
+from diffspace.runs.tasks import TASKS, task_of
+from diffspace.train.checkpoint import load_checkpoint
+from diffspace.train.distributed import barrier, init_distributed, is_main, peer_guard
+from diffspace.train.loop import TrainConfig, Trainer, lr_lambda
+from diffspace.train.loop import train as train_loop
+from diffspace.types import UserError
+from diffspace.utils import resolve_device
+
+log = logging.getLogger("diffspace")
+
+
+def _absolute_files(data: dict) -> dict:
+    """Paths in the config that name existing files or folders, made absolute (a run can then be resumed,
+    sampled and evaluated from any working directory)."""
+    out = copy.deepcopy(data)
+    for section, key in (("data", "file"), ("data", "corpus"), ("eval", "ar_run")):
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str) and value and Path(value).exists():
+            out[section][key] = str(Path(value).resolve())
+    return out
+
+
+def load_config(source, overrides: list[str] = (), resume: bool = False):
+    """A validated config dataclass from a TOML file (or dict, or config dataclass) and 'key=value'
+    overrides; with `resume` and a run directory, the run's own stored config. UserError on bad input."""
+    if dataclasses.is_dataclass(source):
+        source = to_dict(source)
+    if isinstance(source, dict):
+        data, src = apply_overrides(source, overrides), "<config>"
+    elif resume and Path(source).is_dir():
+        ckpt = rundir.checkpoint_of(source)
+        data, src = apply_overrides(load_checkpoint(ckpt)[1]["config"], overrides), str(ckpt)
+    else:
+        data, src = load_toml(source, overrides), str(source)
+    task = task_of(data, src)
+    return build(task.config_cls, _absolute_files(data), src)
+
+
+def _lr_at(train_cfg: TrainConfig, step: int) -> float:
+    return train_cfg.lr * lr_lambda(train_cfg)(step)
+
+
+def _note_extension(old_train: dict, new_train: TrainConfig, step: int) -> None:
+    """Say what continuing a run with another [train] schedule does to its learning rate."""
+    old = build(TrainConfig, old_train, "the run's stored config")
+    if (old.steps, old.lr, old.warmup_steps, old.schedule) == (new_train.steps, new_train.lr,
+                                                              new_train.warmup_steps, new_train.schedule):
+        return
+    log.warning("continuing from step %d to %d: the %s learning-rate schedule is recomputed for %d steps, so "
+                "the learning rate at step %d goes from %.3g to %.3g", step, new_train.steps,
+                new_train.schedule, new_train.steps, step, _lr_at(old, step), _lr_at(new_train, step))
+
+
+def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite: bool = False,
+          accumulate: int = 1, device: str = "auto", progress: bool = False) -> Run:
+    """Train a run and return it (EMA weights, eval mode).
+
+    `config`: a TOML file, a dict or a config dataclass; with `resume`, a run directory (or a config
+    whose run.dir holds a checkpoint). Nothing is written before the config is validated, the data and
+    model are built and (for `resume`) the checkpoint is known to fit; see runs/rundir.py for what may
+    be overwritten. Under torchrun every rank calls this; rank 0 alone writes.
+    """
+    if accumulate < 1:
+        raise UserError(f"accumulate must be >= 1, got {accumulate}")
+    cfg = load_config(config, overrides, resume)
+    task = TASKS[cfg.task]
+    run_dir = Path(config) if resume and not isinstance(config, dict) and Path(config).is_dir() \
+        else Path(cfg.run.dir)
+    cfg.run.dir = str(run_dir)
+    record = to_dict(cfg)
+    dev = init_distributed(resolve_device(device if device != "auto" else cfg.run.device))
+    plan = rundir.plan_start(run_dir, resume=resume, overwrite=overwrite)
+    old = load_checkpoint(rundir.checkpoint_of(run_dir))[1] if resume else None
+    if old is not None and cfg.train.steps <= old["step"]:
+        raise UserError(f"the run in {run_dir} is at step {old['step']}; train.steps = {cfg.train.steps} "
+                        f"would train nothing (set a larger train.steps to extend it)")
+    torch.manual_seed(cfg.run.seed)
+    setup, meta = task.build_setup(cfg, dev)
+
+    def on_start(tr: Trainer) -> None:
+        """Runs once the checkpoint (if any) is restored: only now do files change."""
+        if old is not None:
+            _note_extension(old["config"]["train"], cfg.train, tr.step)
+        if is_main():
+            if old is not None:
+                moved = rundir.retire_derived(run_dir, old["step"])
+                if moved:
+                    log.info("moved %s (from the weights at step %d) to %s", ", ".join(moved), old["step"],
+                             run_dir / "stale")
+            rundir.start(run_dir, plan, to_toml(record))
+        barrier()
+
+    with peer_guard(f"the last checkpoint in {run_dir / 'checkpoints'} is intact; continue with "
+                    f"`diffspace train {run_dir} --resume` (under torchrun or not)"):
+        tr = train_loop(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=resume,
+                        accumulate=accumulate, progress=progress, extra=meta, on_start=on_start)
+    if tr.rank == 0 and task.after_train:
+        task.after_train(run_dir)
+    meta = {"step": tr.step, "elapsed": tr.elapsed, "config": record, **meta}
+    return Run(task.name, cfg, tr.ema.module.eval(), run_dir, tr.step, meta)
+
+
+def load_run(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Run:
+    """Rebuild the trained module of a run directory or checkpoint file (EMA weights by default)."""
+    ckpt, tensors, meta = read_run(path)
+    return build_run(task_of(meta["config"], str(ckpt)), ckpt, tensors, meta, device, ema)
+
+
+def sample(run: Run, options: SampleOptions | None = None):
+    """Samples of a run: a tensor (n, ...) for continuous runs, a list of strings for text runs; None on
+    torchrun ranks other than 0 (they help draw). Options a task cannot honour are refused."""
+    task, options = TASKS[run.task], options or SampleOptions()
+    check_options(options, task.sample_options, run.task)
+    return task.sample(run, options)
+
+
+def evaluate(run: Run, options: EvalOptions | None = None) -> dict:
+    """The run's metrics beside their data baselines, with the protocol (seed, n, sampler, steps);
+    also written to RUN/metrics.json by rank 0. {} on other torchrun ranks."""
+    task, options = TASKS[run.task], options or EvalOptions()
+    check_options(options, task.eval_options, run.task)
+    return task.evaluate(run, options)
+
+
+def log_likelihood(run: Run, n: int = 1000, seed: int = 0) -> dict:
+    """PF-ODE NLL of the first n test examples of a continuous run (nats, bits/dim, standard errors, NFE;
+    on 8x8 digits also the DDPM bound)."""
+    if run.task != "continuous":
+        raise UserError(f"log_likelihood needs a continuous run; {run.dir} is a {run.task} run "
+                        "(text runs report bits/char through evaluate)")
+    return nll_metrics(run, load_data(run.cfg), EvalOptions(nll=True, nll_n=n, seed=seed))
+
+
+def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512,
+                  seed: int = 0) -> torch.Tensor:
+    """Fit and store a sampler's `steps`-level grid for a continuous run (see runs.sampling.optimize_grid)."""
+    if run.task != "continuous":
+        raise UserError(f"optimize-grid needs a continuous run; {run.dir} is a {run.task} run")
+    return sampling.optimize_grid(run, sampler, steps, n_calib, seed)

@@ -1,0 +1,154 @@
+"""Evaluating a continuous run: samples against held-out data (sliced W2 and MMD for vectors; FID, KID,
+precision/recall and CAS on feature-net features for images), each beside its data-vs-data baseline,
+and the PF-ODE NLL of the test split.
+
+Under torchrun every rank helps draw the samples (whole chunks dealt as in `runs.sampling.generate`);
+rank 0 alone trains or loads the feature net, computes the metrics and writes RUN/metrics.json, so the
+feature net is trained once. The real-vs-real image baseline compares the test split with the train
+split's statistics; the samples, as many as the test split, are compared with the same train
+statistics, so both numbers carry the same finite-sample bias ([FID] arXiv 1706.08500).
+"""
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffspace.eval.bits import nll_report
+from diffspace.eval.featurenet import features, load_classifier, train_featurenet
+from diffspace.eval.image_eval import balanced_labels, score_samples
+from diffspace.eval.image_metrics import feature_stats
+from diffspace.eval.metrics import mmd_rbf, sliced_w2
+from diffspace.eval.pictures import save_grid, save_trajectory
+from diffspace.eval.plots import scatter_2d
+from diffspace.rng import Streams
+from diffspace.runs.continuous import as_denoiser, build_path, load_data
+from diffspace.runs.options import EvalOptions, Run, check_positive
+from diffspace.runs.rundir import write_atomic
+from diffspace.runs.sampling import generate, guided_denoiser, run_sigmas, sample_chunk, sampler_fn
+from diffspace.train.distributed import is_main
+from diffspace.types import UserError
+
+log = logging.getLogger("diffspace")
+DIGITS_LEVELS = 17  # sklearn's digits take 17 grey values (0..16)
+
+
+def _protocol(run: Run, opts: EvalOptions) -> dict:
+    sc = run.cfg.sample
+    steps = opts.steps or sc.steps
+    check_positive(steps=steps)
+    return {"step": run.step, "seed": opts.seed, "sampler": opts.sampler or sc.sampler, "steps": steps,
+            "grid": opts.grid or sc.grid, "sampler_options": dict(opts.sampler_options)}
+
+
+def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
+    """PF-ODE NLL of (part of) the test split; bits/dim and the DDPM bound on the 17-level digits grid."""
+    cfg, n = run.cfg, opts.nll_n or 1000
+    check_positive(nll_n=n)
+    x = data["x_test"][:n].to(run.device)
+    y = data.get("y_test")
+    cond = {"class_labels": y[:n].to(run.device)} if y is not None and cfg.model.num_classes else None
+    levels = DIGITS_LEVELS if cfg.data.name == "digits" else None
+    report = nll_report(as_denoiser(cfg, run.module), build_path(cfg), x, levels=levels, cond=cond,
+                        seed=opts.seed)
+    return {f"nll_{k}" if not k.startswith(("nll", "bound")) else k: v for k, v in report.items()}
+
+
+def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | None:
+    n = opts.n or run.cfg.eval.n
+    check_positive(n=n)
+    fn = sampler_fn(protocol["sampler"], opts.sampler_options)
+    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"])
+    x = generate(as_denoiser(run.cfg, run.module), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
+                 run.device)
+    if x is None:  # not rank 0: metrics are computed once, there
+        return None
+    if not torch.isfinite(x).all():
+        raise UserError("the model produced non-finite samples")
+    x_test, x_train = data["x_test"][:n], data["x_train"]
+    base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]
+    metrics = {**protocol, "n": n, "sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),
+               "mmd": mmd_rbf(x, x_test), "mmd_data_baseline": mmd_rbf(base, x_test)}
+    metrics["sw2_ratio"] = metrics["sw2"] / metrics["sw2_data_baseline"]
+    if x.ndim == 2 and x.shape[1] >= 2:
+        title = f"{run.cfg.data.name}: sw2 {metrics['sw2']:.4f} (data {metrics['sw2_data_baseline']:.4f})"
+        scatter_2d(x, x_test, run.dir / "samples.png", title)
+    return metrics
+
+
+def featurenet_for(run: Run, path: str | None = None) -> tuple:
+    """The feature net at `path`, else RUN/featurenet.safetensors, trained there (offline) if absent."""
+    p = Path(path) if path else run.dir / "featurenet.safetensors"
+    if not p.exists():
+        if path:
+            raise UserError(f"feature net not found: {p} (train one with `diffspace train-featurenet`)")
+        d = run.cfg.data
+        log.info("training the feature net for %s into %s", d.name, p)
+        train_featurenet(d.name, p, seed=run.cfg.run.seed, path=d.file or None, size=d.image_size)
+    return load_classifier(p, "featurenet")
+
+
+def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | None:
+    n = opts.n or len(data["x_test"])
+    check_positive(n=n)
+    K, w = run.cfg.model.num_classes, 1.0 if opts.guidance is None else opts.guidance
+    fn = sampler_fn(protocol["sampler"], opts.sampler_options)
+    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"])
+    labels = balanced_labels(n, K) if K > 0 else None
+    shape = tuple(run.meta["data_shape"])
+    guided = guided_denoiser(run, w)
+    x = generate(guided, shape, n, sigmas, fn, opts.seed, run.device, labels)
+    plain = None
+    if K > 0 and w != 1.0:
+        plain = generate(guided_denoiser(run, None), shape, n, sigmas, fn, opts.seed, run.device, labels)
+    if x is None:  # not rank 0: it only helped sample
+        return None
+    x, plain = x.clamp(-1, 1), None if plain is None else plain.clamp(-1, 1)
+    net, meta = featurenet_for(run, opts.featurenet)
+    ref_feats = features(net, data["x_train"])
+    ref_stats = feature_stats(ref_feats)
+    base = score_samples(net, data["x_test"], data["y_test"], ref_stats, ref_feats)
+    metrics = {**protocol, "n": n, "cfg": w, "featurenet": meta["data"],
+               "featurenet_test_accuracy": meta["test_accuracy"],
+               **{f"{k}_real_baseline": base[k] for k in ("fid", "kid", "precision", "recall")},
+               **score_samples(net, x, labels, ref_stats, ref_feats)}
+    if K > 0:
+        p = metrics if plain is None else score_samples(net, plain, labels, ref_stats, ref_feats)
+        metrics |= {"cas_nocfg": p["cas"], "fid_nocfg": p["fid"]}
+    metrics["fid_ratio"] = metrics["fid"] / metrics["fid_real_baseline"]
+    save_pictures(guided, shape, K, sigmas, fn, opts.seed, run.dir, run.device)
+    return metrics
+
+
+def save_pictures(denoiser, shape, num_classes: int, sigmas: Tensor, fn, seed: int,
+                  out_dir: Path, device, per_row: int = 10) -> None:
+    """samples.png (one row per class, or a square of unconditional samples) and denoising.png
+    (rows: a few samples; columns: x0_hat along the sampler's steps)."""
+    rows = num_classes if num_classes > 0 else per_row
+    labels = torch.arange(rows).repeat_interleave(per_row) if num_classes > 0 else None
+    cond = lambda lab: {} if lab is None else {"class_labels": lab.to(device)}
+    x = sample_chunk(denoiser, shape, Streams(seed, rows * per_row), sigmas, fn, device, **cond(labels))
+    save_grid(x.clamp(-1, 1), Path(out_dir) / "samples.png", ncols=per_row)
+    frames, few = [], min(rows, 10)
+    sample_chunk(denoiser, shape, Streams(seed + 1, few), sigmas, fn, device,
+                 callback=lambda i, s, x_, x0: frames.append(x0.clamp(-1, 1).cpu()),
+                 **cond(None if labels is None else labels[::per_row][:few]))
+    keep = sorted({round(j) for j in torch.linspace(0, len(frames) - 1, min(len(frames), 12)).tolist()})
+    save_trajectory([frames[j] for j in keep], Path(out_dir) / "denoising.png")
+
+
+def evaluate(run: Run, opts: EvalOptions) -> dict:
+    """Metrics of the run's samples (and with opts.nll its test NLL); rank 0 writes RUN/metrics.json and
+    the pictures. Returns the metrics ({} on other torchrun ranks)."""
+    protocol = _protocol(run, opts)
+    data = load_data(run.cfg)
+    metrics = (_images if run.cfg.images else _vectors)(run, opts, data, protocol)
+    if metrics is None:
+        return {}
+    if opts.nll:
+        metrics |= nll_metrics(run, data, opts)
+    if is_main():
+        write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics

@@ -1,0 +1,111 @@
+"""The records of the runs layer: a `Task` (what a task name means), a loaded `Run`, and the frozen
+options of `sample` and `evaluate`.
+
+A field left at None means "the run's own config" ([sample] or [eval] section). Each task states which
+fields it honours; any other field given is refused with one line (`check_options`), so no option is
+ever silently ignored.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from diffspace.types import UserError
+
+
+@dataclass(frozen=True)
+class Task:
+    """A task: its config schema and how to build, sample and evaluate its models."""
+
+    name: str
+    config_cls: type
+    build_setup: Callable  # (cfg, device) -> (TrainSetup, metadata dict stored with checkpoints)
+    build_module: Callable  # (cfg, metadata dict) -> nn.Module
+    sample: Callable  # (Run, SampleOptions) -> samples (None on torchrun ranks other than 0)
+    evaluate: Callable  # (Run, EvalOptions) -> metrics dict ({} on other ranks)
+    sample_options: frozenset[str]  # SampleOptions fields the task honours
+    eval_options: frozenset[str]  # EvalOptions fields the task honours
+    after_train: Callable[[Path], None] | None = None  # (run_dir) -> None: pictures after training
+
+
+@dataclass
+class Run:
+    """A trained run: its config, the module with EMA (or raw) weights in eval mode, and where it lives."""
+
+    task: str
+    cfg: object  # the task's config dataclass
+    module: nn.Module
+    dir: Path
+    step: int
+    meta: dict  # the checkpoint's metadata (config record, step, elapsed, task extras)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+
+@dataclass(frozen=True)
+class SampleOptions:
+    """Options of `runs.sample`. n, sampler, steps, grid: None = the run's [sample] section."""
+
+    n: int | None = None
+    seed: int = 0
+    sampler: str | None = None
+    steps: int | None = None
+    grid: str | None = None  # continuous: a grid name or "optimized" (see `runs.optimize_grid`)
+    sampler_options: dict = field(default_factory=dict)  # e.g. {"eta": 0.5} for ddim
+    guidance: float | None = None  # class-conditional runs: classifier-free guidance scale w
+    class_labels: tuple[int, ...] | None = None  # class-conditional runs: labels, cycled over n
+    prompt: str | None = None  # text runs: the text every sample continues
+    block: int | None = None  # text runs: block size for block / semi-autoregressive decoding
+    temperature: float | None = None  # text runs
+    top_k: int | None = None  # text runs
+    top_p: float | None = None  # text runs
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Options of `runs.evaluate`. None = the run's [eval] / [sample] sections."""
+
+    n: int | None = None
+    seed: int = 0
+    sampler: str | None = None
+    steps: int | None = None
+    grid: str | None = None
+    sampler_options: dict = field(default_factory=dict)
+    guidance: float | None = None  # image runs: classifier-free guidance scale w
+    featurenet: str | None = None  # image runs: feature-net artifact (default: RUN/featurenet.safetensors)
+    nll: bool = False  # continuous runs: also the PF-ODE NLL of the test split
+    nll_n: int | None = None  # continuous runs: test examples for nll (default 1000)
+    ppl_only: bool = False  # text runs: only bits/char on the validation split
+
+
+def given_fields(options) -> list[str]:
+    """Names of the fields set away from their defaults."""
+    return [f.name for f in dataclasses.fields(options)
+            if getattr(options, f.name) != (f.default if f.default is not dataclasses.MISSING
+                                            else f.default_factory())]
+
+
+FLAGS = {"n": "--n", "guidance": "--cfg", "class_labels": "--class", "ppl_only": "--ppl",
+         "sampler_options": "--eta/--churn/--snr/--order"}  # the CLI's flag for an option, where it differs
+
+
+def check_options(options, honoured: frozenset[str], task: str) -> None:
+    """UserError naming the first option given that a `task` run cannot honour."""
+    for name in given_fields(options):
+        if name not in honoured:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UserError(f"{task} runs cannot use the option {name!r} ({flag})")
+
+
+def check_positive(**values) -> None:
+    """UserError naming the option (and its CLI flag) of the first value <= 0."""
+    for name, v in values.items():
+        if v is not None and v <= 0:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UserError(f"{name} ({flag}) must be positive, got {v}")

@@ -1,0 +1,151 @@
+"""Sampling a continuous run: its noise range and grids, samples by per-sample streams, optimized grids.
+
+Sample i depends only on (seed, i): its initial noise and every later draw come from its own stream
+(`diffspace.rng.Streams`), and under torchrun whole chunks are dealt to the ranks, so a sample is the
+same for any n, chunk size, batch layout or world size.
+"""
+
+import inspect
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from diffspace.rng import Streams
+from diffspace.runs.continuous import ContinuousConfig, as_denoiser, build_path
+from diffspace.runs.options import Run, SampleOptions, check_positive
+from diffspace.runs.rundir import write_atomic
+from diffspace.samplers.grids import GRIDS, check_grid
+from diffspace.samplers.guidance import ClassifierFreeGuidance
+from diffspace.samplers.optimize_grid import optimize_sigmas
+from diffspace.samplers.registry import SAMPLERS
+from diffspace.train.distributed import map_chunks
+from diffspace.types import UserError
+
+GRIDS_FILE = "grids.json"  # optimized grids stored with the run: {"SAMPLER:STEPS": {"step", "sigmas"}}
+CHUNK = 2500  # samples per sampling batch
+
+
+def sampler_fn(name: str, options: dict | None = None) -> Callable:
+    """The sampler function, with `options` (e.g. {"eta": 0.5}) bound."""
+    if name not in SAMPLERS:
+        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    fn = SAMPLERS[name].fn
+    if not options:
+        return fn
+    known = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY
+             and p.name not in ("generator", "callback")]
+    for key in options:
+        if key not in known:
+            raise UserError(f"sampler {name!r} has no option {key!r} (its options: "
+                            f"{', '.join(known) or 'none'})")
+    return lambda *a, **kw: fn(*a, **options, **kw)
+
+
+def sigma_range(cfg: ContinuousConfig) -> tuple[float, float]:
+    """The sampling range: the EDM noise levels of the path's own t_min and t_max."""
+    path = build_path(cfg)
+    return path.sigma_min, path.sigma_max
+
+
+def run_sigmas(run: Run, grid: str, steps: int, sampler: str) -> Tensor:
+    """The float64 grid named `grid` for this run; "optimized" reads the one `optimize_grid` stored,
+    refusing a grid fitted to the weights of another step."""
+    check_positive(steps=steps)
+    path = build_path(run.cfg)
+    if grid == "optimized":
+        stored = run.dir / GRIDS_FILE
+        table = json.loads(stored.read_text()) if stored.is_file() else {}
+        key = f"{sampler}:{steps}"
+        if key not in table:
+            raise UserError(f"no optimized grid for {key} in {stored}; run `diffspace optimize-grid "
+                            f"{run.dir} --sampler {sampler} --steps {steps}` first")
+        entry = table[key]
+        if entry["step"] != run.step:
+            raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
+                            f"step {run.step}; run `diffspace optimize-grid` again")
+        return check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), path, "optimized grid")
+    if grid not in GRIDS:
+        raise UserError(f"unknown grid {grid!r}; choose one of {', '.join([*GRIDS, 'optimized'])}")
+    return GRIDS[grid](steps, *sigma_range(run.cfg), path=path)
+
+
+@torch.no_grad()
+def sample_chunk(denoiser, shape: tuple[int, ...], streams: Streams, sigmas: Tensor, sampler,
+                 device: torch.device, **cond) -> Tensor:
+    """len(streams) samples of `shape`: sample i's initial noise and every later draw come from stream i."""
+    noise = streams.randn((len(streams), *shape), torch.float64)
+    x = (noise * sigmas[0]).to(device=device, dtype=torch.float32)
+    return sampler(denoiser, x, sigmas.to(device), generator=streams, **cond).cpu()
+
+
+def generate(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, seed: int,
+             device: torch.device, labels: Tensor | None = None, chunk: int = CHUNK) -> Tensor | None:
+    """n samples of `shape` (labels (n,) for a class-conditional denoiser). Under torchrun the chunks are
+    dealt to the ranks: rank 0 gets all n (the same as one process), the other ranks None."""
+    def one(lo: int, hi: int, _seed: int) -> Tensor:
+        cond = {} if labels is None else {"class_labels": labels[lo:hi].to(device)}
+        return sample_chunk(denoiser, shape, Streams(seed, hi - lo, lo), sigmas, sampler, device, **cond)
+
+    parts = map_chunks(one, n, seed, chunk)
+    return None if parts is None else torch.cat(parts)
+
+
+def guided_denoiser(run: Run, guidance: float | None):
+    """The run's Denoiser, with classifier-free guidance of scale `guidance` for a class-conditional
+    run (None or 1: the conditional model). UserError for guidance on an unconditional run."""
+    den, K = as_denoiser(run.cfg, run.module), run.cfg.model.num_classes
+    if guidance is None or guidance == 1.0:
+        return den
+    if K == 0:
+        raise UserError("guidance (--cfg) needs a class-conditional run (model.num_classes > 0)")
+    return ClassifierFreeGuidance(den, guidance, K)
+
+
+def class_labels(run: Run, n: int, labels: tuple[int, ...] | None) -> Tensor | None:
+    """Labels for n samples of a class-conditional run: the given ones cycled, else 0, 1, .., K-1, 0, ..
+    None for an unconditional run (UserError if labels were given for one)."""
+    K = run.cfg.model.num_classes
+    if K == 0:
+        if labels:
+            raise UserError("class labels (--class) need a class-conditional run (model.num_classes > 0)")
+        return None
+    wanted = torch.tensor(labels, dtype=torch.long) if labels else torch.arange(K)
+    if (wanted < 0).any() or (wanted >= K).any():
+        raise UserError(f"class labels must be in 0..{K - 1}, got {list(labels)}")
+    return wanted.repeat(-(-n // len(wanted)))[:n]
+
+
+def sample(run: Run, opts: SampleOptions) -> Tensor | None:
+    """opts.n samples (n, *data shape) on the CPU (None on torchrun ranks other than 0)."""
+    sc = run.cfg.sample
+    n, steps = opts.n or sc.n, opts.steps or sc.steps
+    sampler, grid = opts.sampler or sc.sampler, opts.grid or sc.grid
+    check_positive(n=n, steps=steps)
+    fn = sampler_fn(sampler, opts.sampler_options)
+    sigmas = run_sigmas(run, grid, steps, sampler)
+    labels = class_labels(run, n, opts.class_labels)
+    x = generate(guided_denoiser(run, opts.guidance), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
+                 run.device, labels)
+    return None if x is None else (x.clamp(-1, 1) if run.cfg.images else x)
+
+
+def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512,
+                  seed: int = 0) -> Tensor:
+    """The `steps`-level grid that minimizes the sampler's error against the adaptive PF-ODE solution on a
+    calibration batch ([AYS] in spirit), stored in RUN/grids.json for `grid = "optimized"`."""
+    check_positive(steps=steps, n_calib=n_calib)
+    fn = sampler_fn(sampler)
+    if SAMPLERS[sampler].stochastic:
+        raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
+    lo, hi = sigma_range(run.cfg)
+    g = torch.Generator().manual_seed(seed + 7919)  # calibration noise apart from sampling seeds
+    x = (torch.randn((n_calib, *run.meta["data_shape"]), generator=g) * hi).to(run.device)
+    sigmas = optimize_sigmas(fn, as_denoiser(run.cfg, run.module), x, steps, lo, hi)
+    stored = Path(run.dir) / GRIDS_FILE
+    table = json.loads(stored.read_text()) if stored.is_file() else {}
+    table[f"{sampler}:{steps}"] = {"step": run.step, "sigmas": sigmas.tolist()}
+    write_atomic(stored, json.dumps(table, indent=1) + "\n")
+    return sigmas

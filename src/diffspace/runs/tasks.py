@@ -1,0 +1,17 @@
+"""The task table: the top-level config key `task` (default "continuous") selects one; this is the only
+place a task name becomes code."""
+
+from diffspace.runs.continuous_task import CONTINUOUS
+from diffspace.runs.options import Task
+from diffspace.runs.text import TEXT
+from diffspace.types import UserError
+
+TASKS: dict[str, Task] = {t.name: t for t in (CONTINUOUS, TEXT)}
+
+
+def task_of(data: dict, src: str = "<config>") -> Task:
+    """The task a config dict names (key `task`, default "continuous")."""
+    name = data.get("task", "continuous")
+    if name not in TASKS:
+        raise UserError(f"{src}: task = {name!r} is not one of {', '.join(TASKS)}")
+    return TASKS[name]

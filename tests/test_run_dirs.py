@@ -1,0 +1,124 @@
+"""Run directories never lose a user's files (issue 12), driven through the CLI as a user would:
+--overwrite refuses foreign folders, the working directory and its parents; --resume works on the
+directory it is given from any working directory; a failed start never blocks a retry; a refused resume
+changes nothing; files computed from older weights are retired."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from test_cli import ROOT, TINY, assert_one_line_error, cli
+
+CONFIG = ROOT / "configs" / "demo.toml"
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below folder with a hash of its bytes."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def train(run_dir, *extra, cwd=None):
+    return cli("train", CONFIG, "--set", f"run.dir={run_dir}", *TINY, *extra, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("trained") / "run"
+    res = train(d)
+    assert res.returncode == 0, res.stderr
+    return d
+
+
+def test_overwrite_refuses_a_folder_with_foreign_files(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "notes.txt").write_text("my notes")
+    before = snapshot(run)
+    assert_one_line_error(train(run, "--overwrite"), "did not write", "notes.txt")
+    assert snapshot(run) == before
+
+
+def test_overwrite_refuses_the_working_directory_and_a_parent(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = snapshot(run)
+    assert_one_line_error(train(".", "--overwrite", cwd=run), "current directory")
+    assert_one_line_error(train("..", "--overwrite", cwd=run / "checkpoints"), "contains the current directory")
+    assert snapshot(run) == before
+
+
+def test_a_folder_diffspace_did_not_create_is_never_cleared(tmp_path):
+    (tmp_path / "my.toml").write_text(CONFIG.read_text())
+    before = snapshot(tmp_path)
+    res = cli("train", "my.toml", "--set", "run.dir=.", "--overwrite", *TINY, cwd=tmp_path)
+    assert_one_line_error(res, "not created by diffspace")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_a_run_of_its_own(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    res = train(run, "--overwrite", "--set", "train.steps=6")
+    assert res.returncode == 0, res.stderr
+    assert json.loads((run / "log.jsonl").read_text().splitlines()[-1])["step"] == 6
+
+
+def test_resume_extends_a_copied_run_and_leaves_the_original_alone(tmp_path, trained):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(trained, a)
+    shutil.copytree(a, b)
+    original = snapshot(a)
+    res = cli("train", b, "--resume", "--set", "train.steps=8", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert snapshot(a) == original
+    assert json.loads((b / "log.jsonl").read_text().splitlines()[-1])["step"] == 8
+    assert f'dir = "{b}"' in (b / "config.toml").read_text()
+
+
+def test_resume_from_another_working_directory(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = cli("train", run.resolve(), "--resume", "--set", "train.steps=6", "--no-progress", cwd=elsewhere)
+    assert res.returncode == 0, res.stderr
+    assert not any(elsewhere.iterdir())
+
+
+def test_a_failed_start_does_not_block_a_retry(tmp_path):
+    run = tmp_path / "run"
+    res = train(run, "--set", "data.name=file", "--set", f"data.file={tmp_path / 'missing.csv'}")
+    assert_one_line_error(res, "missing.csv")
+    assert not run.exists()  # nothing was written before the data loaded
+    res = train(run, "--set", "train.ckpt_every=1000", "--set", "train.steps=3")
+    assert res.returncode == 0, res.stderr
+
+
+def test_a_refused_resume_changes_nothing(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    before = snapshot(run)
+    res = cli("train", run, "--resume", "--set", "model.mlp.hidden=24", "--set", "train.steps=9", "--no-progress")
+    assert_one_line_error(res, "does not fit this model")
+    res = cli("train", run, "--resume", "--set", "train.steps=2", "--no-progress")
+    assert_one_line_error(res, "at step 4", "train.steps = 2")
+    assert snapshot(run) == before
+
+
+def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert cli("optimize-grid", run, "--steps", 2, "--n-calib", 16).returncode == 0
+    assert cli("eval", run, "--n", 50, "--steps", 2).returncode == 0
+    res = cli("train", run, "--resume", "--set", "train.steps=6", "--no-progress")
+    assert res.returncode == 0, res.stderr
+    assert "learning rate" in res.stderr  # extending a finished run says what happens to the schedule
+    stale = run / "stale" / "step_00000004"
+    assert (stale / "metrics.json").is_file() and (stale / "grids.json").is_file()
+    assert not (run / "metrics.json").exists() and not (run / "grids.json").exists()
+    res = cli("sample", run, "--grid", "optimized", "--steps", 2, "--sampler", "dpmpp_2m", "--n", 5)
+    assert_one_line_error(res, "no optimized grid")
