@@ -1,73 +1,140 @@
-"""Sampler benchmark: every diffspace sampler and diffusers' schedulers drive the same network.
+"""Sampler benchmark (issue 13): diffspace's samplers and diffusers' schedulers drive the same eps-prediction
+network, side by side in one run.
 
-An eps-prediction MLP on the DDPM discrete-time VP schedule (T = 1000, linear betas), trained on the
-2-D checkerboard by `diffspace train benchmarks/samplers.toml` (cached in benchmarks/cache/). From
-the same 10k initial noises x_T ~ N(0, I) (VP space) each sampler runs at NFE budgets 5, 10, 20, 50.
-Reported: RMSE to the adaptive PF-ODE solution from the same noise (dopri5, rtol = atol = 1e-5),
-sliced W2 to held-out data, and the time per network call spent outside the network.
+The network is the "trained the diffusers way" baseline: `PlainMLP` (4 x 128 SiLU on [x, 128 sinusoidal
+features of the integer timestep]), eps-MSE with t ~ U{0..999} on diffusers' float32 DDPM table (linear
+betas 1e-4..0.02), Adam for 5000 steps, batch 1024, lr 2e-3 with 100 warmup steps and cosine decay to
+2e-5, EMA 0.999 with diffusers' EMAModel warmup; trained here in plain PyTorch, seeded, one per data set
+(checkerboard, moons), cached in benchmarks/cache/ (the recipe of benchmarks/eps_recipe.py). diffspace
+sees it as NetDenoiser(net, path, "eps") with the path built from the same table
+(`ddpm_from_scheduler_config`), sampling from the table's own sigma_max (timestep 999, like diffusers).
 
-    make bench-samplers      (or: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/samplers.py)
+Accuracy: from the same N noises x_T ~ N(0, I) every sampler runs at NFE 5, 10, 20. RMSE =
+sqrt(mean_i ||x_i - x_ref,i||^2), the per-sample norm, against the adaptive PF-ODE solution of the same
+network from the same noise (dopri5, rtol = atol = 1e-5, denoised at sigma_min). diffusers: DDIM, Euler,
+Heun, DPM-Solver++ 2M/3M, UniPC, DEIS, each at its default spacing, trailing spacing and Karras sigmas
+(its best counts); diffspace: its deterministic samplers on karras / logsnr / trailing / uniform_t grids
+and on grids optimized on a disjoint calibration batch (`optimize_sigmas`: Nelder-Mead with a budget in
+evaluations). Everything is seeded and runs on one thread, so a rerun gives the same numbers.
 
-Writes benchmarks/results/samplers.{json,md,png}.
+Time: "outside the network" is a loop's time minus the network's own, per network call; for each pair
+(diffspace sampler, diffusers scheduler of the same method) on the same network and batch, the median of
+interleaved repeats. Both loops hand the network a (1,) timestep; the network's time per call inside
+diffspace is reported beside its time when called directly with a (1,) timestep. Times are the process's
+CPU time (`time.process_time`): on a shared machine wall-clock time charges the waits for a core to
+whatever was running, and the part outside the network is a few percent of a run. The load average is
+recorded before and after.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/samplers.py           # results/samplers.{json,md,png}
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/samplers.py --quick   # reduced check: samplers_quick.*
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/samplers.py --report  # md and png again from the json
 """
 
+import argparse
 import json
 import math
+import os
 import platform
-import subprocess
-import sys
+import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
 
-from diffspace.cli.runs import load_run
 from diffspace.data.toy import make_toy
 from diffspace.eval.metrics import sliced_w2
-from diffspace.samplers.grids import GRIDS
+from diffspace.nets.mlp import PlainMLP
+from diffspace.param import NetDenoiser
+from diffspace.paths.ddpm import ddpm_from_scheduler_config
+from diffspace.samplers.grids import GRIDS, sampling_range
 from diffspace.samplers.ode import CountingDenoiser, sample_adaptive
 from diffspace.samplers.optimize_grid import optimize_sigmas
 from diffspace.samplers.registry import SAMPLERS
+from diffspace.train.loop import make_ema
 
 ROOT = Path(__file__).resolve().parent
-RUN_DIR = ROOT / "cache" / "samplers_ddpm_eps"
-OUT = ROOT / "results"
-NFES = (5, 10, 20, 50)
-N, N_CALIB = 10_000, 512
-GRID_NAMES = ("karras", "logsnr", "trailing")
-# why fewer rows for some: the CPU budget (one 10k-batch call of this MLP is ~0.1-0.3 s on a shared core)
-FEWER_GRIDS = {"ddim": ("trailing",), "heun": ("karras", "trailing"), "midpoint": ("karras", "trailing"),
-               "rk4": ("karras", "trailing")}
-OPTIMIZED = ("dpmpp_2m", "unipc")  # samplers that get a model-optimized grid
-OPT_NFES = (5, 10)
-# diffspace sampler <-> the diffusers scheduler of the same method (for the overhead ratio)
-SAME_METHOD = {"ddim": "DDIM", "euler": "EulerDiscrete", "heun": "HeunDiscrete", "dpmpp_2m": "DPMSolver++2M",
-               "dpmpp_3m": "DPMSolver++3M", "unipc": "UniPC", "deis": "DEIS"}
+CACHE, OUT = ROOT / "cache", ROOT / "results"
+TABLE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
+SAMPLER_NAMES = ("euler", "heun", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "deis")  # deterministic
+GRID_NAMES = ("karras", "logsnr", "trailing", "uniform_t")
+OPTIMIZED = ("dpmpp_2m", "dpmpp_3m", "unipc")  # samplers that also get a grid optimized for the model
+# diffspace sampler -> the diffusers scheduler of the same method (the timing pairs)
+SAME_METHOD = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM++2M", "dpmpp_3m": "DPM++3M",
+               "unipc": "UniPC", "deis": "DEIS"}
+
+
+@dataclass(frozen=True)
+class Setup:
+    datasets: tuple[str, ...] = ("checkerboard", "moons")
+    n: int = 10_000  # evaluation noises
+    n_calib: int = 512  # calibration noises for the optimized grids (a disjoint seed)
+    nfes: tuple[int, ...] = (5, 10, 20)
+    train_steps: int = 5000
+    evals_per_step: int = 200  # Nelder-Mead budget: evals_per_step * (n - 1) + 400 evaluations
+    repeats: int = 15  # interleaved timing repeats
+    timing_nfe: int = 20
+    out: str = "samplers"
+
+
+FULL = Setup()
+QUICK = Setup(datasets=("checkerboard",), n=2000, n_calib=256, nfes=(5, 10), train_steps=1000,
+              evals_per_step=40, repeats=5, timing_nfe=10, out="samplers_quick")
+
+
+# ---- the network, trained the diffusers way ---------------------------------------------------------
+
+def train_eps_mlp(dataset: str, steps: int, alphas_cumprod: torch.Tensor) -> PlainMLP:
+    """The eps-MLP of the module docstring (EMA weights), trained once and cached."""
+    torch.manual_seed(0)
+    net = PlainMLP(2, hidden=128, depth=4, freq_dim=128)
+    file = CACHE / f"eps_plain_mlp_{dataset}_{steps}.safetensors"
+    if file.exists():
+        net.load_state_dict(load_file(file))
+        return net.eval()
+    ema = make_ema(net, 0.999, warmup=True)  # diffusers' EMAModel: decay min(0.999, (1 + n) / (10 + n))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    warmup = 100
+    sched = SequentialLR(opt, [LinearLR(opt, 0.01, 1.0, warmup),
+                               CosineAnnealingLR(opt, steps - warmup, eta_min=2e-5)], [warmup])
+    data, g = make_toy(dataset, 100_000, seed=0), torch.Generator().manual_seed(1)
+    acp, t0 = alphas_cumprod.float(), time.perf_counter()
+    for _ in range(steps):
+        x0 = data[torch.randint(len(data), (1024,), generator=g)]
+        t = torch.randint(len(acp), (1024,), generator=g)
+        eps = torch.randn(x0.shape, generator=g)
+        a = acp[t][:, None]
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps  # diffusers' add_noise
+        loss = (net(x_t, t.float()) - eps).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.update_parameters(net)
+    print(f"trained the eps-MLP on {dataset}: {steps} steps in {time.perf_counter() - t0:.0f} s", flush=True)
+    CACHE.mkdir(exist_ok=True)
+    save_file(ema.module.state_dict(), file)
+    return ema.module.eval()
 
 
 class Stopwatch(torch.nn.Module):
-    """A module (the raw network, or the whole Denoiser) with a stopwatch around its calls."""
+    """The network with a stopwatch (process CPU time, see the module docstring) around its calls."""
 
     def __init__(self, inner):
         super().__init__()
-        self.inner, self.seconds = inner, 0.0
+        self.inner, self.seconds, self.calls = inner, 0.0, 0
 
     def forward(self, *args, **kwargs):
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         out = self.inner(*args, **kwargs)
-        self.seconds += time.perf_counter() - t0
+        self.seconds += time.process_time() - t0
+        self.calls += 1
         return out
 
 
-def load_model():
-    """The trained NetDenoiser(net, DDPMDiscrete(), "eps") (EMA weights), its net under a stopwatch."""
-    if not (RUN_DIR / "checkpoints" / "last.safetensors").exists():
-        subprocess.run([sys.executable, "-m", "diffspace.cli.main", "train", str(ROOT / "samplers.toml"),
-                        "--set", f"run.dir={RUN_DIR}", "--overwrite", "--no-progress"], check=True)
-    module = load_run(RUN_DIR).module
-    module.net = Stopwatch(module.net)
-    return module
-
+# ---- the two samplers' runs -------------------------------------------------------------------------
 
 def steps_for(nfe_rule, budget: int) -> int:
     """The most steps whose NFE fits the budget."""
@@ -77,324 +144,287 @@ def steps_for(nfe_rule, budget: int) -> int:
     return n
 
 
-def run_timed(fn, watches: list[Stopwatch], calls: int):
-    """(output, [ms per network call spent outside each watched module])."""
-    for w in watches:
-        w.seconds = 0.0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        out = fn()
-    total = time.perf_counter() - t0
-    return out, [1e3 * (total - w.seconds) / calls for w in watches]
+def diffspace_run(name: str, model, x, sigmas):
+    return SAMPLERS[name].fn(model, x, sigmas)
 
 
-def diffspace_rows(model, x_init, path, opt_grids):
-    """{key: {budget: (out, nfe, ms outside the net, ms outside the Denoiser)}} per sampler and grid."""
-    rows, den = {}, Stopwatch(model)
-    for name, spec in SAMPLERS.items():
-        if spec.nfe is None:
-            continue
-        grids = ("karras",) if spec.stochastic else FEWER_GRIDS.get(name, GRID_NAMES)
-        for grid in grids + (("opt",) if name in OPTIMIZED else ()):
-            for budget in NFES:
-                n = steps_for(spec.nfe, budget)
-                if grid == "opt" and budget not in opt_grids[name]:
-                    continue
-                sigmas = opt_grids[name][budget] if grid == "opt" else GRIDS[grid](
-                    n, path.sigma_min, path.sigma_max, path=path)
-                g, counter = torch.Generator().manual_seed(7), CountingDenoiser(den)
-                out, ms = run_timed(lambda: spec.fn(counter, x_init, sigmas, generator=g),  # noqa: B023
-                                    [model.net, den], spec.nfe(n))
-                assert counter.nfe == spec.nfe(n)
-                rows.setdefault(f"{name}@{grid}", {})[budget] = (out, counter.nfe, *ms)
-    return rows
-
-
-def diffusers_methods():
+def diffusers_schedulers():
     import diffusers as d
 
-    table = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
     return {
-        "DDIM": lambda **kw: d.DDIMScheduler(**table, clip_sample=False, set_alpha_to_one=True, **kw),
-        "EulerDiscrete": lambda **kw: d.EulerDiscreteScheduler(**table, **kw),
-        "HeunDiscrete": lambda **kw: d.HeunDiscreteScheduler(**table, **kw),
-        "DPMSolver++2M": lambda **kw: d.DPMSolverMultistepScheduler(**table, solver_order=2, **kw),
-        "DPMSolver++3M": lambda **kw: d.DPMSolverMultistepScheduler(**table, solver_order=3, **kw),
-        "UniPC": lambda **kw: d.UniPCMultistepScheduler(**table, **kw),
-        "DEIS": lambda **kw: d.DEISMultistepScheduler(**table, solver_order=3, **kw),
+        "DDIM": lambda **kw: d.DDIMScheduler(**TABLE, clip_sample=False, set_alpha_to_one=True, **kw),
+        "Euler": lambda **kw: d.EulerDiscreteScheduler(**TABLE, **kw),
+        "Heun": lambda **kw: d.HeunDiscreteScheduler(**TABLE, **kw),
+        "DPM++2M": lambda **kw: d.DPMSolverMultistepScheduler(**TABLE, solver_order=2, **kw),
+        "DPM++3M": lambda **kw: d.DPMSolverMultistepScheduler(**TABLE, solver_order=3, **kw),
+        "UniPC": lambda **kw: d.UniPCMultistepScheduler(**TABLE, **kw),
+        "DEIS": lambda **kw: d.DEISMultistepScheduler(**TABLE, solver_order=3, **kw),
     }
 
 
-# trailing spacing ([ZSNR] Sec. 3.3) and Karras sigmas; DDIM has no Karras option: its default
-# (leading) instead. The other defaults (linspace) visit almost the same timesteps as trailing.
-DIFFUSERS_CONFIGS = {"trailing": {"timestep_spacing": "trailing"}, "karras": {"use_karras_sigmas": True}}
-DDIM_CONFIGS = {"leading": {}, "trailing": {"timestep_spacing": "trailing"}}
+def diffusers_configs(method: str) -> dict:
+    """Each scheduler's default spacing, trailing spacing ([ZSNR] Sec. 3.3) and Karras sigmas (not DDIM)."""
+    out = {"default": {}, "trailing": {"timestep_spacing": "trailing"}}
+    return out if method == "DDIM" else out | {"karras": {"use_karras_sigmas": True}}
 
 
-def diffusers_sample(scheduler, net, noise):
-    """The standard diffusers loop; returns x0 (VP space at t = 0 is x0)."""
-    x = noise * scheduler.init_noise_sigma
-    for t in scheduler.timesteps:
-        eps = net(scheduler.scale_model_input(x, t), t.float().expand(len(x)))
-        x = scheduler.step(eps, t, x).prev_sample
+def diffusers_scheduler(method: str, config: str, budget: int):
+    """A scheduler set to the most steps whose network calls fit the budget."""
+    make, n = diffusers_schedulers()[method], 1
+    while True:
+        sched = make(**diffusers_configs(method)[config])
+        sched.set_timesteps(n + 1)
+        if len(sched.timesteps) > budget:
+            break
+        n += 1
+    sched = make(**diffusers_configs(method)[config])
+    sched.set_timesteps(n)
+    return sched
+
+
+def diffusers_run(sched, net, noise):
+    """The standard diffusers loop from x_T ~ N(0, I); the net gets a (1,) timestep, as under diffspace."""
+    x = noise * sched.init_noise_sigma
+    for t in sched.timesteps:
+        eps = net(sched.scale_model_input(x, t), t.reshape(1).float())
+        x = sched.step(eps, t, x).prev_sample
     return x
 
 
-def diffusers_rows(timed, noise):
-    rows = {}
-    for method, make in diffusers_methods().items():
-        for cname, kw in (DDIM_CONFIGS if method == "DDIM" else DIFFUSERS_CONFIGS).items():
-            for budget in NFES:
-                n = 1
-                while len(_timesteps(make(**kw), n + 1)) <= budget:
-                    n += 1
-                sched = make(**kw)
-                sched.set_timesteps(n)
-                calls = len(sched.timesteps)
-                out, (ms,) = run_timed(lambda: diffusers_sample(sched, timed, noise), [timed], calls)  # noqa: B023
-                rows.setdefault(f"{method}@{cname}", {})[budget] = (out, calls, ms, ms)
-    return rows
+# ---- accuracy --------------------------------------------------------------------------------------
+
+def rmse(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """sqrt(mean_i ||x_i - x_ref,i||^2): the per-sample norm, not averaged over coordinates."""
+    return float((out.double() - ref.double()).pow(2).sum(1).mean().sqrt())
 
 
-def _timesteps(sched, n):
-    sched.set_timesteps(n)
-    return sched.timesteps
-
-
-def optimized_grids(model, path, x_calib):
-    """Model-optimized grids for OPTIMIZED samplers at OPT_NFES, from a calibration batch of noise
-    disjoint from the evaluation noise."""
+def optimized_grids(model, path, x_calib, setup: Setup) -> dict:
+    """{sampler: {budget: grid}} optimized on the calibration noises (a seed apart from the evaluation's)."""
+    lo, hi = sampling_range(path)
     with torch.no_grad():
-        ref = sample_adaptive(model, x_calib, path.sigma_max, path.sigma_min, rtol=1e-5, atol=1e-5)
+        ref = sample_adaptive(model, x_calib, hi, lo, rtol=1e-5, atol=1e-5)
     grids = {}
-    # why 200 (n - 1) + 400 evaluations: with 300, Nelder-Mead had not converged even at n = 5 (calibration
-    # RMSE 0.17 against 0.070 with 1000, unipc, measured on this model)
     for name in OPTIMIZED:
-        spec = SAMPLERS[name]
-        for budget in OPT_NFES:
-            n = steps_for(spec.nfe, budget)
+        for budget in setup.nfes:
+            n = steps_for(SAMPLERS[name].nfe, budget)
+            starts = [GRIDS[g](n, lo, hi, path=path) for g in ("trailing", "uniform_t")]
             grids.setdefault(name, {})[budget] = optimize_sigmas(
-                spec.fn, model, x_calib, n, path.sigma_min, path.sigma_max, reference=ref,
-                starts=[GRIDS["trailing"](n, path=path)], max_evals=200 * (n - 1) + 400)
-            shown = [round(v, 4) for v in grids[name][budget].tolist()]
-            print(f"optimized grid {name} NFE {budget}: {shown}", flush=True)
+                SAMPLERS[name].fn, model, x_calib, n, lo, hi, reference=ref, starts=starts,
+                max_evals=setup.evals_per_step * (n - 1) + 400)
     return grids
 
 
-def metrics(rows, ref, heldout):
-    rmse, sw2, nfe = {}, {}, {}
-    for key, per in rows.items():
-        rmse[key] = {b: float((r[0].double() - ref.double()).pow(2).mean().sqrt()) for b, r in per.items()}
-        sw2[key] = {b: sliced_w2(r[0], heldout, n_proj=256) for b, r in per.items()}
-        nfe[key] = {b: r[1] for b, r in per.items()}
-    return rmse, sw2, nfe
+def accuracy(dataset: str, model, path, setup: Setup) -> dict:
+    lo, hi = sampling_range(path)
+    noise = torch.randn(setup.n, 2, generator=torch.Generator().manual_seed(0))
+    calib = torch.randn(setup.n_calib, 2, generator=torch.Generator().manual_seed(1))
+    scale = math.sqrt(1 + hi**2)  # x_T ~ N(0, I) in VP space is noise / alpha_T in sigma space
+    counter, t0 = CountingDenoiser(model), time.perf_counter()
+    with torch.no_grad():
+        ref = sample_adaptive(counter, noise * scale, hi, lo, rtol=1e-5, atol=1e-5)
+    ref_nfe, ref_seconds, t0 = counter.nfe, time.perf_counter() - t0, time.perf_counter()
+    opt = optimized_grids(model, path, calib * scale, setup)
+    opt_seconds = time.perf_counter() - t0
+    rows = {}
+    with torch.no_grad():
+        for name in SAMPLER_NAMES:
+            spec = SAMPLERS[name]
+            for grid in GRID_NAMES + (("optimized",) if name in OPTIMIZED else ()):
+                for budget in setup.nfes:
+                    n = steps_for(spec.nfe, budget)
+                    sigmas = opt[name][budget] if grid == "optimized" else GRIDS[grid](n, lo, hi, path=path)
+                    out = diffspace_run(name, model, noise * scale, sigmas)
+                    rows.setdefault(f"diffspace/{name}@{grid}", {})[budget] = (rmse(out, ref), spec.nfe(n))
+        for method in diffusers_schedulers():
+            for config in diffusers_configs(method):
+                for budget in setup.nfes:
+                    sched = diffusers_scheduler(method, config, budget)
+                    out = diffusers_run(sched, model.net, noise)
+                    rows.setdefault(f"diffusers/{method}@{config}", {})[budget] = (rmse(out, ref),
+                                                                                    len(sched.timesteps))
+    heldout = make_toy(dataset, setup.n, seed=0, split="test")
+    return {
+        "rows": rows,
+        "best": {b: {lib: best(rows, lib, b) for lib in ("diffspace", "diffusers")} for b in setup.nfes},
+        "reference": {"nfe": ref_nfe, "seconds": ref_seconds,
+                      "sw2_adaptive_ode": sliced_w2(ref, heldout, n_proj=256),
+                      "sw2_data_floor": sliced_w2(make_toy(dataset, setup.n, seed=0), heldout, n_proj=256)},
+        "optimization_seconds": opt_seconds,
+        "optimized_grids": {k: {b: g.tolist() for b, g in v.items()} for k, v in opt.items()},
+    }
 
 
-def overheads(rows, column: int):
-    """ms per step outside the net (column 2) or outside the Denoiser (column 3), per method: the
-    minimum over its rows at NFE >= 20 (the machine is shared: the minimum is the least disturbed)."""
-    out = {}
-    for key, per in rows.items():
-        ms = [r[column] for b, r in per.items() if b >= 20]
-        if ms:
-            out[method_of(key)] = min(ms + ([out[method_of(key)]] if method_of(key) in out else []))
-    return out
+def best(rows: dict, lib: str, budget: int) -> tuple[str, float, int]:
+    """(row, RMSE, NFE) of the lowest RMSE of a library at an NFE budget."""
+    keys = [k for k in rows if k.startswith(lib + "/") and budget in rows[k]]
+    key = min(keys, key=lambda k: rows[k][budget][0])
+    return key, *rows[key][budget]
 
 
-def method_of(key: str) -> str:
-    """'diffspace/dpmpp_2m@karras' -> 'diffspace/dpmpp_2m'."""
-    return key.split("@")[0]
+# ---- time ------------------------------------------------------------------------------------------
+
+def _timed(fn, watch: Stopwatch) -> tuple[float, float]:
+    """(microseconds per network call outside the network, inside it) of one run of fn."""
+    watch.seconds, watch.calls = 0.0, 0
+    t0 = time.process_time()
+    fn()
+    total = time.process_time() - t0
+    return 1e6 * (total - watch.seconds) / watch.calls, 1e6 * watch.seconds / watch.calls
 
 
-def is_stochastic(key: str) -> bool:
-    lib, name = method_of(key).split("/")
-    return lib == "diffspace" and SAMPLERS[name].stochastic
+def timing(model, path, setup: Setup) -> dict:
+    """Per method pair, medians over interleaved repeats of microseconds per network call: time outside
+    the network under diffspace and under diffusers, and the network's own time under both and called
+    directly with a (1,) timestep. The direct calls run in the same sampler loop (a Denoiser that is the
+    bare network), so the memory allocator sees the same pattern of calls: the network's own time then
+    differs only by what NetDenoiser hands it."""
+    lo, hi = sampling_range(path)
+    noise = torch.randn(setup.n, 2, generator=torch.Generator().manual_seed(2))
+    net, watch = model.net, Stopwatch(model.net)
+    model.net = watch
+    x_init, one_timestep = noise * math.sqrt(1 + hi**2), torch.tensor([500.0])
+
+    def direct(x, sigma):  # the bare network as the Denoiser, called with a (1,) timestep
+        return watch(x, one_timestep)
+
+    keys = ("ours", "theirs", "net_ours", "net_theirs", "net_direct")
+    samples = {name: {k: [] for k in keys} for name in SAME_METHOD}
+    load_before = os.getloadavg()
+    with torch.no_grad():
+        for rep in range(setup.repeats):
+            for name, method in SAME_METHOD.items():
+                sigmas = GRIDS["trailing"](steps_for(SAMPLERS[name].nfe, setup.timing_nfe), lo, hi, path=path)
+                sched = diffusers_scheduler(method, "trailing", setup.timing_nfe)
+                runs = [("ours", "net_ours", lambda: diffspace_run(name, model, x_init, sigmas)),  # noqa: B023
+                        ("theirs", "net_theirs", lambda: diffusers_run(sched, watch, noise)),  # noqa: B023
+                        (None, "net_direct", lambda: diffspace_run(name, direct, noise, sigmas))]  # noqa: B023
+                for outside, inside, fn in runs[rep % 3:] + runs[:rep % 3]:  # why: no run always goes first
+                    out, net_time = _timed(fn, watch)
+                    samples[name][inside].append(net_time)
+                    if outside is not None:
+                        samples[name][outside].append(out)
+    model.net = net
+    medians = {name: {k: statistics.median(v) for k, v in m.items()} for name, m in samples.items()}
+    return {"us_per_call": medians,
+            "load_before": load_before, "load_after": os.getloadavg(), "repeats": setup.repeats,
+            "nfe": setup.timing_nfe, "batch": setup.n}
 
 
-def best(rmse, nfe, prefix, budget, keys=None):
-    """(key, rmse, actual NFE) of the lowest RMSE among deterministic rows with this prefix."""
-    keys = [k for k in (keys or rmse) if k.startswith(prefix) and budget in rmse[k] and not is_stochastic(k)]
-    key = min(keys, key=lambda k: rmse[k][budget])
-    return key, rmse[key][budget], nfe[key][budget]
-
+# ---- report ----------------------------------------------------------------------------------------
 
 def _fmt(v: float) -> str:
     return f"{v:.2e}" if v < 0.01 else f"{v:.3f}"
 
 
-def best_per_method(result):
-    """{method: {budget: (key, rmse, nfe)}}: each method at its best grid / config per budget."""
-    rmse, nfe = result["rmse"], result["actual_nfe"]
-    methods = sorted({method_of(k) for k in rmse if not is_stochastic(k)})
-    return {m: {b: best(rmse, nfe, m + "@", b) for b in NFES} for m in methods}
+def write_markdown(result: dict, out: Path) -> None:
+    s = result["setup"]
+    lines = [
+        "## Samplers at the limit (issue 13)", "",
+        f"`benchmarks/samplers.py{' --quick' if s['out'] != 'samplers' else ''}` on {result['machine']}. The "
+        f"eps-MLP trained the diffusers way ({s['train_steps']} steps, module docstring), {s['n']} noises; "
+        "RMSE = sqrt(mean_i ||x_i - x_ref,i||^2) against the adaptive PF-ODE solution of the same network "
+        "from the same noise; diffusers' best of default spacing, trailing and Karras sigmas. NFE in "
+        "parentheses is the count used.", "",
+    ]
+    for dataset, acc in result["accuracy"].items():
+        ref = acc["reference"]
+        lines += [f"### {dataset}", "",
+                  f"Reference: {ref['nfe']} NFE. Sliced W2 to held-out data (256 projections): adaptive ODE "
+                  f"{ref['sw2_adaptive_ode']:.4f}, data floor {ref['sw2_data_floor']:.4f}. Optimized grids: "
+                  f"{acc['optimization_seconds']:.0f} s.", "",
+                  "| NFE | diffspace best | diffusers best | ratio (goal <= 0.5) |", "|---|---|---|---|"]
+        for b, pair in acc["best"].items():
+            (k1, r1, n1), (k2, r2, n2) = pair["diffspace"], pair["diffusers"]
+            lines.append(f"| {b} | {k1} ({n1}): {_fmt(r1)} | {k2} ({n2}): {_fmt(r2)} | {r1 / r2:.2f} |")
+        budgets = list(acc["best"])
+        lines += ["", "<details><summary>All rows</summary>", "",
+                  "| sampler@grid | " + " | ".join(f"RMSE @{b}" for b in budgets) + " |",
+                  "|---" * (len(budgets) + 1) + "|"]
+        for key, per in acc["rows"].items():
+            cells = [f"{_fmt(per[b][0])} ({per[b][1]})" if b in per else "" for b in budgets]
+            lines.append(f"| {key} | " + " | ".join(cells) + " |")
+        lines += ["", "</details>", ""]
+    t = result["timing"]
+    lines += [f"### Time per network call (microseconds; {t['batch']} samples, {t['nfe']} NFE, trailing "
+              f"spacing, median of {t['repeats']} interleaved repeats; load average "
+              f"{t['load_before'][0]:.2f} before, {t['load_after'][0]:.2f} after)", "",
+              "| method | outside the net: diffspace | diffusers | ratio (goal <= 0.5) | net under diffspace "
+              "| net called directly, (1,) timestep | ratio (goal 1 +- 0.05) |", "|---" * 7 + "|"]
+    for name, m in t["us_per_call"].items():
+        lines.append(f"| {name} / {SAME_METHOD[name]} | {m['ours']:.1f} | {m['theirs']:.1f} | "
+                     f"{m['ours'] / m['theirs']:.2f} | {m['net_ours']:.0f} | {m['net_direct']:.0f} | "
+                     f"{m['net_ours'] / m['net_direct']:.3f} |")
+    ours = [m["ours"] for m in t["us_per_call"].values()]
+    theirs = [m["theirs"] for m in t["us_per_call"].values()]
+    geo = math.exp(statistics.fmean(math.log(a / b) for a, b in zip(ours, theirs, strict=True)))
+    lines += ["", f"Geometric mean of the outside-the-network ratios: {geo:.2f}.", ""]
+    out.write_text("\n".join(lines))
 
 
-def write_plot(result, out: Path):
+def write_plot(result: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    same = {f"diffusers/{d}": f"diffspace/{n}" for n, d in SAME_METHOD.items()}
-    methods = best_per_method(result)
-    palette = plt.get_cmap("tab10").colors
-    color = {m: palette[i % 10] for i, m in enumerate(sorted({same.get(m, m) for m in methods}))}
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for method, per in methods.items():  # one colour per method: diffspace solid, diffusers dashed
-        xs, ys = [per[b][2] for b in NFES], [per[b][1] for b in NFES]
-        ax.plot(xs, ys, "-o" if method.startswith("diffspace") else "--s", ms=3, lw=1.2, label=method,
-                color=color[same.get(method, method)])
-    ax.set(xscale="log", yscale="log", xlabel="NFE (network evaluations)",
-           ylabel="RMSE to the adaptive PF-ODE solution",
-           title="Same eps-MLP, same 10k noises (best grid / config)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=6, ncol=2)
+    datasets = list(result["accuracy"])
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        rows = result["accuracy"][dataset]["rows"]
+        methods = sorted({k.split("@")[0] for k in rows})
+        for i, method in enumerate(methods):
+            keys = [k for k in rows if k.startswith(method + "@")]
+            budgets = sorted({b for k in keys for b in rows[k]})
+            ys = [min(rows[k][b][0] for k in keys if b in rows[k]) for b in budgets]
+            style = "-o" if method.startswith("diffspace") else "--s"
+            color = plt.get_cmap("tab20").colors[i % 20]
+            ax.plot(budgets, ys, style, ms=3, lw=1.2, label=method, color=color)
+        ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="RMSE to the adaptive PF-ODE solution",
+               title=f"{dataset}: best grid / config per method")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=130)
 
 
-def _target_lines(result):
-    lines = ["| NFE budget | diffspace best | diffusers best | ratio (target <= 0.5) |", "|---|---|---|---|"]
-    for b in [b for b in NFES if b <= 20]:
-        (k1, r1, n1), (k2, r2, n2) = result["best"][b]["diffspace"], result["best"][b]["diffusers"]
-        lines.append(f"| {b} | {k1} ({n1} NFE): {_fmt(r1)} | {k2} ({n2} NFE): {_fmt(r2)} | {r1 / r2:.2f} |")
-    return lines
-
-
-def _overhead_lines(result):
-    o = result["overhead_ms_per_step"]
-    inner = result["overhead_outside_denoiser_ms_per_step"]
-    lines = ["| method | diffspace ms/step | (sampler only) | diffusers ms/step | ratio (target <= 0.5) |",
-             "|---|---|---|---|---|"]
-    for name, dname in SAME_METHOD.items():
-        a, a_inner, b = o[f"diffspace/{name}"], inner[f"diffspace/{name}"], o[f"diffusers/{dname}"]
-        lines.append(f"| {name} / {dname} | {a:.3f} | {a_inner:.3f} | {b:.3f} | {a / b:.2f} |")
-    return lines
-
-
-def _full_table(result):
-    rmse, sw2, nfe = result["rmse"], result["sw2"], result["actual_nfe"]
-    head = ("| sampler@grid | " + " | ".join(f"RMSE @{b}" for b in NFES)
-            + f" | SW2 @{NFES[1]} | SW2 @{NFES[-1]} |")
-    lines = [head, "|---" * (len(NFES) + 3) + "|"]
-    for key in rmse:
-        cells = [f"{_fmt(rmse[key][b])} ({nfe[key][b]})" if b in rmse[key] else "" for b in NFES]
-        w = [f"{sw2[key][b]:.4f}" if b in sw2[key] else "" for b in (NFES[1], NFES[-1])]
-        lines.append(f"| {key} | " + " | ".join(cells + w) + " |")
-    return lines
-
-
-def _advice(result):
-    """Advice sentences whose every number comes from this run."""
-    per = best_per_method(result)
-    lines = ["**How to choose** (from the numbers above):", ""]
-    for b in NFES:
-        k, r, n = result["best"][b]["diffspace"]
-        lines.append(f"- NFE {b}: `{k}` is the most accurate diffspace choice (RMSE {_fmt(r)} at {n} NFE).")
-    opt = [m for m in per if any(per[m][b][0].endswith("@opt") for b in NFES)]
-    if opt:
-        gains = []
-        for m in opt:
-            fixed = [result["rmse"][f"{m}@{g}"][NFES[0]] for g in GRID_NAMES]
-            gains.append(f"{m.split('/')[1]} {min(fixed) / result['rmse'][f'{m}@opt'][NFES[0]]:.1f}x")
-        lines.append("- An optimized grid is the biggest lever at few steps: at NFE "
-                     f"{NFES[0]} it cuts the RMSE of the best fixed grid by " + ", ".join(gains)
-                     + ". Compute it once per model (`optimize_sigmas`) and store it with the run.")
-    sw = {k: v[NFES[-1]] for k, v in result["sw2"].items() if is_stochastic(k)}
-    if sw:
-        k = min(sw, key=sw.get)
-        lines.append("- Stochastic samplers do not follow the ODE (their RMSE is not comparable); judged "
-                     f"by sliced W2 at NFE {NFES[-1]} the best is `{k}` ({sw[k]:.4f}; the adaptive ODE: "
-                     f"{result['sw2_baseline']['adaptive_reference']:.4f}).")
-        ode = min(v[NFES[-1]] for k, v in result["sw2"].items() if not is_stochastic(k) and NFES[-1] in v)
-        if sw[k] < 0.5 * ode:
-            lines.append(
-                f"- Here the noise the stochastic samplers add fixes what the ODE cannot (best ODE sliced W2 "
-                f"{ode:.4f}): an eps-network is ill-conditioned at the top of the DDPM table, where x0_hat = "
-                "(x_t - sigma_t eps_hat) / alpha_t multiplies its error by 1 / alpha_t = 157, and the "
-                "deterministic flow carries that error to the end. Prefer v-, x0- or EDM-preconditioned "
-                "models for few-step ODE sampling, or a stochastic sampler for an eps model.")
-    return lines
-
-
-def write_markdown(result, out: Path):
-    base = result["sw2_baseline"]
-    text = [
-        "## Choosing a sampler", "",
-        f"Measured by `make bench-samplers` ({result['setup']}; {result['machine']}). RMSE is to the "
-        "adaptive ODE solution from the same noise (it measures the solver, not the model); sliced W2 is to "
-        f"held-out data (held-out vs train: {base['heldout_vs_train']:.4f}; the adaptive solution: "
-        f"{base['adaptive_reference']:.4f}). Grids: `karras` (rho = 7), `logsnr`, `trailing` (DDPM table), "
-        f"`opt` (optimized for this model and solver on {N_CALIB} calibration noises, disjoint from the "
-        f"{N} evaluation noises: `diffspace.samplers.optimize_grid.optimize_sigmas`, "
-        f"{result['optimization_seconds']:.0f} s for all). diffusers configs: `trailing` spacing and "
-        "`karras` sigmas (DDIM: its default `leading` and `trailing`). NFE in parentheses is the count used.",
-        "", "![RMSE vs NFE](samplers.png)", "",
-        "**Best deterministic result per NFE budget** (targets from issue 3):", "",
-        *_target_lines(result), "",
-        "**Time per step outside the network** (min over the rows at NFE 20 and 50; the diffspace column "
-        "includes NetDenoiser's eps -> x0 conversion, the next one only the sampler itself):", "",
-        *_overhead_lines(result), "", *_advice(result), "",
-        "<details><summary>All rows</summary>", "", *_full_table(result), "", "</details>", "",
-    ]
-    out.write_text("\n".join(text))
-
-
 def load_result(path: Path) -> dict:
-    """The JSON back with integer NFE budgets as keys again."""
+    """The JSON back, with integer NFE budgets as keys again."""
     def fix(d):
         return {int(k) if k.isdigit() else k: fix(v) if isinstance(v, dict) else v for k, v in d.items()}
 
     return fix(json.loads(path.read_text()))
 
 
-def main():
+def main(setup: Setup) -> None:
     torch.manual_seed(0)
-    model = load_model()
-    path = model.path
-    noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(0))
-    calib = torch.randn(N_CALIB, 2, generator=torch.Generator().manual_seed(1))
-    scale = math.sqrt(1 + path.sigma_max**2)  # x_T ~ N(0, I) in VP space is noise / alpha_T in sigma space
-    x_init = noise * scale
-    heldout = make_toy("checkerboard", N, seed=0, split="test")
-    counter = CountingDenoiser(model)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        ref = sample_adaptive(counter, x_init, path.sigma_max, path.sigma_min, rtol=1e-5, atol=1e-5)
-    print(f"reference: {counter.nfe} NFE, {time.perf_counter() - t0:.1f} s", flush=True)
-    t0 = time.perf_counter()
-    opt = optimized_grids(model, path, calib * scale)
-    opt_seconds = time.perf_counter() - t0
-    rows = {f"diffspace/{k}": v for k, v in diffspace_rows(model, x_init, path, opt).items()}
-    rows.update({f"diffusers/{k}": v for k, v in diffusers_rows(model.net, noise).items()})
-    rmse, sw2, nfe = metrics(rows, ref, heldout)
-    result = {
-        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} thread(s), shared CPU",
-        "setup": "eps-MLP (hidden 128, depth 4) on DDPM T=1000 linear betas, 2-D checkerboard; "
-                 f"{N} noises; reference dopri5 rtol=atol=1e-5 ({counter.nfe} NFE)",
-        "nfe_budgets": list(NFES), "rmse": rmse, "sw2": sw2, "actual_nfe": nfe,
-        "sw2_baseline": {"heldout_vs_train": sliced_w2(make_toy("checkerboard", N, seed=0), heldout,
-                                                       n_proj=256),
-                         "adaptive_reference": sliced_w2(ref, heldout, n_proj=256)},
-        "overhead_ms_per_step": overheads(rows, 2),
-        "overhead_outside_denoiser_ms_per_step": overheads(rows, 3),
-        "optimized_grids": {k: {b: g.tolist() for b, g in v.items()} for k, v in opt.items()},
-        "optimization_seconds": opt_seconds,
-        "best": {b: {lib: best(rmse, nfe, f"{lib}/", b) for lib in ("diffspace", "diffusers")}
-                 for b in NFES},
-    }
+    path = ddpm_from_scheduler_config(TABLE)
+    result = {"setup": asdict(setup),
+              "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+                         f"{torch.get_num_threads()} thread(s), {os.cpu_count()} cores",
+              "accuracy": {}}
+    models = {}
+    for dataset in setup.datasets:
+        net = train_eps_mlp(dataset, setup.train_steps, path.alphas_cumprod)
+        models[dataset] = model = NetDenoiser(net, path, "eps")
+        result["accuracy"][dataset] = accuracy(dataset, model, path, setup)
+        print(json.dumps(result["accuracy"][dataset]["best"]), flush=True)
+    result["timing"] = timing(models[setup.datasets[0]], path, setup)
     OUT.mkdir(exist_ok=True)
-    (OUT / "samplers.json").write_text(json.dumps(result, indent=1))
-    write_markdown(result, OUT / "samplers.md")
-    write_plot(result, OUT / "samplers.png")
-    print((OUT / "samplers.md").read_text())
+    (OUT / f"{setup.out}.json").write_text(json.dumps(result, indent=1))
+    write_markdown(result, OUT / f"{setup.out}.md")
+    write_plot(result, OUT / f"{setup.out}.png")
+    print((OUT / f"{setup.out}.md").read_text())
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--report"]:  # rebuild the Markdown and the plot from the JSON
-        res = load_result(OUT / "samplers.json")
-        write_markdown(res, OUT / "samplers.md")
-        write_plot(res, OUT / "samplers.png")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the reduced check (samplers_quick.*)")
+    parser.add_argument("--report", action="store_true", help="rebuild the Markdown and plot from the JSON")
+    args = parser.parse_args()
+    chosen = QUICK if args.quick else FULL
+    if args.report:
+        res = load_result(OUT / f"{chosen.out}.json")
+        write_markdown(res, OUT / f"{chosen.out}.md")
+        write_plot(res, OUT / f"{chosen.out}.png")
     else:
-        main()
+        main(chosen)
