@@ -25,6 +25,7 @@ class MLPConfig:
     hidden: int = 256
     depth: int = 4
     dropout: float = 0.0
+    out_norm: bool = True  # the residual MLP's output LayerNorm (false for eps/score/velocity, see above)
 
 
 class _Block(nn.Module):

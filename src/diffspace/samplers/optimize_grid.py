@@ -9,7 +9,7 @@ and the grid ends in 0) are searched in log sigma with Nelder-Mead, started from
 Karras and uniform-logSNR grids. Gradient-free, so it works for any solver and any denoiser; its
 budget is `max_evals` runs of the n-step solver.
 
-Dynamic programming (`dp_schedule`), after [GITS] arXiv 2405.11326v1 Sec. 4 (Alg. 1): PF-ODE
+Dynamic programming (`dp_schedule`), after the time schedule of [GITS] arXiv 2405.11326: PF-ODE
 trajectories are regular enough that the error of ONE step from candidate level i to a lower level j,
 started on the reference trajectory, measures how well that step fits it. On a fine candidate set
 (uniform in log sigma, then 0) the adaptive solution of the calibration batch is recorded at every
@@ -21,6 +21,11 @@ per order and the DP also picks the order of each step, at a fixed NFE. Costs: t
 one call per candidate level for the cached x0_hat, and for order 2 one stacked call per level (all
 Heun corrections that end there). The result is a `Schedule` (float64 grid and orders), JSON
 round-trippable, sampled by `sample_schedule`; its grid alone also serves any sampler.
+
+The DP minimizes a sum of one-step errors, not the final error: errors made at high sigma shrink on
+the way down and errors partly cancel, so the DP's plan can trail a searched one (on the 8-gaussians
+mixture at 10 Euler steps it trails the Karras grid, benchmarks/results/schedule_lab.md); its strength
+is few steps at a fixed, small cost, and its grid is a good start for `optimize_sigmas(starts=...)`.
 
 Store results with the run and pass the grid as `sigmas`. Everything is deterministic given the
 calibration batch.

@@ -1,11 +1,13 @@
 """A PCA-direction correction of Euler (DDIM) steps with a few coordinates learned on a calibration
 batch, after PAS: [PAS] Wang et al., "Diffusion Sampling Correction via Approximately 10 Parameters",
-arXiv 2411.06503v2 (REFERENCES.md lists 2411.16318; the paper's repository gives 2411.06503).
+arXiv 2411.06503 (the id the authors' repository gives; REFERENCES.md lists 2411.16318). Written from
+the method as the authors' README and code describe it; no section numbers are cited because the
+paper's text was not at hand.
 
 An Euler step in sigma ([EDM] Alg. 1) moves x_i along d_i = (x_i - D(x_i, sigma_i)) / sigma_i. Sampling
-trajectories lie close to a low-dimensional subspace ([PAS] Sec. 3.2, [GITS] arXiv 2405.11326v1), so
+trajectories lie close to a low-dimensional subspace ([PAS], [GITS] arXiv 2405.11326), so
 the truncation error of the step is corrected inside the span of a few per-example basis vectors
-([PAS] Sec. 3.3): u_1 = d_i / |d_i|, then the top principal directions of the example's own history
+([PAS]): u_1 = d_i / |d_i|, then the top principal directions of the example's own history
 [x_T / sigma_0, d_0, ..., d_i] (centred; x_T in direction units, [PAS]'s "use x_T"), Gram-Schmidt
 orthonormalized against the earlier ones and signed to point along x_i - x_T (their sign rule). The
 corrected direction is
@@ -15,8 +17,8 @@ corrected direction is
 with coordinates c_i shared by every example, so one step costs k numbers. Learning runs step by
 step along the corrected trajectory of the calibration batch: c_i minimizes the mean squared distance
 of x_{i+1} to the adaptive PF-ODE solution at sigma_{i+1}; a step keeps its coordinates only when
-that lowers the error by more than a relative `tol` (the adaptive search of [PAS] Sec. 3.4), so
-typically a handful of steps hold all parameters.
+that lowers the error by more than a relative `tol` (the adaptive search of [PAS]); the others stay
+plain Euler steps and store nothing.
 
 Two choices differ from the paper, each for a reason. The coordinates are relative to |d_i| and start
 at (1, 0, ...) (the uncorrected step for every example), where [PAS] uses absolute coordinates started
@@ -78,7 +80,7 @@ def _orthonormal(vectors: list[Tensor]) -> Tensor:
 
 
 def direction_basis(history: list[Tensor], d: Tensor, x: Tensor, x_start: Tensor, k: int) -> Tensor:
-    """The k per-example basis vectors (B, k, D) of [PAS] Sec. 3.3 for the current direction d (B, D):
+    """The k per-example basis vectors (B, k, D) of [PAS] for the current direction d (B, D):
     d / |d|, then the top k - 1 principal directions of the centred history (B, m, D), Gram-Schmidt
     orthonormalized and signed along x - x_start; directions the history lacks are 0."""
     centred = torch.stack(history, 1) - torch.stack(history, 1).mean(1, keepdim=True)
