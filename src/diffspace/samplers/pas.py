@@ -83,7 +83,8 @@ def direction_basis(history: list[Tensor], d: Tensor, x: Tensor, x_start: Tensor
     """The k per-example basis vectors (B, k, D) of [PAS] for the current direction d (B, D):
     d / |d|, then the top k - 1 principal directions of the centred history (B, m, D), Gram-Schmidt
     orthonormalized and signed along x - x_start; directions the history lacks are 0."""
-    centred = torch.stack(history, 1) - torch.stack(history, 1).mean(1, keepdim=True)
+    stacked = torch.stack(history, 1)  # (B, m, D)
+    centred = stacked - stacked.mean(1, keepdim=True)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)  # (B, min(m, D)), (B, min(m, D), D)
     keep = s > RANK_RTOL * d.norm(dim=1, keepdim=True)  # why: centred rank-deficient histories
     pcs = [torch.where(keep[:, j:j + 1], vh[:, j], 0.0) for j in range(min(k - 1, vh.shape[1]))]
