@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from diffspace.train.checkpoint import load_checkpoint
 from diffspace.train.distributed import gather_shares, init_distributed, my_share, peer_guard
-from diffspace.train.loop import TrainingError
+from diffspace.types import TrainingError
 from distributed_helpers import CONFIG, TINY, in_process, sets, torchrun
 
 STEPS = 12  # checkpoints (kept) every 4 steps: the runs are compared at steps 4, 8 and 12
@@ -112,6 +112,28 @@ def test_two_ranks_sample_and_evaluate_text_like_one(tmp_path):
     torchrun("eval", str(run), "--ppl", "--json", str(tmp_path / "two.json"))
     one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
     assert one["val_chunks"] == 150 and one == two
+
+
+@pytest.mark.slow
+def test_two_ranks_evaluate_images_like_one(tmp_path):
+    """Image eval under torchrun: the ranks share the sampling, rank 0 alone trains the feature net (once)
+    and writes; the metrics equal one process's with that feature net."""
+    run = tmp_path / "digits"
+    digits = str(Path(CONFIG).parent / "digits-edm.toml")
+    in_process("train", digits, *sets(f"run.dir={run}", "train.steps=6", "train.batch_size=16",
+                                      "model.unet.channels=8", "model.unet.attn_resolutions=[]",
+                                      "eval.featurenet_steps=100"),
+               "--no-progress")
+    common = ["eval", str(run), "--num-samples", "30", "--steps", "2", "--sampler", "euler", "--cfg", "2"]
+    torchrun(*common, "--json", str(tmp_path / "two.json"))
+    assert (run / "featurenet.safetensors").is_file()  # trained by rank 0 during the two-rank eval
+    stamp = (run / "featurenet.safetensors").stat().st_mtime_ns
+    in_process(*common, "--json", str(tmp_path / "one.json"))
+    assert (run / "featurenet.safetensors").stat().st_mtime_ns == stamp  # reused, not trained again
+    one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
+    assert one.keys() == two.keys() and one["n"] == 30
+    for k, v in one.items():
+        assert v == pytest.approx(two[k], rel=1e-5, abs=1e-6) if isinstance(v, float) else v == two[k], k
 
 
 def test_peer_guard_names_a_lost_peer_and_lets_other_errors_through():

@@ -5,12 +5,10 @@
   its predictions give the classification accuracy of class-conditional samples (CAS).
 * The noise-aware classifier: the same network with a noise embedding, trained on EDM-space
   x = x0 + sigma eps over the sampler's whole sigma range, for classifier guidance ([CG] arXiv 2105.05233).
-* InceptionV3 features through pytorch-fid, only from a local weights file (nothing is downloaded).
 """
 
 import json
 import math
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,8 +20,6 @@ from diffspace.nets.classifier import ConvClassifier
 from diffspace.samplers.guidance import EDMClassifier
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from diffspace.types import UserError
-
-INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid looks for
 
 
 def _random_shift(x: Tensor, g: torch.Generator, pixels: int = 1) -> Tensor:
@@ -145,31 +141,3 @@ def train_classifier(data_name: str, out_path: str | Path, steps: int = 3000, ba
 def load_noisy_classifier(path: str | Path) -> EDMClassifier:
     net, meta = load_classifier(path, "noisy_classifier")
     return EDMClassifier(net, meta["sigma_data"]).eval()
-
-
-def inception_features(x: Tensor, weights: str | Path, batch: int = 200) -> Tensor:
-    """2048-d pool features of the FID InceptionV3 (pytorch-fid) from a local weights file; x in [-1, 1].
-
-    pytorch-fid fetches its weights through torch.hub's cache; pointing the cache at a temporary
-    folder that holds only the user's file makes it load that file and never download.
-    """
-    weights = Path(weights)
-    try:
-        from pytorch_fid.inception import InceptionV3
-    except ImportError as e:
-        raise UserError(f"InceptionV3 features need pytorch-fid (pip install pytorch-fid, which needs "
-                        f"torchvision) plus a local {INCEPTION_FILE}; import failed: {e}") from None
-    if not weights.is_file():
-        raise UserError(f"InceptionV3 weights file not found: {weights} (expected a local {INCEPTION_FILE})")
-    old = torch.hub.get_dir()
-    with tempfile.TemporaryDirectory() as hub:
-        (Path(hub) / "checkpoints").mkdir()
-        (Path(hub) / "checkpoints" / INCEPTION_FILE).symlink_to(weights.resolve())
-        torch.hub.set_dir(hub)
-        try:
-            model = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
-        finally:
-            torch.hub.set_dir(old)
-    rgb = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
-    with torch.no_grad():  # pytorch-fid resizes to 299 and expects [0, 1]
-        return torch.cat([model((rgb[i:i + batch] + 1) / 2)[0].flatten(1) for i in range(0, len(x), batch)])

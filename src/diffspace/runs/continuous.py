@@ -74,6 +74,7 @@ class SampleConfig:
 @dataclass
 class EvalConfig:
     n: int = 10_000
+    featurenet_steps: int = 1500  # images: training steps of the feature net trained into the run
 
 
 @dataclass
@@ -102,6 +103,7 @@ class ContinuousConfig:
             raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
                             "model.parameterization = 'velocity'")
         for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("eval.n", self.eval.n),
+                           ("eval.featurenet_steps", self.eval.featurenet_steps),
                            ("model.sigma_data", m.sigma_data)]:
             if value <= 0:
                 raise UserError(f"{src}: {key} must be positive, got {value}")

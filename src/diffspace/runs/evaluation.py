@@ -86,7 +86,8 @@ def featurenet_for(run: Run, path: str | None = None) -> tuple:
             raise UserError(f"feature net not found: {p} (train one with `diffspace train-featurenet`)")
         d = run.cfg.data
         log.info("training the feature net for %s into %s", d.name, p)
-        train_featurenet(d.name, p, seed=run.cfg.run.seed, path=d.file or None, size=d.image_size)
+        train_featurenet(d.name, p, steps=run.cfg.eval.featurenet_steps, seed=run.cfg.run.seed,
+                         path=d.file or None, size=d.image_size)
     return load_classifier(p, "featurenet")
 
 
