@@ -87,6 +87,19 @@ def test_text_tower_ignores_padding_and_image_tower_sees_position():
         assert (e[0] - e[1]).abs().max() > 1e-4
 
 
+def test_colour_blind_stem_ignores_which_plane_holds_the_colour():
+    torch.manual_seed(0)
+    tower = ImageTower(3, 8, width=4, levels=2, plane_stem=5).eval()
+    red = torch.full((1, 3, 16, 16), -0.8)
+    red[0, 0, 4:9, 3:10] = 0.9  # a red block on a grey background
+    green = red[:, [1, 0, 2]]  # the same block in green
+    with torch.no_grad():
+        assert torch.equal(tower.form(red), tower.form(green)) and tower.form(red).shape == (1, 5, 16, 16)
+        moved = red.roll(4, dims=-1)
+        assert (tower.form(moved) - tower.form(red)).abs().max() > 1e-3  # it sees where the block is
+        assert (tower(red) - tower(green)).abs().max() > 1e-4  # the tower still sees the colour
+
+
 def test_recall_at_1_and_nearest():
     img = torch.eye(4)
     txt = torch.eye(4)[[0, 1, 3, 2]]  # texts 2 and 3 swapped: half the pairs are found
