@@ -5,6 +5,8 @@ conditioners of flows, VAE encoders and decoders, GAN generators and discriminat
 identity ([GLOW] arXiv 1807.03039v2 Sec. 3.3, "Zero initialization").
 """
 
+from collections.abc import Callable
+
 from torch import nn
 
 
@@ -15,13 +17,13 @@ def _maybe_zero(layer: nn.Module, zero: bool) -> nn.Module:
     return layer
 
 
-def feedforward(d_in: int, d_out: int, hidden: int = 256, depth: int = 2,
-                zero_last: bool = False) -> nn.Sequential:
-    """(B, d_in) -> (B, d_out): `depth` hidden layers of width `hidden` with SiLU."""
+def feedforward(d_in: int, d_out: int, hidden: int = 256, depth: int = 2, zero_last: bool = False,
+                act: Callable[[], nn.Module] = nn.SiLU) -> nn.Sequential:
+    """(B, d_in) -> (B, d_out): `depth` hidden layers of width `hidden`, each followed by act()."""
     dims = [d_in] + [hidden] * depth
     layers: list[nn.Module] = []
     for a, b in zip(dims[:-1], dims[1:], strict=True):
-        layers += [nn.Linear(a, b), nn.SiLU()]
+        layers += [nn.Linear(a, b), act()]
     return nn.Sequential(*layers, _maybe_zero(nn.Linear(dims[-1], d_out), zero_last))
 
 
