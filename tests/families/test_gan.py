@@ -11,7 +11,7 @@ from torch.nn import functional as F
 from diffspace.data.gmm import eight_gaussians_mixture
 from diffspace.data.toy import make_toy
 from diffspace.eval.modes import mode_coverage
-from diffspace.families.gan import gan_loss, hinge, mlp_gan, nonsaturating
+from diffspace.families.gan import conv_gan, gan_loss, hinge, mlp_gan, nonsaturating
 from diffspace.train.loop import TrainConfig, Trainer, TrainSetup, lr_lambda
 
 
@@ -20,26 +20,40 @@ def _grads(loss, params):
 
 
 @pytest.mark.parametrize("objective", [nonsaturating, hinge])
-def test_each_player_gets_the_gradient_of_its_own_objective(objective):
+@pytest.mark.parametrize("images", [False, True])
+def test_each_player_gets_the_gradient_of_its_own_objective(objective, images):
     torch.manual_seed(0)
-    gan = mlp_gan(2, latent_dim=3, hidden=16, depth=2, objective=objective, r1_gamma=0.5).double()
-    x, z = torch.randn(32, 2, dtype=torch.float64), torch.randn(32, 3, dtype=torch.float64)
+    if images:  # the convolutional discriminator (GroupNorm) through functional_call
+        gan = conv_gan((1, 8, 8), 3, hidden=16, width=8, objective=objective, r1_gamma=0.5).double()
+        x = torch.rand(8, 1, 8, 8, dtype=torch.float64) * 2 - 1
+    else:
+        gan = mlp_gan(2, latent_dim=3, hidden=16, depth=2, objective=objective, r1_gamma=0.5).double()
+        x = torch.randn(32, 2, dtype=torch.float64)
+    z = torch.randn(len(x), 3, dtype=torch.float64)
     G, D = list(gan.generator.parameters()), list(gan.discriminator.parameters())
     total = gan_loss(gan, {"x": x, "z": z}).mean()
     # the two objectives computed apart, every gradient live
     xr = x.clone().requires_grad_(True)
     d_real, d_fake = gan.discriminator(xr)[:, 0], gan.discriminator(gan.generator(z))[:, 0]
     (r,) = torch.autograd.grad(d_real.sum(), xr, create_graph=True)
+    r1 = 0.25 * r.flatten(1).square().sum(1)
     if objective is nonsaturating:
-        loss_d = F.softplus(-d_real) + F.softplus(d_fake) + 0.25 * r.square().sum(1)
+        loss_d = F.softplus(-d_real) + F.softplus(d_fake) + r1
         loss_g = F.softplus(-d_fake)
     else:
-        loss_d = F.relu(1 - d_real) + F.relu(1 + d_fake) + 0.25 * r.square().sum(1)
+        loss_d = F.relu(1 - d_real) + F.relu(1 + d_fake) + r1
         loss_g = -d_fake
     for got, want in zip(_grads(total, D), _grads(loss_d.mean(), D), strict=True):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
     for got, want in zip(_grads(total, G), _grads(loss_g.mean(), G), strict=True):
         assert torch.allclose(got, want, rtol=0, atol=1e-12)
+
+
+def test_conv_gan_shapes():
+    gan = conv_gan((1, 8, 8))
+    x = gan.sample(5, torch.Generator().manual_seed(0))
+    assert x.shape == (5, 1, 8, 8) and x.abs().max() <= 1
+    assert gan_loss(gan, {"x": x, **gan.noise(5, torch.Generator())}).shape == (5,)
 
 
 def test_mode_coverage_of_exact_samples():

@@ -35,6 +35,7 @@ from torch.func import functional_call
 from torch.nn import functional as F
 
 from diffspace import rng
+from diffspace.nets.classifier import ConvClassifier
 from diffspace.nets.feedforward import feedforward
 
 Objective = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -102,3 +103,14 @@ def mlp_gan(dim: int, latent_dim: int = 8, hidden: int = 64, depth: int = 3,
     act = partial(nn.LeakyReLU, 0.2)
     generator = feedforward(latent_dim, dim, hidden, depth, act=act)
     return GAN(generator, feedforward(dim, 1, hidden, depth, act=act), latent_dim, objective, r1_gamma)
+
+
+def conv_gan(shape: tuple[int, int, int], latent_dim: int = 32, hidden: int = 256, depth: int = 2,
+             width: int = 32, objective: Objective = nonsaturating, r1_gamma: float = 1.0) -> GAN:
+    """For images (C, H, W) in [-1, 1]: an MLP generator ending in tanh, and the project's convolutional
+    classifier with one logit and no dropout as the discriminator."""
+    C, H, W = shape
+    act = partial(nn.LeakyReLU, 0.2)
+    generator = nn.Sequential(feedforward(latent_dim, C * H * W, hidden, depth, act=act),
+                              nn.Unflatten(1, tuple(shape)), nn.Tanh())
+    return GAN(generator, ConvClassifier(C, 1, width=width, dropout=0.0), latent_dim, objective, r1_gamma)
