@@ -15,7 +15,8 @@ EPILOG = "Run `diffspace COMMAND --help` for the options of each command."
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    def _get_help_string(self, action):  # why: "None" defaults mean "the run's own", said in the help
+        return action.help if action.default is None else super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,13 +39,28 @@ def _add_sampling(p):
     p.add_argument("--seed", type=int, default=0, help="sampling seed (sample i depends only on it and i)")
     p.add_argument("--cfg", type=float, help="class-conditional runs: classifier-free guidance scale w "
                                              "(0: unconditional, 1: conditional); default: 1")
-    p.add_argument("--eta", type=float, help="ddim: fraction of the posterior noise kept (0 = DDIM)")
-    p.add_argument("--churn", type=float, help="edm_sde: S_churn, the noise added per step")
-    p.add_argument("--snr", type=float, help="pc: signal-to-noise ratio of the Langevin corrector")
-    p.add_argument("--order", type=int, help="unipc / deis: order of the multistep predictor")
+    p.add_argument("--sigma-min", type=float, help="continuous runs: lowest nonzero noise level of the grid "
+                                                   "(default: the path's own)")
+    p.add_argument("--sigma-max", type=float, help="continuous runs: the starting noise level (default: the "
+                                                   "path's own, e.g. 157 for the DDPM table, like diffusers)")
+    for name, (kind, users, meaning) in _sampler_options().items():
+        flag = "--" + name.replace("_", "-")
+        if kind is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{', '.join(users)}: {meaning}")
+        else:
+            p.add_argument(flag, type=kind, help=f"{', '.join(users)}: {meaning} (default: the sampler's)")
 
 
-SAMPLER_FLAGS = {"eta": "eta", "churn": "s_churn", "snr": "snr", "order": "order"}  # flag -> sampler option
+def _sampler_options() -> dict[str, tuple[type, list[str], str]]:
+    """Every sampler option in the registry: name -> (type, samplers that take it, meaning)."""
+    from diffspace.samplers.registry import SAMPLERS
+
+    out: dict[str, tuple[type, list[str], str]] = {}
+    for sampler, spec in SAMPLERS.items():
+        for opt in spec.options:
+            kind, users, meaning = out.get(opt.name, (opt.type, [], opt.meaning))
+            out[opt.name] = (kind, [*users, sampler], meaning)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,9 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sampler_options(args) -> dict:
-    given = {flag: getattr(args, flag) for flag in SAMPLER_FLAGS}
-    return {SAMPLER_FLAGS[flag]: v for flag, v in given.items() if v is not None}
+def _given_sampler_options(args) -> dict:
+    return {name: getattr(args, name) for name in _sampler_options() if getattr(args, name) is not None}
 
 
 def cmd_train(args) -> None:
@@ -200,7 +215,8 @@ def cmd_sample(args) -> None:
     run = _load(args)
     opts = runs.SampleOptions(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
-        sampler_options=_sampler_options(args), guidance=args.cfg,
+        sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max, guidance=args.cfg,
         class_labels=tuple(args.class_labels) if args.class_labels else None, prompt=args.prompt,
         block=args.block, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv")
@@ -237,7 +253,8 @@ def cmd_eval(args) -> None:
     run = _load(args)
     opts = runs.EvalOptions(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
-        sampler_options=_sampler_options(args), guidance=args.cfg, featurenet=args.featurenet,
+        sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,
+        sigma_max=args.sigma_max, guidance=args.cfg, featurenet=args.featurenet,
         nll=args.nll, nll_n=args.nll_n, ppl_only=args.ppl)
     with peer_guard("no metrics were written"):
         metrics = runs.evaluate(run, opts)

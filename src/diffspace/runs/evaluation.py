@@ -28,6 +28,7 @@ from diffspace.runs.continuous import as_denoiser, build_path, load_data
 from diffspace.runs.options import EvalOptions, Run, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.runs.sampling import generate, guided_denoiser, run_sigmas, sample_chunk, sampler_fn
+from diffspace.samplers.grids import sampling_range
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
 
@@ -40,7 +41,8 @@ def _protocol(run: Run, opts: EvalOptions) -> dict:
     steps = opts.steps or sc.steps
     check_positive(steps=steps)
     return {"step": run.step, "seed": opts.seed, "sampler": opts.sampler or sc.sampler, "steps": steps,
-            "grid": opts.grid or sc.grid, "sampler_options": dict(opts.sampler_options)}
+            "grid": opts.grid or sc.grid, "sampler_options": dict(opts.sampler_options),
+            "sigma_range": list(sampling_range(build_path(run.cfg), opts.sigma_min, opts.sigma_max))}
 
 
 def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
@@ -60,7 +62,8 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
     n = opts.n or run.cfg.eval.n
     check_positive(n=n)
     fn = sampler_fn(protocol["sampler"], opts.sampler_options)
-    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"])
+    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"], opts.sigma_min,
+                        opts.sigma_max)
     x = generate(as_denoiser(run.cfg, run.module), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
                  run.device)
     if x is None:  # not rank 0: metrics are computed once, there
@@ -96,7 +99,8 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
     check_positive(n=n)
     K, w = run.cfg.model.num_classes, 1.0 if opts.guidance is None else opts.guidance
     fn = sampler_fn(protocol["sampler"], opts.sampler_options)
-    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"])
+    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"], opts.sigma_min,
+                        opts.sigma_max)
     labels = balanced_labels(n, K) if K > 0 else None
     shape = tuple(run.meta["data_shape"])
     guided = guided_denoiser(run, w)

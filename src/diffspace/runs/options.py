@@ -58,6 +58,8 @@ class SampleOptions:
     steps: int | None = None
     grid: str | None = None  # continuous: a grid name or "optimized" (see `runs.optimize_grid`)
     sampler_options: dict = field(default_factory=dict)  # e.g. {"eta": 0.5} for ddim
+    sigma_min: float | None = None  # continuous: narrow the path's noise range (None: the path's own)
+    sigma_max: float | None = None
     guidance: float | None = None  # class-conditional runs: classifier-free guidance scale w
     class_labels: tuple[int, ...] | None = None  # class-conditional runs: labels, cycled over n
     prompt: str | None = None  # text runs: the text every sample continues
@@ -77,6 +79,8 @@ class EvalOptions:
     steps: int | None = None
     grid: str | None = None
     sampler_options: dict = field(default_factory=dict)
+    sigma_min: float | None = None
+    sigma_max: float | None = None
     guidance: float | None = None  # image runs: classifier-free guidance scale w
     featurenet: str | None = None  # image runs: feature-net artifact (default: RUN/featurenet.safetensors)
     nll: bool = False  # continuous runs: also the PF-ODE NLL of the test split
@@ -91,8 +95,9 @@ def given_fields(options) -> list[str]:
                                             else f.default_factory())]
 
 
+# the CLI's flag for an option, where it differs
 FLAGS = {"n": "--n", "guidance": "--cfg", "class_labels": "--class", "ppl_only": "--ppl",
-         "sampler_options": "--eta/--churn/--snr/--order"}  # the CLI's flag for an option, where it differs
+         "sampler_options": "--eta/--s-churn/--snr/--order/..."}
 
 
 def check_options(options, honoured: frozenset[str], task: str) -> None:

@@ -5,7 +5,6 @@ Sample i depends only on (seed, i): its initial noise and every later draw come 
 same for any n, chunk size, batch layout or world size.
 """
 
-import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -14,13 +13,13 @@ import torch
 from torch import Tensor
 
 from diffspace.rng import Streams
-from diffspace.runs.continuous import ContinuousConfig, as_denoiser, build_path
+from diffspace.runs.continuous import as_denoiser, build_path
 from diffspace.runs.options import Run, SampleOptions, check_positive
 from diffspace.runs.rundir import write_atomic
-from diffspace.samplers.grids import GRIDS, check_grid
+from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
 from diffspace.samplers.guidance import ClassifierFreeGuidance
 from diffspace.samplers.optimize_grid import optimize_sigmas
-from diffspace.samplers.registry import SAMPLERS
+from diffspace.samplers.registry import SAMPLERS, check_sampler_options
 from diffspace.train.distributed import map_chunks
 from diffspace.types import UserError
 
@@ -29,30 +28,17 @@ CHUNK = 2500  # samples per sampling batch
 
 
 def sampler_fn(name: str, options: dict | None = None) -> Callable:
-    """The sampler function, with `options` (e.g. {"eta": 0.5}) bound."""
-    if name not in SAMPLERS:
-        raise UserError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
+    """The sampler function with its options (e.g. {"eta": 0.5}) checked and bound."""
+    options = check_sampler_options(name, options)
     fn = SAMPLERS[name].fn
-    if not options:
-        return fn
-    known = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY
-             and p.name not in ("generator", "callback")]
-    for key in options:
-        if key not in known:
-            raise UserError(f"sampler {name!r} has no option {key!r} (its options: "
-                            f"{', '.join(known) or 'none'})")
     return lambda *a, **kw: fn(*a, **options, **kw)
 
 
-def sigma_range(cfg: ContinuousConfig) -> tuple[float, float]:
-    """The sampling range: the EDM noise levels of the path's own t_min and t_max."""
-    path = build_path(cfg)
-    return path.sigma_min, path.sigma_max
-
-
-def run_sigmas(run: Run, grid: str, steps: int, sampler: str) -> Tensor:
-    """The float64 grid named `grid` for this run; "optimized" reads the one `optimize_grid` stored,
-    refusing a grid fitted to the weights of another step."""
+def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float | None = None,
+               sigma_max: float | None = None) -> Tensor:
+    """The float64 grid named `grid` for this run, over the path's own noise range unless sigma_min /
+    sigma_max narrow it (a DDPM table starts at timestep 999, sigma ~ 157, like diffusers); "optimized"
+    reads the one `optimize_grid` stored, refusing a grid fitted to the weights of another step."""
     check_positive(steps=steps)
     path = build_path(run.cfg)
     if grid == "optimized":
@@ -69,7 +55,7 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str) -> Tensor:
         return check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), path, "optimized grid")
     if grid not in GRIDS:
         raise UserError(f"unknown grid {grid!r}; choose one of {', '.join([*GRIDS, 'optimized'])}")
-    return GRIDS[grid](steps, *sigma_range(run.cfg), path=path)
+    return GRIDS[grid](steps, *sampling_range(path, sigma_min, sigma_max), path=path)
 
 
 @torch.no_grad()
@@ -125,7 +111,7 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
     sampler, grid = opts.sampler or sc.sampler, opts.grid or sc.grid
     check_positive(n=n, steps=steps)
     fn = sampler_fn(sampler, opts.sampler_options)
-    sigmas = run_sigmas(run, grid, steps, sampler)
+    sigmas = run_sigmas(run, grid, steps, sampler, opts.sigma_min, opts.sigma_max)
     labels = class_labels(run, n, opts.class_labels)
     x = generate(guided_denoiser(run, opts.guidance), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
                  run.device, labels)
@@ -133,14 +119,14 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
 
 
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512,
-                  seed: int = 0) -> Tensor:
+                  seed: int = 0, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
     """The `steps`-level grid that minimizes the sampler's error against the adaptive PF-ODE solution on a
     calibration batch ([AYS] in spirit), stored in RUN/grids.json for `grid = "optimized"`."""
     check_positive(steps=steps, n_calib=n_calib)
     fn = sampler_fn(sampler)
     if SAMPLERS[sampler].stochastic:
         raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
-    lo, hi = sigma_range(run.cfg)
+    lo, hi = sampling_range(build_path(run.cfg), sigma_min, sigma_max)
     g = torch.Generator().manual_seed(seed + 7919)  # calibration noise apart from sampling seeds
     x = (torch.randn((n_calib, *run.meta["data_shape"]), generator=g) * hi).to(run.device)
     sigmas = optimize_sigmas(fn, as_denoiser(run.cfg, run.module), x, steps, lo, hi)
