@@ -22,6 +22,7 @@ FLOWS = {
     "realnvp-5": lambda: realnvp((5,), couplings=4, hidden=16),
     "realnvp-img": lambda: realnvp((1, 4, 4), hidden=8, levels=2),
     "realnvp-img-2ch": lambda: realnvp((2, 4, 4), hidden=8, levels=1),
+    "glow-2": lambda: glow((2,), steps=3, hidden=16),
     "glow-3": lambda: glow((3,), steps=3, hidden=16),
     "glow-img": lambda: glow((1, 4, 4), steps=2, hidden=8, levels=2),
 }
@@ -58,22 +59,17 @@ def test_inverse_and_log_det_match_autograd(name):
         assert abs(float(logabsdet - logdet[i])) < 1e-9, (name, float(logabsdet), float(logdet[i]))
 
 
-@pytest.mark.parametrize("name", ["realnvp-2", "glow-3"])
+@pytest.mark.parametrize("name", ["nice-2", "realnvp-2", "glow-2"])
 def test_density_integrates_to_one(name):
-    """Midpoint rule over a box that holds all but a negligible tail (checked by the grid edge)."""
+    """Midpoint rule on [-16, 16]^2 (the tails beyond hold < 1e-5 of the mass for these flows)."""
     flow = _random_flow(name)
-    if flow.shape != (2,):  # glow-3: integrate the 2-D flow instead
-        torch.manual_seed(1)
-        flow = glow((2,), steps=3, hidden=16).double()
-        flow.initialize(torch.randn(64, 2, dtype=torch.float64))
-    n, lim = 600, 12.0
+    n, lim = 800, 16.0
     h = 2 * lim / n
     c = -lim + h * (torch.arange(n, dtype=torch.float64) + 0.5)
     grid = torch.stack(torch.meshgrid(c, c, indexing="ij"), -1).reshape(-1, 2)
     with torch.no_grad():
         p = torch.cat([flow.log_prob(g).exp() for g in grid.split(40_000)]).reshape(n, n)
-    assert abs(float(p.sum()) * h * h - 1) < 1e-3
-    assert float(torch.cat([p[0], p[-1], p[:, 0], p[:, -1]]).max()) < 1e-6  # the box holds the mass
+    assert abs(float(p.sum()) * h * h - 1) < 1e-4
 
 
 def test_flow_loss_is_negative_log_prob():

@@ -294,10 +294,14 @@ def _check_shape(shape: Shape) -> Shape:
 
 
 def _mlp_conditioner(shape: Shape, k: int, hidden: int, depth: int) -> nn.Module:
-    """b * x (B, *shape) -> k outputs per entry stacked on dim 1, through an MLP on the flattened input,
-    zero-initialized so that the coupling starts as the identity."""
+    """b * x (B, *shape) -> k outputs per entry stacked on dim 1, through a ReLU MLP on the flattened
+    input, zero-initialized so that the coupling starts as the identity.
+
+    why ReLU (as the papers' conditioners): on the checkerboard the same RealNVP (16 couplings, 128 x 2)
+    reached 0.039 nats above the entropy with ReLU and 0.155 with SiLU in 7000 steps; piecewise-linear
+    scales and shifts carve the cells' sharp edges."""
     D = math.prod(shape)
-    return nn.Sequential(nn.Flatten(), feedforward(D, k * D, hidden, depth, zero_last=True),
+    return nn.Sequential(nn.Flatten(), feedforward(D, k * D, hidden, depth, zero_last=True, act=nn.ReLU),
                          nn.Unflatten(1, (k * shape[0], *shape[1:])))
 
 
