@@ -168,6 +168,29 @@ def tokenize_split(tok, docs: list[bytes], seq_len: int, pack: bool = True) -> T
     return TokenStream(ids, starts, n_chars)
 
 
+@dataclass
+class TextSplits:
+    tok: object  # the tokenizer, trained on the train split
+    train: TokenStream
+    val: TokenStream
+    test: TokenStream
+
+
+def load_splits(corpus: str, tokenizer: str, bpe_vocab: int, seq_len: int, pack: bool = True) -> TextSplits:
+    """A corpus split by the rule above, with a tokenizer trained on its train split."""
+    splits = split_corpus(load_corpus(corpus))
+    tok = make_tokenizer(tokenizer, splits["train"], bpe_vocab)
+    return TextSplits(tok, *(tokenize_split(tok, splits[k], seq_len, pack) for k in ("train", "val", "test")))
+
+
+def encode_prompt(tok, prompt: str, seq_len: int) -> Tensor:
+    """The ids (P,) of a prompt that leaves room for at least one token in a context of seq_len."""
+    ids = tok.encode(prompt) if prompt else []
+    if len(ids) >= seq_len:
+        raise UserError(f"prompt of {len(ids)} tokens leaves no room in the context of {seq_len} tokens")
+    return torch.tensor(ids, dtype=torch.long)
+
+
 def random_chunks(stream: TokenStream, batch: int, seq_len: int, g: torch.Generator) -> Tensor:
     """(batch, seq_len) chunks at uniformly drawn valid starts."""
     j = torch.randint(len(stream.starts), (batch,), generator=g)
