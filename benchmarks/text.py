@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from diffspace.config import build, to_dict
+from diffspace.discrete.kinds import KINDS
 from diffspace.runs import load_run
 from diffspace.runs.text import TextConfig, build_text_setup, eval_text, generate_tokens, load_text_data
 from diffspace.train.loop import TrainConfig, train
@@ -129,7 +130,7 @@ def speed_rows(name: str, net, cfg, n_tokens: int, n: int) -> list[dict]:
 
 def default_steps(cfg) -> int:
     """Steps for the quality samples: one token per step on average (per block for bd3)."""
-    return cfg.model.block if cfg.model.kind == "bd3" else cfg.data.seq_len
+    return cfg.model.block if KINDS[cfg.model.kind].t_per_block else cfg.data.seq_len
 
 
 def run(args) -> dict:
@@ -145,8 +146,9 @@ def run(args) -> dict:
             speed += speed_rows(name, net, cfg, data.tok.size, args.speed_n)
             g = torch.Generator().manual_seed(3)
             sample = generate_tokens(net, cfg, data.tok.size, 2, g, steps=default_steps(cfg)).tokens
-        draws = "-" if cfg.model.kind == "ar" else cfg.loss.proposal
-        if cfg.model.kind in ("mdlm", "bd3"):
+        kind = KINDS[cfg.model.kind]
+        draws = "-" if kind.autoregressive else cfg.loss.proposal
+        if kind.counts:
             draws = f"{cfg.loss.estimator}, {draws}"
         results[name] = {**info, **m, "sample_steps": default_steps(cfg), "training_draws": draws,
                          "curve": learning_curve(name, args, root, info),
@@ -222,6 +224,8 @@ def markdown(res: dict) -> str:
 def kv_cache_speedup(seq_len: int = 256, n: int = 8) -> list[dict]:
     """Cached vs uncached decoding of one untrained network at a longer context, timed in CPU seconds
     (robust to a shared machine), with a check that both give the same tokens."""
+    from diffspace.discrete.attention import context
+    from diffspace.discrete.processes import Absorbing
     from diffspace.discrete.sampling import sample_ar, sample_bd3
     from diffspace.discrete.schedules import make_schedule
     from diffspace.nets.transformer import Transformer, TransformerConfig
@@ -230,10 +234,11 @@ def kv_cache_speedup(seq_len: int = 256, n: int = 8) -> list[dict]:
     mask = 256
     tc = TransformerConfig(vocab_size=mask + 1, max_len=seq_len, dim=128, depth=3, heads=4)
     net = Transformer(tc).eval()
-    sch, x = make_schedule("loglinear"), torch.full((n, seq_len), mask)
-    cases = {"ar": lambda kv, g: sample_ar(net, x[:, :0], seq_len, mask, g, kv_cache=kv),
-             "bd3 L'=4, 4 steps/block": lambda kv, g: sample_bd3(net, x, 4, 4, sch, mask, g, kv_cache=kv),
-             "bd3 L'=16, 16 steps/block": lambda kv, g: sample_bd3(net, x, 16, 16, sch, mask, g, kv_cache=kv)}
+    proc, x = Absorbing(make_schedule("loglinear"), mask), torch.full((n, seq_len), mask)
+    bd3 = lambda block, kv, g: sample_bd3(context(net, block, kv_cache=kv), x, block, block, proc, g)
+    cases = {"ar": lambda kv, g: sample_ar(context(net, 1, kv_cache=kv), x[:, :0], seq_len, mask, g),
+             "bd3 L'=4, 4 steps/block": lambda kv, g: bd3(4, kv, g),
+             "bd3 L'=16, 16 steps/block": lambda kv, g: bd3(16, kv, g)}
     rows = []
     for name, fn in cases.items():
         cpu, toks = {}, {}
@@ -263,7 +268,8 @@ def generalization_gap(args) -> list[dict]:
         for split, stream in (("train", data.train), ("val", data.val)):
             chunks = eval_chunks(stream, r.cfg.data.seq_len, e.max_chunks)
             vals = nelbo_values(r.module, r.cfg, data.tok.size, chunks, e.n_mc)
-            row[split] = bits_report(vals, stream.chars_per_token, r.cfg.model.kind == "ar")["bits_per_char"]
+            exact = KINDS[r.cfg.model.kind].autoregressive
+            row[split] = bits_report(vals, stream.chars_per_token, exact)["bits_per_char"]
         rows.append(row)
         print(row, flush=True)
     return rows

@@ -4,10 +4,12 @@ diffusion at both ends of its range (L' = 1 is AR, L' = L is MDLM) and cached = 
 import pytest
 import torch
 
+from diffspace.discrete.attention import causal_mask, context
 from diffspace.discrete.masked import ar_inputs, bd3_loss, draw_mask_counts, draw_noise, mdlm_loss, subs
+from diffspace.discrete.processes import Absorbing
 from diffspace.discrete.sampling import sample_ar, sample_bd3
 from diffspace.discrete.schedules import make_schedule
-from diffspace.nets.transformer import Transformer, TransformerConfig, causal_mask
+from diffspace.nets.transformer import Transformer, TransformerConfig
 
 V, MASK, L = 11, 10, 16
 
@@ -31,7 +33,7 @@ def test_block_diffusion_with_block_1_is_the_autoregressive_nll():
     net, x0 = _net(), _x0()
     # t = 1 under the linear schedule: every token masked, NELBO weight -alpha'/(1 - alpha) = 1
     noise = draw_noise(len(x0), L, torch.Generator().manual_seed(0), t_min=1.0, t_per_seq=L)
-    loss = bd3_loss(net, x0, **noise, schedule=make_schedule("linear"), mask_id=MASK, block=1)
+    loss = bd3_loss(net, x0, **noise, process=Absorbing(make_schedule("linear"), MASK), block=1)
     # the same model read as an AR model: token l is predicted from a mask at l after the cached x_<l
     cache, nll, masks = net.new_cache(), torch.zeros(len(x0)), torch.full((len(x0), 1), MASK)
     for i in range(L):
@@ -44,10 +46,10 @@ def test_block_diffusion_with_block_1_is_the_autoregressive_nll():
 
 @torch.no_grad()
 def test_block_diffusion_with_one_block_is_mdlm():
-    net, x0, sch = _net(), _x0(), make_schedule("cosine")
+    net, x0, proc = _net(), _x0(), Absorbing(make_schedule("cosine"), MASK)
     noise = draw_noise(len(x0), L, torch.Generator().manual_seed(3))
-    a = bd3_loss(net, x0, **noise, schedule=sch, mask_id=MASK, block=L)
-    b = mdlm_loss(net, x0, **noise, schedule=sch, mask_id=MASK)
+    a = bd3_loss(net, x0, **noise, process=proc, block=L)
+    b = mdlm_loss(net, x0, **noise, process=proc)
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
@@ -64,8 +66,8 @@ def test_ar_predictions_depend_only_on_the_past():
 def test_ar_kv_cache_gives_the_same_tokens():
     net = _net()
     prompt = _x0(4)[:, :3]
-    a = sample_ar(net, prompt, 24, MASK, torch.Generator().manual_seed(9), kv_cache=True)
-    b = sample_ar(net, prompt, 24, MASK, torch.Generator().manual_seed(9), kv_cache=False)
+    a, b = (sample_ar(context(net, 1, kv_cache=kv), prompt, 24, MASK, torch.Generator().manual_seed(9))
+            for kv in (True, False))
     assert torch.equal(a.tokens, b.tokens) and a.tokens.shape == (4, 24)
     assert torch.equal(a.tokens[:, :3], prompt)
 
@@ -73,12 +75,11 @@ def test_ar_kv_cache_gives_the_same_tokens():
 @pytest.mark.parametrize("noise_cond", [False, True])
 @torch.no_grad()
 def test_block_diffusion_kv_cache_gives_the_same_tokens(noise_cond):
-    net, sch = _net(noise_cond), make_schedule("loglinear")
+    net, proc = _net(noise_cond), Absorbing(make_schedule("loglinear"), MASK)
     x = torch.full((4, 24), MASK)
     x[:, :6] = _x0(4)[:, :6]  # a prompt that ends inside the second block
-    kw = dict(block=4, steps=5, schedule=sch, mask_id=MASK, time_cond=noise_cond)
-    a = sample_bd3(net, x, g=torch.Generator().manual_seed(2), kv_cache=True, **kw)
-    b = sample_bd3(net, x, g=torch.Generator().manual_seed(2), kv_cache=False, **kw)
+    a, b = (sample_bd3(context(net, 4, noise_cond, kv), x, 4, 5, proc, torch.Generator().manual_seed(2),
+                       cache=not noise_cond) for kv in (True, False))
     assert torch.equal(a.tokens, b.tokens)
     assert torch.equal(a.tokens[:, :6], x[:, :6]) and (a.tokens != MASK).all()
 
@@ -99,11 +100,12 @@ def test_mask_count_estimator_has_the_time_estimators_mean_and_less_variance(blo
     """For a network without t input the count form (k ~ U{1..block} masks, weight block/k) is the
     same NELBO as drawing t, with less variance. The vote network's loss per masked token falls from
     log V (nothing visible) to near 0, so a wrong weighting of k would show against the exact value."""
-    net, sch, g = VisibleTokenVote(), make_schedule("linear"), torch.Generator().manual_seed(6)
+    net, g = VisibleTokenVote(), torch.Generator().manual_seed(6)
+    proc = Absorbing(make_schedule("linear"), MASK)
     x0 = torch.randint(MASK, (64, 1), generator=g).expand(64, L)  # constant sequences
 
     def loss(noise):
-        return bd3_loss(net, x0, **noise, schedule=sch, mask_id=MASK, block=block)
+        return bd3_loss(net, x0, **noise, process=proc, block=block)
 
     count = torch.cat([loss(draw_mask_counts(len(x0), L, g, block)) for _ in range(100)])
     time = torch.cat([loss(draw_noise(len(x0), L, g, t_min=1e-6, t_per_seq=L // block)) for _ in range(100)])

@@ -11,7 +11,10 @@ from torch import nn
 
 from diffspace.config import build
 from diffspace.discrete import sampling, sedd
-from diffspace.discrete.masked import bd3_loss, draw_noise, mask_tokens, masked_denoiser, mdlm_loss
+from diffspace.discrete.attention import time_input
+from diffspace.discrete.kinds import KINDS
+from diffspace.discrete.masked import bd3_loss, draw_noise, masked_denoiser, mdlm_loss
+from diffspace.discrete.processes import Absorbing, Uniform
 from diffspace.discrete.sampling import (
     Sampling,
     gumbel_argmax,
@@ -22,7 +25,7 @@ from diffspace.discrete.sampling import (
     sample_remasking,
 )
 from diffspace.discrete.schedules import SCHEDULES, make_schedule
-from diffspace.runs.text import KINDS, SAMPLERS, TextConfig, generate_tokens
+from diffspace.runs.text import TextConfig, generate_tokens
 from diffspace.types import UserError
 
 V = 6  # data tokens; id V is the mask
@@ -63,12 +66,12 @@ def _data(n, L, seed):
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
 def test_masking_frequency_is_one_minus_alpha(name):
-    sch = make_schedule(name)
+    proc = Absorbing(make_schedule(name), MASK)
     x0, g = _data(400, 250, 1)
     t = torch.linspace(0.05, 0.95, 400, dtype=torch.float64)
     u = torch.rand(x0.shape, generator=g, dtype=torch.float64)
-    frac = (mask_tokens(x0, sch.alpha(t), MASK, u) == MASK).double().mean(1)  # 250 tokens per t
-    expect = 1 - sch.alpha(t)
+    frac = (proc.corrupt(x0, t, u) == MASK).double().mean(1)  # 250 tokens per t
+    expect = 1 - proc.alpha(t)
     sd = (expect * (1 - expect) / 250).sqrt()
     z = (frac - expect) / sd
     assert z.abs().max() < 4.5 and abs(z.mean()) < 4 / math.sqrt(400)
@@ -78,8 +81,8 @@ def test_masking_frequency_is_one_minus_alpha(name):
 def test_mdlm_nelbo_of_exact_posterior_is_entropy(name):
     L = 32
     x0, g = _data(16384, L, 2)
-    per_tok = mdlm_loss(IIDOracle(), x0, **draw_noise(*x0.shape, g, t_min=1e-4), schedule=make_schedule(name),
-                        mask_id=MASK)
+    per_tok = mdlm_loss(IIDOracle(), x0, **draw_noise(*x0.shape, g, t_min=1e-4),
+                        process=Absorbing(make_schedule(name), MASK))
     nelbo = L * per_tok.mean().item()
     assert abs(nelbo / (L * H) - 1) < 0.03, (nelbo, L * H)
 
@@ -88,7 +91,7 @@ def test_sedd_absorb_nelbo_of_exact_scores_is_entropy():
     L = 32
     x0, g = _data(16384, L, 3)
     nelbo = L * sedd.sedd_absorb_loss(IIDOracle(), x0, **draw_noise(*x0.shape, g, t_min=1e-4),
-                                      schedule=make_schedule("loglinear"), mask_id=MASK,
+                                      process=Absorbing(make_schedule("loglinear"), MASK),
                                       time_cond=False).mean().item()
     assert abs(nelbo / (L * H) - 1) < 0.03, (nelbo, L * H)
 
@@ -99,7 +102,7 @@ def test_sedd_uniform_nelbo_of_exact_scores_is_entropy():
     x0, g = _data(65536, L, 4)  # this estimator has ~4x the variance of MDLM
     y = torch.randint(V, x0.shape, generator=g)
     nelbo = L * sedd.sedd_uniform_loss(IIDOracle(sch), x0, **draw_noise(*x0.shape, g, t_min=1e-4), y=y,
-                                       schedule=sch, n_tokens=V).mean().item()
+                                       process=Uniform(sch, V)).mean().item()
     # the prior term KL(q_1 || uniform) is O(eps^2) for alpha_1 = eps = 1e-3, hence left out
     assert abs(nelbo / (L * H) - 1) < 0.03, (nelbo, L * H)
 
@@ -115,7 +118,7 @@ def test_mdlm_ancestral_with_oracle_reproduces_p(steps):
     g = torch.Generator().manual_seed(5)
     x = torch.full((1000, 16), MASK)
     den = masked_denoiser(IIDOracle(), MASK, time_cond=False)
-    out = sample_mdlm(lambda x_t, t, rows: den(x_t, t), x, make_schedule("cosine"), steps, MASK, g)
+    out = sample_mdlm(lambda x_t, t, rows: den(x_t, t), x, Absorbing(make_schedule("cosine"), MASK), steps, g)
     assert _chi2_matches_p(out.tokens) > 1e-3
     assert out.nfe <= steps  # the no-change cache may skip calls, never adds
 
@@ -130,10 +133,10 @@ def test_mdlm_per_sequence_cache_gives_the_same_tokens_with_fewer_evaluations():
         seen.append(rows.clone())
         return den(x_t, t)
 
-    x, sch = torch.full((200, 8), MASK), make_schedule("loglinear")
-    on = sample_mdlm(counting, x, sch, 64, MASK, torch.Generator().manual_seed(3), cache=True)
+    x, proc = torch.full((200, 8), MASK), Absorbing(make_schedule("loglinear"), MASK)
+    on = sample_mdlm(counting, x, proc, 64, torch.Generator().manual_seed(3), cache=True)
     per_seq = torch.bincount(torch.cat(seen), minlength=len(x))
-    off = sample_mdlm(counting, x, sch, 64, MASK, torch.Generator().manual_seed(3), cache=False)
+    off = sample_mdlm(counting, x, proc, 64, torch.Generator().manual_seed(3), cache=False)
     assert torch.equal(on.tokens, off.tokens)
     assert off.nfe == 64 and on.nfe == per_seq.double().mean().item()
     assert int(per_seq.max()) <= 8 + 1 and on.nfe < 64 / 4
@@ -156,13 +159,13 @@ def test_sedd_samplers_with_oracle_reproduce_p(kind):
     sch = make_schedule("loglinear")
     g = torch.Generator().manual_seed(7)
     if kind.startswith("absorb"):
-        net, x = IIDOracle(), torch.full((1000, 16), MASK)
-        step = getattr(sedd, kind)
-        bind = lambda f: lambda r, x, a, b: f(r, x, a, b, MASK)
-        out = sedd.sample_sedd(net, x, sch, 8, bind(step), g, bind(sedd.absorb_tweedie), time_cond=False)
+        net, proc, x = IIDOracle(), Absorbing(sch, MASK), torch.full((1000, 16), MASK)
+        final = sedd.absorb_tweedie
     else:
-        net, x = IIDOracle(sch), torch.randint(V, (1000, 16), generator=g)
-        out = sedd.sample_sedd(net, x, sch, 8, sedd.uniform_tweedie, g, sedd.uniform_tweedie, n_tokens=V)
+        net, proc, x = IIDOracle(sch), Uniform(sch, V), torch.randint(V, (1000, 16), generator=g)
+        final = sedd.uniform_tweedie
+    denoise = lambda x_t, t: net(x_t, time_input(t, kind.startswith("uniform")))
+    out = sedd.sample_sedd(denoise, x, proc, 8, getattr(sedd, kind), g, final)
     assert _chi2_matches_p(out.tokens) > 1e-3
 
 
@@ -193,7 +196,7 @@ def _chi2_on(tokens, q):
 
 # ---- a schedule's ends: alpha_1 = 0 (linear, cosine) and alpha_0 = 1 ----------------------------------
 
-SWEEP = [(kind, name, sampler) for kind in KINDS for name in SCHEDULES for sampler in SAMPLERS[kind]]
+SWEEP = [(kind, name, sampler) for kind in KINDS for name in SCHEDULES for sampler in KINDS[kind].samplers]
 # llada is the linear schedule; the uniform process has no limit at alpha = 0 (see discrete/sedd.py)
 REFUSED = {("llada", "cosine"), ("llada", "loglinear"), ("sedd_uniform", "linear"),
            ("sedd_uniform", "cosine")}
@@ -243,25 +246,27 @@ def test_every_loss_is_exact_at_both_ends_of_every_schedule(name):
     exact denoiser (the absorbing score entropy too: sum_y p_y - log p_x0 - 1 = -log p_x0). The uniform
     process's loss, where the config allows it (alpha_1 > 0), is finite at both ends."""
     sch, B, L = make_schedule(name), 64, 16
+    proc = Absorbing(sch, MASK)
     x0, g = _data(B, L, 12)
     u = torch.rand(B, L, generator=g, dtype=torch.float64)
     y = torch.randint(V, (B, L), generator=g)
     for t_end in (0.0, 1.0):
         t = torch.full((B,), t_end, dtype=torch.float64)
-        losses = [mdlm_loss(IIDOracle(), x0, t, u, sch, MASK),
-                  bd3_loss(IIDOracle(), x0, t[:, None].expand(B, L // 4), u, sch, MASK, block=4),
-                  sedd.sedd_absorb_loss(IIDOracle(), x0, t, u, sch, MASK, time_cond=False)]
+        losses = [mdlm_loss(IIDOracle(), x0, t, u, proc),
+                  bd3_loss(IIDOracle(), x0, t[:, None].expand(B, L // 4), u, proc, block=4),
+                  sedd.sedd_absorb_loss(IIDOracle(), x0, t, u, proc, time_cond=False)]
         masked = u < 1 - sch.alpha(t)[:, None]  # all of them at t = 1 of linear and cosine
-        expect = sch.weight(t) * torch.where(masked, -P.log()[x0], 0.0).mean(1) if t_end else 0 * t
+        expect = proc.weight(t) * torch.where(masked, -P.log()[x0], 0.0).mean(1) if t_end else 0 * t
         for loss in losses:
             torch.testing.assert_close(loss, expect, rtol=1e-12, atol=0)
         if sch.alpha(torch.tensor(1.0)) > 0:
-            uni = sedd.sedd_uniform_loss(IIDOracle(sch), x0, t, u, y, sch, V)
+            uni = sedd.sedd_uniform_loss(IIDOracle(sch), x0, t, u, y, Uniform(sch, V))
             assert uni.isfinite().all() and (uni >= 0).all()
 
 
 @pytest.mark.parametrize("step", [sedd.uniform_euler, sedd.uniform_tweedie])
 def test_uniform_steps_refuse_alpha_0_where_the_scores_say_nothing(step):
     raw, x = torch.zeros(2, 4, V, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.long)
+    proc = Uniform(make_schedule("linear"), V)  # alpha_1 = 0
     with pytest.raises(UserError, match="needs alpha_t > 0"):
-        step(raw, x, torch.zeros(2, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64))
+        step(raw, x, torch.ones(2, dtype=torch.float64), torch.full((2,), 0.5, dtype=torch.float64), proc)

@@ -10,7 +10,13 @@ import torch
 
 from diffspace.config import build, to_dict
 from diffspace.data import text as tx
-from diffspace.runs.text import TextConfig, build_text_setup, encode_prompt, eval_text, sample_text
+from diffspace.runs.text import (
+    TextConfig,
+    build_text_setup,
+    eval_text,
+    sample_text,
+    token_model,
+)
 from diffspace.train.loop import TrainConfig, train
 from diffspace.types import UserError
 
@@ -47,9 +53,9 @@ def test_unknown_characters_are_errors_for_char_and_bpe():
 
 def test_prompt_longer_than_the_context_is_an_error():
     tok = tx.ByteTokenizer()
-    assert encode_prompt(tok, "abc", 8).tolist() == [97, 98, 99]
+    assert tx.encode_prompt(tok, "abc", 8).tolist() == [97, 98, 99]
     with pytest.raises(UserError, match="no room in the context of 8"):
-        encode_prompt(tok, "abcdefghij", 8)
+        tx.encode_prompt(tok, "abcdefghij", 8)
 
 
 def test_split_rule_and_chunks_stay_inside_documents_without_packing():
@@ -154,14 +160,15 @@ def test_bell_shaped_proposal_shapes_training_batches_only(tmp_path):
     stay uniform. With 16 tokens, k = floor(16 r) + 1 is in 5..11 when r is in [4/16, 11/16)."""
     from statistics import NormalDist
 
-    from diffspace.runs.text import draw_batch, load_text_data
-
     cfg = _tiny(tmp_path, "mdlm", loss={"proposal": "logit_normal"})
-    data = load_text_data(cfg)
+    setup, data = build_text_setup(cfg, torch.device("cpu"))
+    model = token_model(cfg, data.tok.size)
     logit = lambda p: math.log(p / (1 - p))  # noqa: E731
     bell = NormalDist().cdf(logit(11 / 16)) - NormalDist().cdf(logit(4 / 16))  # 0.649
+    x0 = tx.random_chunks(data.val, 4000, 16, torch.Generator().manual_seed(0))
     for training, expect in ((True, bell), (False, 7 / 16)):
-        b = draw_batch(cfg, data.train, data.tok.size, torch.Generator().manual_seed(0), 4000, train=training)
+        g = torch.Generator().manual_seed(0)
+        b = setup.batch(g, 4000) if training else model.draw(x0, g)  # evaluation draws are stratified
         k = (b["u"] < b["t"]).sum(1)  # the linear schedule masks where u < t
         mid = ((k >= 5) & (k <= 11)).double().mean().item()
         assert abs(mid - expect) < 4 * (expect * (1 - expect) / 4000) ** 0.5, (training, mid, expect)

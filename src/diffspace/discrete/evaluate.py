@@ -51,3 +51,14 @@ def entropy_report(seqs: Tensor, ns: tuple[int, ...] = (1, 2, 3)) -> dict:
 def gen_perplexity(ar_net: nn.Module, samples: Tensor, start_id: int) -> float:
     """exp(mean NLL per token) of samples (B, L) under an AR model."""
     return math.exp(float(ar_nll(ar_net, samples, start_id).mean()))
+
+
+def sample_report(samples: Tensor, data: Tensor, ar_net: nn.Module | None, start_id: int) -> dict:
+    """n-gram entropies of samples (B, L) next to those of data chunks (N, L), and with an AR model the
+    generative perplexity of both."""
+    out = {f"sample_{k}": v for k, v in entropy_report(samples).items()}
+    out |= {f"data_{k}": v for k, v in entropy_report(data).items()}
+    if ar_net is not None:
+        out["gen_ppl"] = gen_perplexity(ar_net, samples, start_id)
+        out["data_gen_ppl"] = gen_perplexity(ar_net, data, start_id)
+    return out

@@ -1,5 +1,5 @@
-"""Masked (absorbing) diffusion: forward masking, the SUBS parameterization, the continuous-time NELBO
-(MDLM, LLaDA), block diffusion (BD3-LM) and the autoregressive cross-entropy.
+"""Masked (absorbing) diffusion: the SUBS parameterization, the continuous-time NELBO (MDLM, LLaDA) with
+its time and mask-count estimators, block diffusion (BD3-LM) and the autoregressive cross-entropy.
 
 Every loss returns the per-example NELBO (or NLL) in nats per token, shape (B,); summed over the L
 tokens it is a bound on -log p(x0). References: [MDLM] arXiv 2406.07524v2, [LLADA] arXiv 2502.09992v3,
@@ -12,17 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from diffspace.discrete.schedules import Schedule
+from diffspace.discrete.attention import bd3_train_mask, causal_mask, time_input
+from diffspace.discrete.processes import Absorbing
 from diffspace.losses.proposals import T_PROPOSALS
-from diffspace.nets.transformer import bd3_train_mask, causal_mask
-
-T_SCALE = 1000.0  # a network sees noise_cond = 1000 t ("timestep units")
-
-
-def mask_tokens(x0: Tensor, alpha_t: Tensor, mask_id: int, u: Tensor) -> Tensor:
-    """[MDLM] Eq. 2: each token independently becomes mask_id with probability 1 - alpha_t, decided by
-    uniforms u (B, L). alpha_t has shape (B,) or (B, L)."""
-    return torch.where(u < 1 - alpha_t.reshape(len(x0), -1), torch.full_like(x0, mask_id), x0)
 
 
 def subs(logits: Tensor, x_t: Tensor, mask_id: int) -> Tensor:
@@ -81,35 +73,34 @@ def draw_mask_counts(n: int, seq_len: int, g: torch.Generator, block: int,
 def masked_denoiser(net: nn.Module, mask_id: int, time_cond: bool) -> Callable[[Tensor, Tensor], Tensor]:
     """A DiscreteDenoiser: log p(x0 | x_t) under SUBS from a network's logits."""
     def denoise(x_t: Tensor, t: Tensor) -> Tensor:
-        nc = (T_SCALE * t).float() if time_cond else None
-        return subs(net(x_t, nc), x_t, mask_id)
+        return subs(net(x_t, time_input(t, time_cond)), x_t, mask_id)
     return denoise
 
 
-def mdlm_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedule, mask_id: int,
+def mdlm_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, process: Absorbing,
               time_cond: bool = False) -> Tensor:
     """MDLM's NELBO, nats per token (B,), at times t (B,) with mask uniforms u (B, L). With the linear
     schedule, no time conditioning and i.i.d. t it is LLaDA's loss ([LLADA] Eq. 3: weight 1/t on masked
     tokens, normalized by L)."""
     t = t.reshape(len(x0))
-    x_t = mask_tokens(x0, schedule.alpha(t), mask_id, u)
-    logp = masked_denoiser(net, mask_id, time_cond)(x_t, t)
-    return masked_nelbo(logp, x0, x_t, schedule.weight(t), mask_id)
+    x_t = process.corrupt(x0, t, u)
+    logp = masked_denoiser(net, process.mask_id, time_cond)(x_t, t)
+    return masked_nelbo(logp, x0, x_t, process.weight(t), process.mask_id)
 
 
-def bd3_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, schedule: Schedule, mask_id: int,
-             block: int, time_cond: bool = False) -> Tensor:
+def bd3_loss(net: nn.Module, x0: Tensor, t: Tensor, u: Tensor, process: Absorbing, block: int,
+             time_cond: bool = False) -> Tensor:
     """[BD3] Eq. 7: one t per block (t has shape (B, L / block)), each noisy block denoised given the
     clean blocks before it, all in one pass over [x_t, x0] with the mask of Sec. 3.2. block = 1 is AR,
     block = L is MDLM."""
     B, L = x0.shape
     t_tok = t.repeat_interleave(block, dim=1)  # (B, L)
-    x_t = mask_tokens(x0, schedule.alpha(t_tok), mask_id, u)
+    x_t = process.corrupt(x0, t_tok, u)
     pos = torch.arange(L, device=x0.device).repeat(2)
-    nc = (T_SCALE * torch.cat([t_tok, torch.zeros_like(t_tok)], dim=1)).float() if time_cond else None
+    nc = time_input(torch.cat([t_tok, torch.zeros_like(t_tok)], dim=1), time_cond)
     logits = net(torch.cat([x_t, x0], dim=1), nc, pos=pos, mask=bd3_train_mask(L, block, x0.device), n_out=L)
-    logp = subs(logits, x_t, mask_id)
-    return masked_nelbo(logp, x0, x_t, schedule.weight(t_tok), mask_id)
+    logp = subs(logits, x_t, process.mask_id)
+    return masked_nelbo(logp, x0, x_t, process.weight(t_tok), process.mask_id)
 
 
 def ar_inputs(x0: Tensor, start_id: int) -> Tensor:

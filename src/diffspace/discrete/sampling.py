@@ -1,6 +1,11 @@
 """Samplers for token models: categorical draws with float64 Gumbel noise, MDLM ancestral sampling with
 the no-change cache, LLaDA remasking (low-confidence or random, semi-autoregressive blocks), block
-diffusion decoding and autoregressive decoding, both with an optional key/value cache.
+diffusion decoding and autoregressive decoding over a `Context` (a key/value cache or none).
+
+The samplers call denoisers (`DiscreteDenoiser`, `diffspace.types`), never a network: `denoise(x_t, t)`,
+or `denoise(x_t, t, rows)` for one with per-sequence state, which the no-change cache calls on the
+sequences `rows` of the batch only; AR and block decoding read after a prefix of final tokens through
+the `Context` protocol (`discrete/attention.py`).
 
 Every draw goes through `diffspace.rng` with the generator the caller passes: one `torch.Generator`
 for the batch, or `rng.Streams` (one per sequence), with which sequence i depends only on its own
@@ -16,12 +21,12 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from diffspace import rng
-from diffspace.discrete.masked import T_SCALE, subs
-from diffspace.discrete.schedules import Schedule
-from diffspace.nets.transformer import block_causal_mask, causal_mask
+from diffspace.discrete.attention import Context
+from diffspace.discrete.masked import subs
+from diffspace.discrete.processes import Absorbing
 from diffspace.types import UserError
 
 
@@ -82,11 +87,11 @@ class Decoded(NamedTuple):
     nfe: float  # network evaluations per sequence, averaged over the batch (caches make it smaller)
 
 
-def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, mask_id: int,
-                g: rng.Generator, how: Sampling = PLAIN, cache: bool = True) -> Decoded:
+def sample_mdlm(denoise: Callable, x: Tensor, process: Absorbing, steps: int, g: rng.Generator,
+                how: Sampling = PLAIN, cache: bool = True) -> Decoded:
     """[MDLM] ancestral sampling from t = 1 to 0 over `steps` uniform steps; masked entries of x are
     generated, others kept (a prompt). denoise(x_t, t, rows) returns log p(x0 | x_t) for the sequences
-    `rows` (indices into x; a denoiser with per-sequence state, such as a KV cache, selects them).
+    `rows` (indices into x; a denoiser with per-sequence state, such as a Context, selects them).
 
     With `cache`, a sequence in which no token changed since its last prediction reuses that prediction
     instead of going through the network again ([MDLM] Sec. 4.2, applied per sequence, so one changed
@@ -104,7 +109,8 @@ def sample_mdlm(denoise: Callable, x: Tensor, schedule: Schedule, steps: int, ma
             else:  # why: in place, the cached predictions of the other sequences are not copied
                 logp.index_copy_(0, rows, fresh)
             evals += len(rows)
-        x_new = gumbel_argmax(ancestral_logprobs(logp, x, schedule.alpha(t), schedule.alpha(s), mask_id), g)
+        logp_s = ancestral_logprobs(logp, x, process.alpha(t), process.alpha(s), process.mask_id)
+        x_new = gumbel_argmax(logp_s, g)
         stale, x = (x_new != x).any(dim=1), x_new
     return Decoded(x, evals / len(x))
 
@@ -154,58 +160,37 @@ def sample_remasking(denoise: Callable, x: Tensor, steps: int, mask_id: int, g: 
 
 
 @torch.no_grad()
-def sample_ar(net: nn.Module, prompt: Tensor, length: int, start_id: int, g: rng.Generator,
-              how: Sampling = PLAIN, kv_cache: bool = True) -> Decoded:
+def sample_ar(context: Context, prompt: Tensor, length: int, start_id: int, g: rng.Generator,
+              how: Sampling = PLAIN) -> Decoded:
     """Autoregressive decoding to `length` tokens after the start token and the prompt (B, P): one
-    network call per token after the prompt."""
+    network call per token after the prompt, each appending its input to the context (block 1)."""
     x = torch.cat([torch.full((len(prompt), 1), start_id, dtype=torch.long, device=prompt.device), prompt], 1)
-    cache = net.new_cache() if kv_cache else None
-    step_in, nfe = x, 0
+    step_in = x
     while x.shape[1] < length + 1:
-        if kv_cache:
-            mask = causal_mask(step_in.shape[1], x.device) if cache.length == 0 else None
-            logits = net(step_in, mask=mask, cache=cache, commit=True)[:, -1]
-        else:
-            logits = net(x, mask=causal_mask(x.shape[1], x.device))[:, -1]
-        nxt = sample_categorical(logits, g, how)[:, None]
-        x, step_in, nfe = torch.cat([x, nxt], dim=1), nxt, nfe + 1
-    return Decoded(x[:, 1:], nfe)
+        logits = context.extend(step_in, read=True)[:, -1]
+        step_in = sample_categorical(logits, g, how)[:, None]
+        x = torch.cat([x, step_in], dim=1)
+    return Decoded(x[:, 1:], context.evals / len(x))
 
 
 @torch.no_grad()
-def sample_bd3(net: nn.Module, x: Tensor, block: int, steps: int, schedule: Schedule, mask_id: int,
-               g: rng.Generator, how: Sampling = PLAIN, kv_cache: bool = True,
-               time_cond: bool = False) -> Decoded:
+def sample_bd3(context: Context, x: Tensor, block: int, steps: int, process: Absorbing, g: rng.Generator,
+               how: Sampling = PLAIN, cache: bool = True) -> Decoded:
     """[BD3] Alg. 2: blocks left to right; inside a block, MDLM ancestral steps conditioned on the clean
-    blocks before it; a finished block is run once more as clean context and its keys/values cached.
+    blocks before it (the context, whose blocks are `block` long); a finished block joins the context.
     Masked entries of x (B, L) are generated; L must be a multiple of `block`. Network calls: `steps`
-    per block with masks in it (fewer with the no-change cache), plus with `kv_cache` one per finished
-    block but the last."""
-    B, L = x.shape
-    cache = net.new_cache() if kv_cache else None
-    nfe = 0
+    per block with masks in it (fewer with the no-change cache `cache`, exact only for a network that
+    does not read t), plus what the context spends on keeping the finished blocks but the last."""
+    L = x.shape[1]
+
+    def denoise(xb: Tensor, t: Tensor, rows: Tensor) -> Tensor:
+        return subs(context(xb, t, rows), xb, process.mask_id)
+
     for start in range(0, L, block):
-        pos = torch.arange(start, start + block, device=x.device)
-
-        def denoise(xb, t, rows, prefix=x[:, :start], pos=pos):
-            nc = (T_SCALE * t).float() if time_cond else None
-            if kv_cache:
-                part = cache if len(rows) == B else cache.select(rows)  # why: no copy when all rows
-                return subs(net(xb, nc, pos=pos, cache=part), xb, mask_id)
-            b, n = len(rows), prefix.shape[1]
-            nc_seq = None if nc is None else torch.cat([torch.zeros(b, n, device=xb.device),
-                                                        nc[:, None].expand(b, block)], dim=1)
-            seq = torch.cat([prefix[rows], xb], dim=1)
-            logits = net(seq, nc_seq, mask=block_causal_mask(n + block, block, xb.device))
-            return subs(logits[:, n:], xb, mask_id)
-
         xb = x[:, start:start + block]
-        if (xb == mask_id).any():  # why: with t-conditioning a reused prediction would be stale
-            xb, n = sample_mdlm(denoise, xb, schedule, steps, mask_id, g, how, cache=not time_cond)
-            nfe += n
+        if (xb == process.mask_id).any():
+            xb = sample_mdlm(denoise, xb, process, steps, g, how, cache).tokens
         x = torch.cat([x[:, :start], xb, x[:, start + block:]], dim=1)
-        if kv_cache and start + block < L:
-            nc = torch.zeros(B, device=x.device) if time_cond else None
-            net(xb, nc, pos=pos, cache=cache, commit=True)
-            nfe += 1
-    return Decoded(x, nfe)
+        if start + block < L:
+            context.extend(xb)
+    return Decoded(x, context.evals / len(x))

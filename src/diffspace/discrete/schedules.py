@@ -1,9 +1,6 @@
-"""Noise schedules of discrete processes: alpha_t = P(token still clean), 1 at t = 0 (data).
-
-The masked (absorbing) and uniform processes both keep a token with probability alpha_t; SEDD's total
-noise is sigma_bar(t) = -log alpha_t and its rate sigma(t) = -alpha'_t / alpha_t ([SEDD] Sec. 3,
-arXiv 2310.16834v3). The NELBO weight of masked diffusion is -alpha'_t / (1 - alpha_t) ([MDLM] Eq. 10,
-arXiv 2406.07524v2; [MD4] Eq. 5, arXiv 2406.04329v4).
+"""Noise schedules of discrete processes: alpha_t = P(token still clean), 1 at t = 0 (data), and its
+t-derivative. The processes (`discrete/processes.py`) turn them into corruptions and NELBO weights;
+SEDD's total noise is sigma_bar(t) = -log alpha_t ([SEDD] Sec. 3, arXiv 2310.16834v3).
 """
 
 import math
@@ -23,18 +20,6 @@ class Schedule:
     def d_alpha(self, t: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def weight(self, t: Tensor) -> Tensor:
-        """-alpha'_t / (1 - alpha_t): the NELBO weight of a masked token ([MDLM] Eq. 10)."""
-        return -self.d_alpha(t) / (1 - self.alpha(t))
-
-    def total_noise(self, t: Tensor) -> Tensor:
-        """SEDD sigma_bar(t) = -log alpha_t."""
-        return -torch.log(self.alpha(t))
-
-    def rate(self, t: Tensor) -> Tensor:
-        """SEDD sigma(t) = d sigma_bar / dt = -alpha'_t / alpha_t."""
-        return -self.d_alpha(t) / self.alpha(t)
-
 
 class Linear(Schedule):
     """alpha_t = 1 - t; weight 1/t ([LLADA] Eq. 3, arXiv 2502.09992v3)."""
@@ -49,7 +34,7 @@ class Linear(Schedule):
 
 
 class Cosine(Schedule):
-    """alpha_t = 1 - cos(pi/2 (1 - t)) = 1 - sin(pi t / 2) ([MD4] Table 4)."""
+    """alpha_t = 1 - cos(pi/2 (1 - t)) = 1 - sin(pi t / 2) ([MD4] Table 4, arXiv 2406.04329v4)."""
 
     name = "cosine"
 
@@ -61,8 +46,8 @@ class Cosine(Schedule):
 
 
 class LogLinear(Schedule):
-    """sigma_bar(t) = -log(1 - (1 - eps) t), i.e. alpha_t = 1 - (1 - eps) t ([MDLM] Sec. 3.5; [SEDD]
-    App. C.1); eps = 1e-3 keeps sigma_bar finite at t = 1 for SEDD."""
+    """sigma_bar(t) = -log(1 - (1 - eps) t), i.e. alpha_t = 1 - (1 - eps) t ([MDLM] Sec. 3.5, arXiv
+    2406.07524v2; [SEDD] App. C.1); eps = 1e-3 keeps sigma_bar finite at t = 1 for SEDD."""
 
     name = "loglinear"
 

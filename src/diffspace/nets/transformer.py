@@ -1,10 +1,9 @@
 """A small pre-norm transformer over token ids: RoPE, SDPA attention, optional adaLN noise
 conditioning, and a key/value cache.
 
-The attention pattern is an explicit boolean mask (True = may attend), built by the helpers below:
-bidirectional (None), causal, block-causal, and the BD3-LM training mask over a noisy copy and a clean
-copy of the sequence side by side ([BD3] Sec. 3.2, arXiv 2503.09573v2). The network knows nothing
-about diffusion: forward(x, noise_cond, ...) maps ids (B, L) to logits (B, L, V).
+The attention pattern is an explicit boolean mask tensor (True = may attend; None = every token sees
+every token), built by whoever calls (the token models' masks are in `discrete/attention.py`). The
+network knows nothing about diffusion: forward(x, noise_cond, ...) maps ids (B, L) to logits (B, L, V).
 
 RoPE: Su et al. 2021, arXiv 2104.09864; adaLN-Zero: [DIT] Sec. 3.2 (arXiv 2212.09748).
 """
@@ -16,27 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from diffspace.nets.embedding import NoiseEmbedding
-
-
-def causal_mask(n: int, device=None) -> Tensor:
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
-
-
-def block_causal_mask(n: int, block: int, device=None) -> Tensor:
-    """Token i attends to j when j's block is not after i's block (full attention inside a block)."""
-    b = torch.arange(n, device=device) // block
-    return b[:, None] >= b[None, :]
-
-
-def bd3_train_mask(n: int, block: int, device=None) -> Tensor:
-    """[BD3] Sec. 3.2 vectorized training over [x_t, x0] (length 2n): a noisy block attends to itself
-    and to the clean blocks before it; a clean block attends block-causally to clean blocks."""
-    b = torch.arange(n, device=device) // block
-    same = b[:, None] == b[None, :]
-    before = b[:, None] > b[None, :]
-    top = torch.cat([same, before], dim=1)  # noisy queries: [noisy keys | clean keys]
-    bottom = torch.cat([torch.zeros_like(same), same | before], dim=1)  # clean queries
-    return torch.cat([top, bottom], dim=0)
 
 
 def rope(x: Tensor, pos: Tensor, base: float = 10_000.0) -> Tensor:

@@ -256,7 +256,7 @@ def after_train(run_dir: Path) -> None:
 def text_sample(run: Run, opts: SampleOptions) -> list[str] | None:
     """opts.n decoded samples (None on torchrun ranks other than 0); None fields take the run's [sample]."""
     s, kind = run.cfg.sample, KINDS[run.cfg.model.kind]
-    sampler = resolve_sampling(run.cfg, opts.sampler)[0]
+    sampler = resolve_sampling(run.cfg, opts.sampler, opts.steps, opts.block)[0]
     if opts.steps is not None and not kind.samplers[sampler].reads_steps:
         raise UserError(f"steps (--steps) do not apply to sampler {sampler!r}, which decodes one token "
                         "per call")
