@@ -134,7 +134,7 @@ def train_config(overrides: list[str], run_dir: Path) -> torch.nn.Module:
     network."""
     cfg = load_toml(CONFIG, overrides)
     model, loss, seed = cfg["model"], cfg["loss"], cfg["run"]["seed"]
-    assert (model["path"], model["prediction"], loss["weighting"]) == ("ddpm", "eps", "eps")
+    assert (model["path"], model["parameterization"], loss["weighting"]) == ("ddpm", "eps", "eps")
     tc = build(TrainConfig, cfg["train"], str(CONFIG), "train.")
     path = DDPMDiscrete()
     torch.manual_seed(seed)
