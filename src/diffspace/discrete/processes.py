@@ -21,16 +21,8 @@ from diffspace import rng
 from diffspace.discrete.schedules import Schedule
 
 
-def mask_tokens(x0: Tensor, alpha_t: Tensor, mask_id: int, u: Tensor) -> Tensor:
-    """[MDLM] Eq. 2: each token independently becomes mask_id with probability 1 - alpha_t, decided by
-    uniforms u (B, L). alpha_t has shape (B,) or (B, L)."""
-    return torch.where(u < 1 - alpha_t.reshape(len(x0), -1), torch.full_like(x0, mask_id), x0)
-
-
 class Process:
     """A schedule alpha_t and a way to corrupt tokens (the subclasses)."""
-
-    name = "process"
 
     def __init__(self, schedule: Schedule):
         self.schedule = schedule
@@ -52,8 +44,6 @@ class Process:
 class Absorbing(Process):
     """The masked (absorbing) process of a schedule; the mask token is `mask_id`."""
 
-    name = "absorbing"
-
     def __init__(self, schedule: Schedule, mask_id: int):
         super().__init__(schedule)
         self.mask_id = mask_id
@@ -64,8 +54,10 @@ class Absorbing(Process):
         return -self.schedule.d_alpha(t) / (1 - self.schedule.alpha(t))
 
     def corrupt(self, x0: Tensor, t: Tensor, u: Tensor) -> Tensor:
-        """x_t for x0 (B, L) at times t (B,) or (B, L), masking where the uniforms u (B, L) < 1 - alpha_t."""
-        return mask_tokens(x0, self.alpha(t), self.mask_id, u)
+        """[MDLM] Eq. 2: x_t for x0 (B, L) at times t (B,) or (B, L); a token becomes mask_id where its
+        uniform u (B, L) < 1 - alpha_t."""
+        alpha_t = self.alpha(t).reshape(len(x0), -1)
+        return torch.where(u < 1 - alpha_t, torch.full_like(x0, self.mask_id), x0)
 
     def prior(self, x: Tensor, g: rng.Generator) -> Tensor:
         """x_1 for a batch x (B, L) whose masked entries are to be generated: x itself (all masks)."""
@@ -74,8 +66,6 @@ class Absorbing(Process):
 
 class Uniform(Process):
     """The uniform process over the data tokens 0 .. n_tokens - 1 of a schedule with alpha_1 > 0."""
-
-    name = "uniform"
 
     def __init__(self, schedule: Schedule, n_tokens: int):
         super().__init__(schedule)
