@@ -171,10 +171,34 @@ def cmd_train(args) -> None:
     if args.dry_run:
         print(to_toml(to_dict(runs.load_config(args.config, args.set, args.resume))))
         return
-    run = runs.train(args.config, args.set, resume=args.resume, overwrite=args.overwrite,
-                     accumulate=args.accumulate, device=args.device, progress=not args.no_progress)
+    try:
+        run = runs.train(args.config, args.set, resume=args.resume, overwrite=args.overwrite,
+                         accumulate=args.accumulate, device=args.device, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        _say_resume(args)
+        raise
     if is_main():
         print(f"trained {run.step} steps in {run.meta['elapsed']:.0f} s; run directory: {run.dir}")
+
+
+def _say_resume(args) -> None:
+    """After Ctrl-C: where the checkpoint is and the exact command that continues the run."""
+    from diffspace import runs
+    from diffspace.runs.rundir import checkpoint_of
+    from diffspace.train.checkpoint import load_checkpoint
+
+    run_dir = Path(args.config) if args.resume and Path(args.config).is_dir() else \
+        Path(runs.load_config(args.config, args.set, args.resume).run.dir)
+    try:
+        step = load_checkpoint(checkpoint_of(run_dir))[1]["step"]
+    except UserError:  # stopped before its first checkpoint
+        print(f"diffspace: interrupted before the first checkpoint; nothing to resume in {run_dir}",
+              file=sys.stderr)
+        return
+    given = (("--device", args.device, "auto"), ("--accumulate", args.accumulate, 1))
+    flags = "".join(f" {flag} {value}" for flag, value, default in given if value != default)
+    print(f"diffspace: interrupted; checkpoint at step {step} in {run_dir / 'checkpoints'}; continue with:\n"
+          f"  diffspace train {run_dir} --resume{flags}", file=sys.stderr)
 
 
 def _load(args):
@@ -337,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffspace: {args.command} stopped: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("diffspace: interrupted; the last checkpoint is intact", file=sys.stderr)
+        if args.command != "train":  # train said where its checkpoint is and how to resume
+            print("diffspace: interrupted; the last checkpoint is intact", file=sys.stderr)
         return 130
     finally:
         shutdown()

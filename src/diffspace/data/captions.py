@@ -6,6 +6,8 @@ two sources (the procedural shapes are in data/shapes.py):
   the image's central moments, as in moment-based deskewing);
 - a user folder of images with a `metadata.jsonl` caption file, one JSON object a line with keys
   `file_name` (relative to the folder) and `text`; a file named on several lines gets several captions.
+  Its images follow the rules of `data.images.read_images` (any Pillow format, alpha on white, one
+  size, unreadable files skipped with their captions).
 
 Images are float32 (N, C, H, W) in [-1, 1] as in data/images.py. Captions become padded token ids
 (N, L) with a padding mask (N, L), True on real tokens, through the tokenizers of data/text.py.
@@ -21,7 +23,7 @@ import torch
 from torch import Tensor
 
 from diffspace import rng
-from diffspace.data.images import _read_image, _split, _to_tensor, load_digits
+from diffspace.data.images import _split, load_digits, read_images
 from diffspace.types import UserError
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -153,7 +155,7 @@ def _read_metadata(path: Path) -> dict[str, list[str]]:
 
 
 def load_captioned_folder(path: str | Path) -> CaptionedImages:
-    """Images of one size named by `metadata.jsonl` in the folder (see the module docstring).
+    """Images named by `metadata.jsonl` in the folder (see the module docstring).
 
     Raises UserError for a missing folder or caption file, a malformed line, or a missing image.
     """
@@ -169,5 +171,6 @@ def load_captioned_folder(path: str | Path) -> CaptionedImages:
         raise UserError(f"{meta} names image {missing[0]!r}, which does not exist in {root}"
                         + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     files = [root / name for name in captions]
-    x = _to_tensor([_read_image(f) for f in files], files)
-    return CaptionedImages(x, [tuple(c) for c in captions.values()])
+    x, kept = read_images(files)  # formats, transparency, sizes and unreadable files as in data/images.py
+    texts = list(captions.values())
+    return CaptionedImages(x, [tuple(texts[i]) for i in kept])

@@ -1,5 +1,12 @@
-"""User vector data from .npy / .npz / .csv files (rows are examples)."""
+"""User vector data from .npy / .npz / .csv (.tsv, .txt) files (rows are examples), and the per-column
+standardisation a run trains on.
 
+Text tables: the delimiter is detected among , ; tab | and whitespace (csv.Sniffer on the first lines;
+one column needs none), and a first row that is not all numbers is a header, skipped with a note.
+"""
+
+import csv
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +14,10 @@ import torch
 from torch import Tensor
 
 from diffspace.types import UserError
+
+log = logging.getLogger("diffspace")
+TABLE_SUFFIXES = (".csv", ".tsv", ".txt")
+DELIMITERS = ",;\t| "
 
 
 def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
@@ -25,10 +36,11 @@ def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
                 if key is not None and key not in names:
                     raise UserError(f"{p}: no array {key!r} (has {', '.join(names)})")
                 arr = z[key or names[0]]
-        elif p.suffix == ".csv":
-            arr = np.loadtxt(p, delimiter=",", dtype=np.float64, ndmin=2)
+        elif p.suffix in TABLE_SUFFIXES:
+            arr = _read_table(p)
         else:
-            raise UserError(f"{p}: unsupported data file type {p.suffix!r} (use .npy, .npz or .csv)")
+            raise UserError(f"{p}: unsupported data file type {p.suffix!r} (use .npy, .npz, .csv, .tsv or "
+                            ".txt)")
     except (ValueError, OSError) as e:
         raise UserError(f"{p}: cannot read data ({str(e).splitlines()[0]})") from None
     arr = np.asarray(arr)
@@ -37,3 +49,38 @@ def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
     if not np.isfinite(arr).all():
         raise UserError(f"{p}: data contains NaN or Inf")
     return torch.from_numpy(arr.astype(np.float32))
+
+
+def _numbers(fields: list[str]) -> bool:
+    try:
+        [float(v) for v in fields]
+    except ValueError:
+        return False
+    return True
+
+
+def _read_table(p: Path) -> np.ndarray:
+    """A delimited text table (N, D) in float64, its delimiter and header detected (module docstring)."""
+    lines = [line for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
+    if not lines:
+        raise UserError(f"{p}: the file holds no rows")
+    try:  # why: sniffed on rows after the first, which may be a header of another shape
+        delimiter = csv.Sniffer().sniff("\n".join(lines[1:21] or lines), delimiters=DELIMITERS).delimiter
+    except csv.Error:  # one column: no delimiter to find
+        delimiter = ","
+    split = (lambda line: line.split()) if delimiter == " " else (lambda line: line.split(delimiter))
+    start = 0 if _numbers(split(lines[0])) else 1
+    if start:
+        log.info("%s: first row %r is a header; skipped", p, lines[0][:60])
+    if start == len(lines):
+        raise UserError(f"{p}: only a header row, no data")
+    return np.loadtxt(lines[start:], delimiter=None if delimiter == " " else delimiter, dtype=np.float64,
+                      ndmin=2)
+
+
+def standardize_stats(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-column mean (D,) and standard deviation (D,) of x (N, D), float64; a constant column gets
+    std 1 (why: dividing by 0 would make it NaN, and it carries nothing to learn)."""
+    x = x.double()
+    std = x.std(0) if len(x) > 1 else torch.ones(x.shape[1], dtype=torch.float64)
+    return x.mean(0), torch.where(std > 0, std, torch.ones_like(std))

@@ -7,6 +7,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 
@@ -41,3 +43,17 @@ def loss_curve(log: Path, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def scatter_picture(points: Tensor, title: str = "") -> Tensor:
+    """A scatter of the first two coordinates as an image (1, 3, H, W) in [-1, 1] (for TensorBoard)."""
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=80)
+    p = points[:5000].float().numpy()
+    ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.5)
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.config import choice
+from diffspace.data.files import standardize_stats
+from diffspace.data.images import FITS
 from diffspace.losses import SIGMA_PROPOSALS, T_PROPOSALS, WEIGHTINGS, denoising_loss, flow_matching_loss
 from diffspace.nets.dit import DiTConfig
 from diffspace.nets.mlp import MLPConfig
@@ -30,11 +32,14 @@ TABLE_GRIDS = ("leading", "trailing", "linspace")  # spacings of a DDPM table's 
 @dataclass
 class DataConfig:
     name: str = "checkerboard"  # a toy set, "file" (with `file`), or image data (digits, lfw, folder, npz)
-    file: str = ""  # .npy / .npz / .csv for name = "file"; the folder or .npz for "folder" / "npz"
+    file: str = ""  # .npy / .npz / .csv / .tsv / .txt for name = "file"; the folder or .npz for folder / npz
     key: str = ""  # array name inside a .npz
+    standardize: bool = True  # name = "file": train on (x - mean) / std per column; undone when sampling
     n_train: int = 100_000  # toy sets: points generated for training
     n_test: int = 10_000  # toy sets: held-out points (evaluation baseline)
-    image_size: int = 24  # lfw: resize 25x25 to 24 or 32
+    image_size: int = 0  # lfw: 24 or 32 (0: 24); folder: square side (0: the images' own if all share one)
+    image_fit: str = choice("crop", *FITS)  # folder: "crop" = shorter side to image_size, centre cut;
+    # "resize" = stretch to image_size x image_size
 
 
 @dataclass
@@ -171,10 +176,37 @@ def load_data(cfg: ContinuousConfig) -> dict:
     return data
 
 
+def scaling(cfg: ContinuousConfig, x_train: Tensor) -> dict:
+    """Checkpoint metadata of the data's standardisation: {"data_mean", "data_std"} (lists of D floats)
+    for a vector file with data.standardize, else {}."""
+    if cfg.data.name != "file" or not cfg.data.standardize:
+        return {}
+    mean, std = standardize_stats(x_train)
+    return {"data_mean": mean.tolist(), "data_std": std.tolist()}
+
+
+def to_model_units(meta: dict, x: Tensor) -> Tensor:
+    """Data (N, D) in the units the model was trained in (standardised when the run's metadata says so)."""
+    if "data_mean" not in meta:
+        return x
+    mean, std = (torch.tensor(meta[k], dtype=torch.float64) for k in ("data_mean", "data_std"))
+    return ((x.double() - mean) / std).to(x.dtype)
+
+
+def to_data_units(meta: dict, x: Tensor) -> Tensor:
+    """Samples (N, D) of the model back in the data's units (the inverse of `to_model_units`)."""
+    if "data_mean" not in meta:
+        return x
+    mean, std = (torch.tensor(meta[k], dtype=torch.float64) for k in ("data_mean", "data_std"))
+    return (x.double() * std + mean).to(x.dtype)
+
+
 def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup, dict]:
-    """The TrainSetup for a config and the metadata a checkpoint needs to rebuild the module."""
+    """The TrainSetup for a config and the metadata a checkpoint needs to rebuild the module (and to
+    undo the data's standardisation, see `scaling`)."""
     data = load_data(cfg)
-    x_train = data["x_train"].to(device)
+    scale = scaling(cfg, data["x_train"])
+    x_train = to_model_units(scale, data["x_train"]).to(device)
     y_train = data.get("y_train")
     y_train = None if y_train is None else y_train.to(device)
     module = build_module(cfg, tuple(x_train.shape[1:])).to(device)
@@ -198,7 +230,7 @@ def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup
         weight = _weight(cfg, b["sigma"])
         return denoising_loss(model, b["x0"], b["sigma"], weight, eps=b["eps"], **cond)
 
-    return TrainSetup(module, batch, loss), {"data_shape": list(x_train.shape[1:])}
+    return TrainSetup(module, batch, loss), {"data_shape": list(x_train.shape[1:]), **scale}
 
 
 def module_from_meta(cfg: ContinuousConfig, meta: dict) -> nn.Module:

@@ -2,11 +2,23 @@
 
 from pathlib import Path
 
+import torch
+
 from diffspace.eval.plots import loss_curve
-from diffspace.runs.continuous import ContinuousConfig, build_setup, module_from_meta
+from diffspace.runs import continuous
+from diffspace.runs.continuous import ContinuousConfig, module_from_meta
 from diffspace.runs.evaluation import evaluate
 from diffspace.runs.options import Task
+from diffspace.runs.preview import preview
 from diffspace.runs.sampling import sample
+from diffspace.train.loop import TrainSetup
+
+
+def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup, dict]:
+    """continuous.build_setup with the TensorBoard preview of samples (runs/preview.py)."""
+    setup, meta = continuous.build_setup(cfg, device)
+    setup.preview = preview(cfg, meta, device)
+    return setup, meta
 
 
 def after_train(run_dir: Path) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from diffspace.eval.bits import nll_report
+from diffspace.eval.bits import bits_per_dim, nll_report
 from diffspace.eval.featurenet import features, load_classifier, train_featurenet
 from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
@@ -24,7 +24,7 @@ from diffspace.eval.metrics import mmd_rbf, sliced_w2
 from diffspace.eval.pictures import save_grid, save_trajectory
 from diffspace.eval.plots import scatter_2d
 from diffspace.rng import Streams
-from diffspace.runs.continuous import as_denoiser, build_path, load_data
+from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
 from diffspace.runs.options import EvalOptions, Run, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.runs.sampling import generate, guided_denoiser, run_sigmas, sample_chunk, sampler_fn
@@ -49,12 +49,15 @@ def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
     """PF-ODE NLL of (part of) the test split; bits/dim and the DDPM bound on the 17-level digits grid."""
     cfg, n = run.cfg, opts.nll_n or 1000
     check_positive(nll_n=n)
-    x = data["x_test"][:n].to(run.device)
+    x = to_model_units(run.meta, data["x_test"][:n]).to(run.device)
     y = data.get("y_test")
     cond = {"class_labels": y[:n].to(run.device)} if y is not None and cfg.model.num_classes else None
     levels = DIGITS_LEVELS if cfg.data.name == "digits" else None
     report = nll_report(as_denoiser(cfg, run.module), build_path(cfg), x, levels=levels, cond=cond,
                         seed=opts.seed)
+    if "data_std" in run.meta:  # change of variables: -log p(x) = -log p(z) + sum_d log std_d
+        report["nll_nats"] += float(torch.tensor(run.meta["data_std"], dtype=torch.float64).log().sum())
+        report["bits_per_dim"] = bits_per_dim(report["nll_nats"], x[0].numel())
     return {f"nll_{k}" if not k.startswith(("nll", "bound")) else k: v for k, v in report.items()}
 
 
@@ -68,6 +71,7 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
                  run.device)
     if x is None:  # not rank 0: metrics are computed once, there
         return None
+    x = to_data_units(run.meta, x)  # metrics in the data's own units
     if not torch.isfinite(x).all():
         raise UserError("the model produced non-finite samples")
     x_test, x_train = data["x_test"][:n], data["x_train"]

@@ -47,7 +47,7 @@ def _toy(name: str):
 def _file(cfg) -> dict:
     """A user file: a fixed 90/10 train/test split by a seeded permutation."""
     if not cfg.data.file:
-        raise UserError("data.name = 'file' needs data.file = PATH (.npy, .npz or .csv)")
+        raise UserError("data.name = 'file' needs data.file = PATH (.npy, .npz, .csv, .tsv or .txt)")
     x = load_vectors(cfg.data.file, cfg.data.key or None)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.run.seed))
     n_test = max(1, len(x) // 10)
@@ -58,8 +58,8 @@ def _images(cfg) -> dict:
     """Image data: train/test tensors and labels, split by run.seed."""
     d = cfg.data
     path = d.file or None
-    x, y = load_image_data(d.name, "train", cfg.run.seed, path, d.image_size)
-    xt, yt = load_image_data(d.name, "test", cfg.run.seed, path, d.image_size)
+    x, y = load_image_data(d.name, "train", cfg.run.seed, path, d.image_size, d.image_fit)
+    xt, yt = load_image_data(d.name, "test", cfg.run.seed, path, d.image_size, d.image_fit)
     return {"x_train": x, "y_train": y, "x_test": xt, "y_test": yt}
 
 

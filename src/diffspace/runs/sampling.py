@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from diffspace.rng import Streams
-from diffspace.runs.continuous import as_denoiser, build_path
+from diffspace.runs.continuous import as_denoiser, build_path, to_data_units
 from diffspace.runs.options import Run, SampleOptions, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
@@ -115,7 +115,7 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
     labels = class_labels(run, n, opts.class_labels)
     x = generate(guided_denoiser(run, opts.guidance), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
                  run.device, labels)
-    return None if x is None else (x.clamp(-1, 1) if run.cfg.images else x)
+    return None if x is None else (x.clamp(-1, 1) if run.cfg.images else to_data_units(run.meta, x))
 
 
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512,

@@ -4,7 +4,9 @@ A task hands the loop a `TrainSetup`:
   model  the nn.Module whose parameters are trained (and averaged into the EMA);
   batch  batch(generator, n) -> a batch of n examples *including all of its randomness* (data,
          noise levels, noise, label dropout), as a dict of tensors with leading dim n, on the device;
-  loss   loss(model, batch) -> per-example losses (B,), deterministic given the batch.
+  loss   loss(model, batch) -> per-example losses (B,), deterministic given the batch;
+  preview (optional) preview(module) -> a picture of samples from the EMA module, (N, C, H, W) in
+         [-1, 1], shown in TensorBoard at every checkpoint when train.tensorboard is on.
 Because all randomness lives in the batch, a run is exactly reproducible, resumable, and equal
 across world sizes: every rank draws the same global batch and keeps its own slice.
 
@@ -29,6 +31,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from diffspace.config import choice
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, split_prefix
 from diffspace.train.distributed import stop_together, world
+from diffspace.train.monitor import Interrupts, Progress, TensorBoard
 from diffspace.types import TrainingError, UserError
 
 Batch = dict[str, Tensor]
@@ -54,6 +57,7 @@ class TrainConfig:
     ckpt_every: int = 500
     keep_every: int = 0  # also keep a numbered checkpoint every this many steps (0: only the last)
     minutes: float = 0.0  # wall-clock cap: stop (and checkpoint) after this many minutes; 0 = none
+    tensorboard: bool = False  # also write RUN/tensorboard (needs the optional tensorboard package)
 
     def validate(self, src: str) -> None:
         for key in ("steps", "batch_size", "log_every", "ckpt_every"):
@@ -77,6 +81,7 @@ class TrainSetup:
     model: nn.Module
     batch: Callable[[torch.Generator, int], Batch]
     loss: Callable[[nn.Module, Batch], Tensor]
+    preview: Callable[[nn.Module], Tensor] | None = None  # (EMA module) -> images (N, C, H, W) in [-1, 1]
 
 
 def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
@@ -237,46 +242,54 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
     data shape needed to rebuild the model). With `resume`, continue from
     run_dir/checkpoints/last.safetensors exactly where it stopped. `on_start(trainer)` runs after the
     checkpoint is restored and before the first step (a caller writes its files only then, once the
-    checkpoint is known to fit).
+    checkpoint is known to fit). Ctrl-C finishes the current step, saves a checkpoint and raises
+    KeyboardInterrupt (train/monitor.py); `progress` shows a bar or periodic log lines.
     """
-    from tqdm import tqdm
-
     tr = Trainer(setup, cfg, run_dir, record, seed, accumulate, extra)
     log = tr.run_dir / "log.jsonl"
     if resume:
         tr.restore(tr.ckpt_path)
     if on_start is not None:
         on_start(tr)
-    if tr.rank == 0:
+    main = tr.rank == 0
+    if main:
         tr.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             _trim_log(log, tr.step)
-    bar = tqdm(total=cfg.steps, initial=tr.step, disable=not progress or tr.rank != 0,
-               dynamic_ncols=True, desc="train")
+    bar = Progress(cfg.steps, tr.step, cfg.minutes, progress and main)
+    board = TensorBoard(tr.run_dir, setup.preview) if cfg.tensorboard and main else None
     t0, last_t, last_step = time.perf_counter(), time.perf_counter(), tr.step
     start_elapsed, run_steps = tr.elapsed, 0
-    while tr.step < cfg.steps:
-        loss, gnorm = tr.train_step()
-        run_steps += 1
-        tr.elapsed = start_elapsed + time.perf_counter() - t0
-        out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
-        if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
-            out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
-        stop = out_of_time or (stop_after is not None and run_steps >= stop_after)
-        if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
-            now = time.perf_counter()
-            its = (tr.step - last_step) / max(now - last_t, 1e-9)
-            last_t, last_step = now, tr.step
-            if tr.rank == 0:
-                with open(log, "a") as f:
-                    f.write(json.dumps({"step": tr.step, "loss": loss, "grad_norm": gnorm,
-                                        "lr": tr.sched.get_last_lr()[0], "it_s": its,
-                                        "elapsed_s": tr.elapsed}) + "\n")
-            bar.set_postfix(loss=f"{loss:.4f}", it_s=f"{its:.1f}")
-        bar.update(1)
-        if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps or stop:
-            tr.save()
-        if stop:
-            break
+    with Interrupts(tr.world_size == 1) as interrupts:
+        while tr.step < cfg.steps:
+            loss, gnorm = tr.train_step()
+            run_steps += 1
+            tr.elapsed = start_elapsed + time.perf_counter() - t0
+            out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
+            if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
+                out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
+            stop = out_of_time or interrupts.asked or (stop_after is not None and run_steps >= stop_after)
+            row = None
+            if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
+                now = time.perf_counter()
+                row = {"step": tr.step, "loss": loss, "grad_norm": gnorm, "lr": tr.sched.get_last_lr()[0],
+                       "it_s": (tr.step - last_step) / max(now - last_t, 1e-9), "elapsed_s": tr.elapsed}
+                last_t, last_step = now, tr.step
+                if main:
+                    with open(log, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                if board is not None:
+                    board.scalars(tr.step, row)
+            bar.update(tr.step, tr.elapsed, loss, row and row["it_s"])
+            if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps or stop:
+                tr.save()
+                if board is not None:
+                    board.snapshot(tr.step, tr.model, tr.ema.module)
+            if stop:
+                break
     bar.close()
+    if board is not None:
+        board.close()
+    if interrupts.asked:
+        raise KeyboardInterrupt(f"interrupted at step {tr.step}; checkpoint saved")
     return tr
