@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                                  "RUN/samples.txt)")
     s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
                    help="class-conditional runs: the class of the samples (several are cycled)")
+    s.add_argument("--classifier", metavar="FILE",
+                   help="image runs: classifier guidance by this noise-aware classifier (from `diffspace "
+                        "train-classifier`) towards --class")
+    s.add_argument("--classifier-scale", type=float, metavar="S",
+                   help="scale s of --classifier guidance (0: none; default 1)")
     s.add_argument("--prompt", help="text runs: the text every sample continues")
     s.add_argument("--block", type=int, help="text runs: block size L' for block / semi-AR decoding")
     s.add_argument("--temperature", type=float, help="text runs: sampling temperature")
@@ -241,7 +246,8 @@ def cmd_sample(args) -> None:
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
         sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,
         sigma_max=args.sigma_max, guidance=args.cfg,
-        class_labels=tuple(args.class_labels) if args.class_labels else None, prompt=args.prompt,
+        class_labels=tuple(args.class_labels) if args.class_labels else None, classifier=args.classifier,
+        classifier_scale=args.classifier_scale, prompt=args.prompt,
         block=args.block, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
     suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv")
     if args.out and Path(args.out).suffix not in suffixes:
@@ -314,9 +320,17 @@ def cmd_train_images_classifier(args) -> None:
 
 
 def cmd_samplers(args) -> None:
+    from diffspace.discrete.kinds import KINDS
     from diffspace.samplers.registry import describe_samplers
 
-    print(describe_samplers())
+    print("continuous runs (images, vectors):\n" + describe_samplers())
+    print("\ntext runs (task = \"text\"): the samplers of each model.kind, its default first; each takes "
+          "--temperature, --top-k, --top-p and (where the kind allows) --prompt")
+    width = max(map(len, KINDS))
+    for name, kind in KINDS.items():
+        samplers = [s + ("" if spec.reads_steps else " (one call per token, no --steps)")
+                    + (" (--block)" if spec.block else "") for s, spec in kind.samplers.items()]
+        print(f"  {name:<{width}}  {', '.join(samplers)}")
 
 
 def cmd_info(args) -> None:

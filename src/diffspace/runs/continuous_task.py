@@ -28,7 +28,7 @@ def after_train(run_dir: Path) -> None:
 CONTINUOUS = Task(
     "continuous", ContinuousConfig, build_setup, module_from_meta, sample, evaluate,
     sample_options=frozenset({"n", "seed", "sampler", "steps", "grid", "sampler_options", "sigma_min",
-                              "sigma_max", "guidance", "class_labels"}),
+                              "sigma_max", "guidance", "class_labels", "classifier", "classifier_scale"}),
     eval_options=frozenset({"n", "seed", "sampler", "steps", "grid", "sampler_options", "sigma_min",
                             "sigma_max", "guidance", "featurenet", "nll", "nll_n"}),
     after_train=after_train)

@@ -62,6 +62,8 @@ class SampleOptions:
     sigma_max: float | None = None
     guidance: float | None = None  # class-conditional runs: classifier-free guidance scale w
     class_labels: tuple[int, ...] | None = None  # class-conditional runs: labels, cycled over n
+    classifier: str | None = None  # image runs: noise-aware classifier file for classifier guidance
+    classifier_scale: float | None = None  # its guidance scale s (default 1; 0 = none)
     prompt: str | None = None  # text runs: the text every sample continues
     block: int | None = None  # text runs: block size for block / semi-autoregressive decoding
     temperature: float | None = None  # text runs

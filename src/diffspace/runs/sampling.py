@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from diffspace.eval.featurenet import load_classifier
 from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, to_data_units
 from diffspace.runs.options import Run, SampleOptions, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
-from diffspace.samplers.guidance import ClassifierFreeGuidance
+from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance, EDMClassifier
 from diffspace.samplers.optimize_grid import optimize_sigmas
 from diffspace.samplers.registry import SAMPLERS, check_sampler_options
 from diffspace.train.distributed import map_chunks
@@ -90,13 +91,35 @@ def guided_denoiser(run: Run, guidance: float | None):
     return ClassifierFreeGuidance(den, guidance, K)
 
 
-def class_labels(run: Run, n: int, labels: tuple[int, ...] | None) -> Tensor | None:
-    """Labels for n samples of a class-conditional run: the given ones cycled, else 0, 1, .., K-1, 0, ..
-    None for an unconditional run (UserError if labels were given for one)."""
-    K = run.cfg.model.num_classes
+def classifier_guided(run: Run, denoiser, classifier: str | None, scale: float | None) -> tuple[object, int]:
+    """(denoiser with [CG] classifier guidance of scale `scale` (default 1) by the noise-aware classifier
+    file `classifier` from `diffspace train-classifier`, its number of classes); (denoiser, 0) without a
+    classifier. UserError for a scale without a classifier, a classifier of other images or classes."""
+    if classifier is None:
+        if scale is not None:
+            raise UserError("--classifier-scale needs --classifier FILE (from `diffspace train-classifier`)")
+        return denoiser, 0
+    net, meta = load_classifier(classifier, "noisy_classifier")
+    K, shape = run.cfg.model.num_classes, list(run.meta["data_shape"])
+    if meta["shape"] != shape:
+        raise UserError(f"--classifier {classifier}: trained on images of shape {meta['shape']}, the run's "
+                        f"are {shape}")
+    if K and net.head[-1].out_features != K:
+        raise UserError(f"--classifier {classifier}: {net.head[-1].out_features} classes, the run has {K}")
+    clf = EDMClassifier(net, meta["sigma_data"]).to(run.device).eval()
+    return ClassifierGuidance(denoiser, clf, 1.0 if scale is None else scale, conditional=K > 0), \
+        net.head[-1].out_features
+
+
+def class_labels(run: Run, n: int, labels: tuple[int, ...] | None, num_classes: int = 0) -> Tensor | None:
+    """Labels for n samples of a class-conditional run (or of a guiding classifier with `num_classes`):
+    the given ones cycled, else 0, 1, .., K-1, 0, .. None for an unconditional run without a classifier
+    (UserError if labels were given for one)."""
+    K = num_classes or run.cfg.model.num_classes
     if K == 0:
         if labels:
-            raise UserError("class labels (--class) need a class-conditional run (model.num_classes > 0)")
+            raise UserError("class labels (--class) need a class-conditional run (model.num_classes > 0) or "
+                            "a --classifier")
         return None
     wanted = torch.tensor(labels, dtype=torch.long) if labels else torch.arange(K)
     if (wanted < 0).any() or (wanted >= K).any():
@@ -112,8 +135,10 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
     check_positive(n=n, steps=steps)
     fn = sampler_fn(sampler, opts.sampler_options)
     sigmas = run_sigmas(run, grid, steps, sampler, opts.sigma_min, opts.sigma_max)
-    labels = class_labels(run, n, opts.class_labels)
-    x = generate(guided_denoiser(run, opts.guidance), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
+    den, classes = classifier_guided(run, guided_denoiser(run, opts.guidance), opts.classifier,
+                                     opts.classifier_scale)
+    labels = class_labels(run, n, opts.class_labels, classes)
+    x = generate(den, tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
                  run.device, labels)
     return None if x is None else (x.clamp(-1, 1) if run.cfg.images else to_data_units(run.meta, x))
 

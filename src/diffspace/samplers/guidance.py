@@ -68,14 +68,18 @@ class ClassifierGuidance:
 
     [CG] Alg. 1 adds s * grad log p(y | x_t) to the score; in EDM space the score is (D - x) / sigma^2,
     so the guided denoiser moves by s sigma^2 times the classifier's gradient. `class_labels` go to the
-    classifier only: the denoiser is called without them (a class-conditional net then uses its null class).
+    classifier only: the denoiser is called without them (a class-conditional net then uses its null class),
+    unless `conditional` (the labels then also condition the denoiser, e.g. one with [CFG]).
     """
 
-    def __init__(self, denoiser: Denoiser, classifier: Callable[[Tensor, Tensor], Tensor], scale: float):
+    def __init__(self, denoiser: Denoiser, classifier: Callable[[Tensor, Tensor], Tensor], scale: float,
+                 conditional: bool = False):
         self.denoiser, self.classifier, self.scale = denoiser, classifier, scale
+        self.conditional = conditional
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, **cond) -> Tensor:
-        x0_hat = self.denoiser(x, sigma, **cond)
+        labels = {"class_labels": class_labels} if self.conditional else {}
+        x0_hat = self.denoiser(x, sigma, **labels, **cond)
         if class_labels is None or self.scale == 0:
             return x0_hat
         with torch.enable_grad():  # samplers usually run under no_grad
