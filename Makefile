@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test bench bench-samplers bench-likelihood bench-guidance bench-text bench-scaling lint venv clean
+.PHONY: demo test wheel-check bench bench-samplers bench-likelihood bench-guidance bench-text bench-scaling lint venv clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --durations=15 tests
+
+# The built wheel installed into a new venv (local torch wheel, other dependencies from the package index)
+# runs `diffspace --version` and `diffspace train demo` outside the repository: about two minutes.
+wheel-check: $(STAMP)
+	DIFFSPACE_WHEEL_CHECK=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -rs tests/test_packaging.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

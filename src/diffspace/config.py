@@ -99,11 +99,32 @@ def apply_overrides(data: dict, overrides: list[str] = ()) -> dict:
     return data
 
 
+# the configs shipped in the package: src/diffspace/configs is a link to the repository's configs/, whose
+# files the wheel carries as package data
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with diffspace (`diffspace train demo`)."""
+    return sorted(p.stem for p in CONFIGS.glob("*.toml"))
+
+
+def config_file(name: str | Path) -> Path:
+    """`name` itself when it is a file, else the shipped config of that name ("demo" or "demo.toml", no
+    folder), else `name` (which then does not exist)."""
+    p = Path(name)
+    if p.is_file() or p.parent != Path("."):
+        return p
+    shipped = CONFIGS / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+    return shipped if shipped.is_file() else p
+
+
 def load_toml(path: str | Path, overrides: list[str] = ()) -> dict:
-    """Read a TOML file into a dict and apply overrides; UserError if missing or malformed."""
-    p = Path(path)
+    """Read a TOML file (or a shipped config by name, `config_file`) into a dict and apply overrides;
+    UserError if missing or malformed."""
+    p = config_file(path)
     if not p.is_file():
-        raise UserError(f"config file not found: {p}")
+        raise UserError(f"config file not found: {p} (shipped configs: {', '.join(shipped_configs())})")
     try:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:

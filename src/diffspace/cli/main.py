@@ -154,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="optimizer steps")
         c.add_argument("--seed", type=int, default=0, help="seed (also fixes the train/test split)")
 
+    x = sub.add_parser("export", formatter_class=_Formatter, help="export weights or a diffusers folder",
+                       description="Write a run's weights without training state to one .safetensors file "
+                                   "(its metadata in the header; `diffspace sample FILE` reads it), or with "
+                                   "--format diffusers a folder that diffusers loads (UNet / DiT runs of the "
+                                   "ddpm path, EDM preconditioning or linear flow; see docs/diffusers.md).")
+    x.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    x.add_argument("--out", required=True, help="the .safetensors file, or the folder for --format diffusers "
+                                                "(never replaced: it must not exist)")
+    x.add_argument("--ema", action="store_true",
+                   help="export the EMA weights (what `diffspace sample` uses); default: the raw weights")
+    x.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
+                   help="safetensors: one weights file; diffusers: a diffusers folder (needs the extra)")
+
     sub.add_parser("samplers", formatter_class=_Formatter, help="list the samplers",
                    description="List every sampler with its order, whether it is stochastic, and "
                                "its number of network evaluations for n steps.")
@@ -319,6 +332,15 @@ def cmd_train_images_classifier(args) -> None:
     print(f"wrote {args.out}: " + json.dumps(info))
 
 
+def cmd_export(args) -> None:
+    from diffspace import runs
+
+    run = runs.load_run(args.run, ema=args.ema)
+    export = runs.export_diffusers if args.format == "diffusers" else runs.export_weights
+    out = export(run, args.out)
+    print(f"wrote the {run.meta['weights']} weights of {args.run} (step {run.step}) to {out}")
+
+
 def cmd_samplers(args) -> None:
     from diffspace.discrete.kinds import KINDS
     from diffspace.samplers.registry import describe_samplers
@@ -356,7 +378,7 @@ def cmd_info(args) -> None:
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info,
-            "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers,
+            "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers, "export": cmd_export,
             "train-featurenet": cmd_train_images_classifier, "train-classifier": cmd_train_images_classifier}
 
 

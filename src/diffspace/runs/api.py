@@ -20,6 +20,7 @@ import torch
 from diffspace.config import apply_overrides, build, load_toml, to_dict, to_toml
 from diffspace.runs import rundir, sampling
 from diffspace.runs.continuous import load_data
+from diffspace.runs.diffusers_io import is_diffusers_dir, load_diffusers
 from diffspace.runs.evaluation import nll_metrics
 from diffspace.runs.loading import build_run, read_run
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, check_options
@@ -38,7 +39,8 @@ def _absolute_files(data: dict) -> dict:
     """Paths in the config that name existing files or folders, made absolute (a run can then be resumed,
     sampled and evaluated from any working directory)."""
     out = copy.deepcopy(data)
-    for section, key in (("data", "file"), ("data", "corpus"), ("eval", "ar_run")):
+    for section, key in (("data", "file"), ("data", "corpus"), ("eval", "ar_run"),
+                         ("model", "scheduler_config")):
         value = out.get(section, {}).get(key)
         if isinstance(value, str) and value and Path(value).exists():
             out[section][key] = str(Path(value).resolve())
@@ -50,6 +52,9 @@ def load_config(source, overrides: list[str] = (), resume: bool = False):
     overrides; with `resume` and a run directory, the run's own stored config. UserError on bad input."""
     if dataclasses.is_dataclass(source):
         source = to_dict(source)
+    if not isinstance(source, dict) and is_diffusers_dir(source):
+        raise UserError(f"{source} is a diffusers model: diffspace can sample it (`diffspace sample "
+                        f"{source}`) but not train or resume it")
     if isinstance(source, dict):
         data, src = apply_overrides(source, overrides), "<config>"
     elif resume and Path(source).is_dir():
@@ -121,12 +126,15 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
                         accumulate=accumulate, progress=progress, extra=meta, on_start=on_start)
     if tr.rank == 0 and task.after_train:
         task.after_train(run_dir)
-    meta = {"step": tr.step, "elapsed": tr.elapsed, "config": record, **meta}
+    meta = {"step": tr.step, "elapsed": tr.elapsed, "config": record, "weights": "ema", **meta}
     return Run(task.name, cfg, tr.ema.module.eval(), run_dir, tr.step, meta)
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu", ema: bool = True) -> Run:
-    """Rebuild the trained module of a run directory or checkpoint file (EMA weights by default)."""
+    """Rebuild the trained module of a run directory or checkpoint file (EMA weights by default), or of a
+    weights file (`export_weights`), or load a diffusers folder as a Run of task "diffusers"."""
+    if is_diffusers_dir(path):
+        return load_diffusers(path, device)
     ckpt, tensors, meta = read_run(path)
     return build_run(task_of(meta["config"], str(ckpt)), ckpt, tensors, meta, device, ema)
 

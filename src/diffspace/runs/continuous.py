@@ -18,6 +18,7 @@ from diffspace.nets.mlp import MLPConfig
 from diffspace.nets.unet import UNetConfig
 from diffspace.param import PREDICTIONS, DenoiserFromVelocity, EDMPrecond, NetDenoiser, NetVelocity
 from diffspace.paths import PATHS, DDPMDiscrete, GaussianPath
+from diffspace.paths.ddpm import ddpm_from_scheduler_config
 from diffspace.runs import registries
 from diffspace.runs.registries import DATA, IMAGE_DATA, NETS, make_net
 from diffspace.runs.schema import RunConfig
@@ -46,6 +47,9 @@ class DataConfig:
 class ModelConfig:
     net: str = "mlp"
     path: str = "edm"
+    # path "ddpm" / "ddpm_zsnr": take the table from this diffusers scheduler_config.json (the float32
+    # table diffusers builds from it, paths/ddpm.py) instead of the default linear betas
+    scheduler_config: str = ""
     # how the network's output is read: "edm" = [EDM] preconditioning (the network predicts x0 through
     # c_skip, c_out, c_in, c_noise; the path then sets only the sampling range), or a raw prediction on
     # the path: x0, eps, v, score, velocity
@@ -101,6 +105,10 @@ class ContinuousConfig:
                                   ("sample.grid", s.grid, [*GRIDS, "optimized"])):
             if value not in names:
                 raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(names)}")
+        if m.scheduler_config and ddpm_from_scheduler_config(m.scheduler_config).name != m.path:
+            table = ddpm_from_scheduler_config(m.scheduler_config).name
+            raise UserError(f"{src}: model.scheduler_config {m.scheduler_config} describes a {table!r} "
+                            f"table; set model.path = {table!r}")
         if s.grid in TABLE_GRIDS and not issubclass(PATHS[m.path], DDPMDiscrete):
             raise UserError(f"{src}: sample.grid = {s.grid!r} spaces the timesteps of a DDPM table; "
                             f"model.path = {m.path!r} has none (use karras, logsnr or uniform_t)")
@@ -125,6 +133,8 @@ class ContinuousConfig:
 # ---- building objects from a config ---------------------------------------------------------
 
 def build_path(cfg: ContinuousConfig) -> GaussianPath:
+    if cfg.model.scheduler_config:
+        return ddpm_from_scheduler_config(cfg.model.scheduler_config)
     return PATHS[cfg.model.path]()
 
 

@@ -2,11 +2,12 @@
 place a task name becomes code."""
 
 from diffspace.runs.continuous_task import CONTINUOUS
+from diffspace.runs.diffusers_io import DIFFUSERS
 from diffspace.runs.options import Task
 from diffspace.runs.text import TEXT
 from diffspace.types import UserError
 
-TASKS: dict[str, Task] = {t.name: t for t in (CONTINUOUS, TEXT)}
+TASKS: dict[str, Task] = {t.name: t for t in (CONTINUOUS, TEXT, DIFFUSERS)}
 
 
 def task_of(data: dict, src: str = "<config>") -> Task:

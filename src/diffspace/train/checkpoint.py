@@ -16,14 +16,15 @@ from safetensors.torch import load_file, save_file
 from diffspace.types import UserError
 
 FORMAT = "diffspace-ckpt-1"
+WEIGHTS_FORMAT = "diffspace-weights-1"  # one module's weights and metadata, no training state (an export)
 
 
-def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict, fmt: str = FORMAT) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    save_file(flat, str(tmp), metadata={"diffspace": json.dumps({"format": FORMAT, **meta})})
+    save_file(flat, str(tmp), metadata={"diffspace": json.dumps({**meta, "format": fmt})})
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never half
@@ -34,7 +35,8 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict) ->
         os.close(dir_fd)
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def load_checkpoint(path: Path, formats: tuple[str, ...] = (FORMAT,)) -> tuple[dict[str, torch.Tensor], dict]:
+    """(tensors, metadata) of a file in one of `formats`; UserError for a missing, corrupt or other file."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
@@ -45,7 +47,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(header["diffspace"])
     except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError):
         raise UserError(f"{path}: not a readable diffspace checkpoint (corrupt or another format)") from None
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in formats:
         raise UserError(f"{path}: unsupported checkpoint format {meta.get('format')!r}")
     return tensors, meta
 

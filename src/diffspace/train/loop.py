@@ -6,9 +6,13 @@ A task hands the loop a `TrainSetup`:
          noise levels, noise, label dropout), as a dict of tensors with leading dim n, on the device;
   loss   loss(model, batch) -> per-example losses (B,), deterministic given the batch;
   preview (optional) preview(module) -> a picture of samples from the EMA module, (N, C, H, W) in
-         [-1, 1], shown in TensorBoard at every checkpoint when train.tensorboard is on.
-Because all randomness lives in the batch, a run is exactly reproducible, resumable, and equal
-across world sizes: every rank draws the same global batch and keeps its own slice.
+         [-1, 1], shown in TensorBoard at every checkpoint when train.tensorboard is on;
+  schedule (optional) schedule(step) -> {name: value}: step-dependent hyperparameters (e.g. a
+         Gumbel-softmax temperature), a function of the step index alone; each value joins the batch
+         as a (B,) tensor under its name and is logged.
+Because all randomness lives in the batch and scheduled values depend only on the step, a run is
+exactly reproducible, resumable, and equal across world sizes: every rank draws the same global
+batch and keeps its own slice.
 
 Under torchrun (torch.distributed initialised) the model is wrapped in DistributedDataParallel;
 rank 0 alone writes logs and checkpoints.
@@ -19,7 +23,7 @@ import math
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,7 @@ class TrainConfig:
     ema_decay: float = 0.0  # > 0: a per-step EMA decay instead of the half-life (e.g. 0.999 as diffusers)
     ema_warmup: bool = False  # decay min(d, (1 + n) / (10 + n)) at update n (diffusers' EMAModel)
     lr_min: float = 0.0  # the cosine schedule decays from lr to lr_min
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW's (beta1, beta2); GANs: 0.5
     amp: str = choice("none", "none", "bf16")
     log_every: int = 50
     ckpt_every: int = 500
@@ -71,6 +76,8 @@ class TrainConfig:
                 raise UserError(f"{src}: train.{key} must be >= 0, got {getattr(self, key)}")
         if not 0 <= self.lr_min <= self.lr:
             raise UserError(f"{src}: train.lr_min must be in [0, train.lr = {self.lr}], got {self.lr_min}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"{src}: train.betas must be two numbers in [0, 1), got {self.betas}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"{src}: train.ema_decay must be in [0, 1) (0: use ema_halflife_steps), "
                             f"got {self.ema_decay}")
@@ -82,6 +89,7 @@ class TrainSetup:
     batch: Callable[[torch.Generator, int], Batch]
     loss: Callable[[nn.Module, Batch], Tensor]
     preview: Callable[[nn.Module], Tensor] | None = None  # (EMA module) -> images (N, C, H, W) in [-1, 1]
+    schedule: Callable[[int], dict[str, float]] | None = None  # (step) -> values joining the batch
 
 
 def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
@@ -144,8 +152,8 @@ class Trainer:
         decay = cfg.ema_decay or ema_decay_of(cfg.ema_halflife_steps)
         self.ema = make_ema(self.model, decay, cfg.ema_warmup)
         fused = next(self.model.parameters()).is_cuda
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     fused=fused or None)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                     weight_decay=cfg.weight_decay, fused=fused or None)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.elapsed = 0, 0.0
@@ -193,9 +201,16 @@ class Trainer:
         self.step, self.elapsed = meta["step"], meta["elapsed"]
 
     # ---- one step ----------------------------------------------------------------------------
+    def scheduled(self) -> dict[str, float]:
+        """The step-dependent values of the next step (TrainSetup.schedule), {} without a schedule."""
+        return self.setup.schedule(self.step) if self.setup.schedule else {}
+
     def train_step(self) -> tuple[float, float]:
         cfg = self.cfg
         batch = self.setup.batch(self.gen, cfg.batch_size)  # the global batch, same on every rank
+        device = next(iter(batch.values())).device
+        for name, value in self.scheduled().items():
+            batch[name] = torch.full((cfg.batch_size,), value, dtype=torch.get_default_dtype(), device=device)
         per_rank = cfg.batch_size // self.world_size
         local = _slice(batch, self.rank * per_rank, (self.rank + 1) * per_rank)
         micro = per_rank // self.accumulate
@@ -262,6 +277,7 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
     start_elapsed, run_steps = tr.elapsed, 0
     with Interrupts(tr.world_size == 1) as interrupts:
         while tr.step < cfg.steps:
+            scheduled = tr.scheduled()
             loss, gnorm = tr.train_step()
             run_steps += 1
             tr.elapsed = start_elapsed + time.perf_counter() - t0
@@ -273,7 +289,8 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
             if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
                 now = time.perf_counter()
                 row = {"step": tr.step, "loss": loss, "grad_norm": gnorm, "lr": tr.sched.get_last_lr()[0],
-                       "it_s": (tr.step - last_step) / max(now - last_t, 1e-9), "elapsed_s": tr.elapsed}
+                       "it_s": (tr.step - last_step) / max(now - last_t, 1e-9), "elapsed_s": tr.elapsed,
+                       **scheduled}
                 last_t, last_step = now, tr.step
                 if main:
                     with open(log, "a") as f:
