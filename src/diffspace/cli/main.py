@@ -148,7 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "saves a .safetensors artifact with a .json beside it.")
         c.add_argument("--data", default="digits", help="digits, lfw, folder or npz")
         c.add_argument("--path", default="", help="folder or .npz file for --data folder/npz")
-        c.add_argument("--size", type=int, default=24, help="lfw image size (24 or 32)")
+        c.add_argument("--size", type=int, default=0,
+                       help="lfw: image size 24 or 32 (0: 24); folder: the square side (0: the images' own "
+                            "if all share one)")
+        c.add_argument("--fit", default="crop", choices=["crop", "resize"],
+                       help="folder: how images of another size are fitted (as data.image_fit)")
         c.add_argument("--out", required=True, help="output .safetensors file")
         c.add_argument("--steps", type=int, default=1500 if name == "train-featurenet" else 3000,
                        help="optimizer steps")
@@ -328,7 +332,8 @@ def cmd_train_images_classifier(args) -> None:
     if args.steps <= 0:
         raise UserError(f"--steps must be positive, got {args.steps}")
     fn = train_featurenet if args.command == "train-featurenet" else train_classifier
-    info = fn(args.data, args.out, steps=args.steps, seed=args.seed, path=args.path or None, size=args.size)
+    info = fn(args.data, args.out, steps=args.steps, seed=args.seed, path=args.path or None, size=args.size,
+              fit=args.fit)
     print(f"wrote {args.out}: " + json.dumps(info))
 
 

@@ -8,6 +8,7 @@
 """
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from diffspace.samplers.guidance import EDMClassifier
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from diffspace.types import UserError
 
+log = logging.getLogger("diffspace")
+FEATURENET_MIN_ACCURACY = 0.9  # below this test accuracy, metrics on the feature net's features are marked
+
 
 def _random_shift(x: Tensor, g: torch.Generator, pixels: int = 1) -> Tensor:
     """Translate each image by up to `pixels` in x and y (edge padding), a cheap augmentation."""
@@ -32,20 +36,25 @@ def _random_shift(x: Tensor, g: torch.Generator, pixels: int = 1) -> Tensor:
     return pad.gather(2, rows.to(x.device)).gather(3, cols.to(x.device))
 
 
-def _fit(loss_fn, params, steps: int, lr: float) -> None:
-    """AdamW with a cosine-decayed learning rate; loss_fn(step) -> scalar loss."""
+def _fit(loss_fn, params, steps: int, lr: float, what: str) -> None:
+    """AdamW with a cosine-decayed learning rate; loss_fn(step) -> scalar loss. Logs `what`'s progress
+    ten times (training a scorer can take minutes)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    every = max(1, steps // 10)
     for step in range(steps):
         opt.zero_grad(set_to_none=True)
-        loss_fn(step).backward()
+        loss = loss_fn(step)
+        loss.backward()
         opt.step()
         sched.step()
+        if (step + 1) % every == 0 or step + 1 == steps:
+            log.info("%s: step %d/%d, loss %.3f", what, step + 1, steps, float(loss.detach()))
 
 
-def _data(data_name: str, seed: int, path: str | None, size: int):
-    x, y = load_image_data(data_name, "train", seed, path, size)
-    xt, yt = load_image_data(data_name, "test", seed, path, size)
+def _data(data_name: str, seed: int, path: str | None, size: int, fit: str):
+    x, y = load_image_data(data_name, "train", seed, path, size, fit)
+    xt, yt = load_image_data(data_name, "test", seed, path, size, fit)
     if y is None:
         raise UserError(f"data {data_name!r} has no labels: a classifier needs class subfolders or 'y'")
     return x, y, xt, yt
@@ -85,10 +94,11 @@ def load_classifier(path: str | Path, kind: str) -> tuple[ConvClassifier, dict]:
 
 
 def train_featurenet(data_name: str, out_path: str | Path, steps: int = 1500, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 24,
-                     width: int = 32) -> dict:
-    """Train the feature net on the train split; returns (and saves) its metadata with test accuracy."""
-    x, y, xt, yt = _data(data_name, seed, path, size)
+                     lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 0,
+                     width: int = 32, fit: str = "crop") -> dict:
+    """Train the feature net on the train split; returns (and saves) its metadata with test accuracy.
+    size, fit: the image data's (data.images.load_image_data)."""
+    x, y, xt, yt = _data(data_name, seed, path, size, fit)
     torch.manual_seed(seed)
     arch = {"in_channels": x.shape[1], "num_classes": int(y.max()) + 1, "width": width,
             "levels": 3, "feat_dim": 64, "noise_aware": False}
@@ -99,7 +109,7 @@ def train_featurenet(data_name: str, out_path: str | Path, steps: int = 1500, ba
         return F.cross_entropy(net(_random_shift(x[idx], g)), y[idx])
 
     net.train()
-    _fit(loss, net.parameters(), steps, lr)
+    _fit(loss, net.parameters(), steps, lr, f"training the feature net on {data_name}")
     acc = float((predict(net, xt) == yt).double().mean())
     info = {"kind": "featurenet", "data": data_name, "shape": list(x.shape[1:]), "seed": seed,
             "steps": steps, "test_accuracy": acc}
@@ -107,11 +117,11 @@ def train_featurenet(data_name: str, out_path: str | Path, steps: int = 1500, ba
 
 
 def train_classifier(data_name: str, out_path: str | Path, steps: int = 3000, batch_size: int = 128,
-                     lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 24,
+                     lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 0,
                      width: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                     sigma_data: float = 0.5) -> dict:
+                     sigma_data: float = 0.5, fit: str = "crop") -> dict:
     """Train a noise-aware classifier on x0 + sigma eps, ln sigma uniform on [ln sigma_min, ln sigma_max]."""
-    x, y, xt, yt = _data(data_name, seed, path, size)
+    x, y, xt, yt = _data(data_name, seed, path, size, fit)
     torch.manual_seed(seed)
     arch = {"in_channels": x.shape[1], "num_classes": int(y.max()) + 1, "width": width,
             "levels": 3, "feat_dim": 64, "noise_aware": True}
@@ -127,7 +137,7 @@ def train_classifier(data_name: str, out_path: str | Path, steps: int = 3000, ba
         return F.cross_entropy(clf(*noisy(_random_shift(x[idx], g))), y[idx])
 
     clf.train()
-    _fit(loss, clf.parameters(), steps, lr)
+    _fit(loss, clf.parameters(), steps, lr, f"training the noise-aware classifier on {data_name}")
     clf.eval()
     with torch.no_grad():  # accuracy at a low and a moderate noise level, for the record
         accs = {f"test_accuracy_sigma_{s}": float((clf(xt + s * torch.randn(xt.shape, generator=g),

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from diffspace.eval.bits import bits_per_dim, nll_report
-from diffspace.eval.featurenet import features, load_classifier, train_featurenet
+from diffspace.eval.featurenet import FEATURENET_MIN_ACCURACY, features, load_classifier, train_featurenet
 from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
-from diffspace.eval.metrics import mmd_rbf, sliced_w2
+from diffspace.eval.metrics import bootstrap_se, mmd_rbf, sliced_w2
 from diffspace.eval.pictures import save_grid, save_trajectory
 from diffspace.eval.plots import scatter_2d
 from diffspace.rng import Streams
@@ -79,6 +79,8 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
     metrics = {**protocol, "n": n, "sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),
                "mmd": mmd_rbf(x, x_test), "mmd_data_baseline": mmd_rbf(base, x_test)}
     metrics["sw2_ratio"] = metrics["sw2"] / metrics["sw2_data_baseline"]
+    metrics["sw2_se"] = bootstrap_se(sliced_w2, x, x_test)
+    metrics["sw2_data_baseline_se"] = bootstrap_se(sliced_w2, base, x_test)
     if x.ndim == 2 and x.shape[1] >= 2:
         title = f"{run.cfg.data.name}: sw2 {metrics['sw2']:.4f} (data {metrics['sw2_data_baseline']:.4f})"
         scatter_2d(x, x_test, run.dir / "samples.png", title)
@@ -92,10 +94,25 @@ def featurenet_for(run: Run, path: str | None = None) -> tuple:
         if path:
             raise UserError(f"feature net not found: {p} (train one with `diffspace train-featurenet`)")
         d = run.cfg.data
-        log.info("training the feature net for %s into %s", d.name, p)
+        log.info("training the feature net for %s into %s (%d steps, eval.featurenet_steps)", d.name, p,
+                 run.cfg.eval.featurenet_steps)
         train_featurenet(d.name, p, steps=run.cfg.eval.featurenet_steps, seed=run.cfg.run.seed,
-                         path=d.file or None, size=d.image_size)
-    return load_classifier(p, "featurenet")
+                         path=d.file or None, size=d.image_size, fit=d.image_fit)
+    net, meta = load_classifier(p, "featurenet")
+    log.info("feature net %s: test accuracy %.3f on %s", p, meta["test_accuracy"], meta["data"])
+    return net, meta
+
+
+def featurenet_warning(meta: dict) -> str | None:
+    """Why metrics on this feature net's features are not to be trusted (test accuracy below
+    FEATURENET_MIN_ACCURACY: its features then separate the data poorly, and FID/KID/precision/recall
+    and CAS computed on them say little), or None."""
+    acc = meta["test_accuracy"]
+    if acc >= FEATURENET_MIN_ACCURACY:
+        return None
+    return (f"UNRELIABLE: the feature net's test accuracy is {acc:.3f} < {FEATURENET_MIN_ACCURACY} "
+            f"({meta['data']}); FID, KID, precision/recall and CAS on its features say little (train it "
+            "longer: eval.featurenet_steps, or `diffspace train-featurenet --steps`)")
 
 
 def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | None:
@@ -122,11 +139,16 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
     metrics = {**protocol, "n": n, "cfg": w, "featurenet": meta["data"],
                "featurenet_test_accuracy": meta["test_accuracy"],
                **{f"{k}_real_baseline": base[k] for k in ("fid", "kid", "precision", "recall")},
+               "fid_real_baseline_se": base["fid_se"],
                **score_samples(net, x, labels, ref_stats, ref_feats)}
     if K > 0:
         p = metrics if plain is None else score_samples(net, plain, labels, ref_stats, ref_feats)
         metrics |= {"cas_nocfg": p["cas"], "fid_nocfg": p["fid"]}
     metrics["fid_ratio"] = metrics["fid"] / metrics["fid_real_baseline"]
+    warning = featurenet_warning(meta)
+    if warning:  # why: kept but marked, in metrics.json, on the console and in the report
+        metrics["featurenet_warning"] = warning
+        log.warning(warning)
     save_pictures(guided, shape, K, sigmas, fn, opts.seed, run.dir, run.device)
     return metrics
 
