@@ -140,7 +140,7 @@ def map_net(seed=0):
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    return NetAverageVelocity(net, LinearFlow())
+    return NetAverageVelocity(net)
 
 
 def test_map_network_at_r_equal_t_is_its_velocity_and_meanflow_is_flow_matching():
@@ -152,7 +152,7 @@ def test_map_network_at_r_equal_t_is_its_velocity_and_meanflow_is_flow_matching(
     x_t = (1 - t[:, None]) * x0 + t[:, None] * eps
     v = InstantVelocity(m)
     assert torch.equal(v(x_t, t), m(x_t, t, t))
-    assert torch.equal(v(x_t, t), m.net(x_t, 1000 * t, noise_cond_2=torch.zeros_like(t)))
+    assert torch.equal(v(x_t, t), m.net(x_t, t, noise_cond_2=torch.zeros_like(t)))
     # the Denoiser of the instantaneous velocity reads it back through the (x0, eps) hub
     back = VelocityFromDenoiser(DenoiserFromVelocity(v, path), path)(x_t, t)
     torch.testing.assert_close(back, v(x_t, t), rtol=1e-4, atol=1e-4)
@@ -253,7 +253,7 @@ def test_nets_take_a_second_noise_condition_and_a_jvp(make, randomize):
     with pytest.raises(ValueError, match="noise_cond_2 given"):
         plain(x, nc, noise_cond_2=nc)
     # the MeanFlow target differentiates every net forward in (x, t, r), attention included
-    m = NetAverageVelocity(net, LinearFlow())
+    m = NetAverageVelocity(net)
     t, r = torch.tensor([0.9, 0.5, 0.3]), torch.tensor([0.1, 0.5, 0.0])
     u, tgt = meanflow_target(m, x, t, r, torch.randn_like(x))
     assert torch.isfinite(tgt).all()

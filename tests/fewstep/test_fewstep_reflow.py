@@ -1,7 +1,7 @@
 """Reflow straightens the flow ([RF] arXiv 2209.03003): straightness falls from the exact teacher (the
 PF-ODE of 8 gaussians on the linear path) to the 1-rectified flow (trained on the teacher's (noise,
 sample) coupling) to the 2-rectified flow (trained, from the 1-rectified weights as [RF] does, on that
-flow's own coupling). A small training on one thread: about 15 s."""
+flow's own coupling). A small training on one thread: 7 to 15 s."""
 
 import copy
 

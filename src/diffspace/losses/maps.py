@@ -70,7 +70,9 @@ def meanflow_loss(avg_velocity, x0: Tensor, eps: Tensor, t: Tensor, r: Tensor, p
 def adaptive_weight(loss: Tensor, p: float = 1.0, c: float = 1e-3) -> Tensor:
     """sg(w) with w = 1 / (loss + c)^p ([MEANFLOW] Sec. 4.3 "Loss Metrics"; p = 1 is its best, Fig. 4e, and
     p = 0.5 is close to a pseudo-Huber loss). `loss` is the per-example mean square here, the paper's
-    ||Delta||^2 divided by the dimension; c = 1e-3 is the paper's example value."""
+    ||Delta||^2 divided by the dimension; c = 1e-3 is the paper's example value. With p = 1 the loss is
+    about log ||Delta||^2, whose minimizer is not the conditional mean: on the 2-D checkerboard it
+    biased every NFE (docs/fewstep.md), so p = 0 (plain L2) is the safe default."""
     return 1.0 / (loss.detach() + c) ** p
 
 
