@@ -11,6 +11,8 @@ schedulers; DDIMPipeline on the export samples what diffspace samples. Refusals 
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -171,6 +173,17 @@ def test_what_a_diffusers_folder_cannot_do_is_refused(folders, tmp_path, capsys)
     ddim("epsilon").save_pretrained(labelled)
     with pytest.raises(UserError, match="class-conditional"):
         load_diffusers(labelled)
+
+
+def test_without_diffusers_one_line_names_the_extra(folders, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` now raises ImportError
+    assert main(["sample", str(folders["sample"]), "--n", "2"]) == 2
+    one_line_error(capsys, "pip install 'diffspace[diffusers]'")
+    with pytest.raises(UserError, match=r"diffspace\[diffusers\]"):
+        runs.export_diffusers(random_run("unet", "ddpm", "eps", tmp_path), tmp_path / "out")
+    # and nothing else needs it: the package imports without diffusers
+    code = "import sys; sys.modules['diffusers'] = None; import diffspace.runs, diffspace.cli.main"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
 # ---- export ----------------------------------------------------------------------------------
