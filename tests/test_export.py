@@ -61,6 +61,17 @@ def test_sampling_a_weights_file_equals_sampling_the_run(run_dir, tmp_path):
     assert run.meta["weights"] == "ema" and run.step == runs.load_run(run_dir).step
 
 
+def test_info_counts_the_parameters_of_a_weights_file(run_dir, tmp_path, capsys):
+    out = tmp_path / "ema.safetensors"
+    assert main(["export", str(run_dir), "--ema", "--out", str(out)]) == 0
+    counts = []
+    for source in (run_dir, out):
+        capsys.readouterr()
+        assert main(["info", str(source)]) == 0
+        counts.append(next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("parameters")))
+    assert counts[0] == counts[1] and counts[0].split()[-1] != "0"
+
+
 def test_export_never_replaces_and_checks_names(run_dir, tmp_path, capsys):
     taken = tmp_path / "taken.safetensors"
     taken.write_text("mine")

@@ -364,9 +364,11 @@ def cmd_info(args) -> None:
     from diffspace.config import to_toml
     from diffspace.runs.loading import read_run
     from diffspace.runs.rundir import run_dir_of
+    from diffspace.train.checkpoint import WEIGHTS_FORMAT
 
     ckpt, tensors, meta = read_run(args.run)
-    n_params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
+    weights_only = meta["format"] == WEIGHTS_FORMAT  # one set of weights under the module's own keys
+    n_params = sum(v.numel() for k, v in tensors.items() if weights_only or k.startswith("model."))
     run_dir = run_dir_of(ckpt)
     print(f"checkpoint  {ckpt}\nstep        {meta['step']} of {meta['config']['train']['steps']}")
     print(f"elapsed     {meta['elapsed']:.0f} s\nparameters  {n_params:,}")
