@@ -257,6 +257,24 @@ def test_ddim_pipeline_on_an_export_samples_what_diffspace_samples(tmp_path):
     assert (back.module.net.model.net(x, level) - run.module.net(x, level)).abs().max() < 1e-5
 
 
+def test_a_run_on_a_diffusers_table_exports_that_table_exactly(tmp_path):
+    table = tmp_path / "scheduler_config.json"
+    diffusers.DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012) \
+        .save_pretrained(tmp_path)  # Stable Diffusion's table
+    run = random_run("unet", "ddpm", "v", tmp_path, sample={"grid": "trailing"})
+    run.cfg.model.scheduler_config = str(table)
+    out = runs.export_diffusers(run, tmp_path / "export")
+    exported = diffusers.DDIMScheduler.from_pretrained(out / "scheduler")
+    config = exported.config
+    assert (config.beta_schedule, config.prediction_type) == ("scaled_linear", "v_prediction")
+    assert torch.equal(exported.alphas_cumprod.double(), build_path(run.cfg).alphas_cumprod)
+    zsnr = tmp_path / "zsnr"
+    diffusers.DDPMScheduler(rescale_betas_zero_snr=True).save_pretrained(zsnr)
+    with pytest.raises(UserError, match="describes a 'ddpm_zsnr' table; set model.path = 'ddpm_zsnr'"):
+        runs.load_config({"model": {"path": "ddpm", "parameterization": "v",
+                                    "scheduler_config": str(zsnr / "scheduler_config.json")}})
+
+
 def test_export_refusals(tmp_path):
     with pytest.raises(UserError, match="no scheduler for model.path = 'vp'"):
         runs.export_diffusers(random_run("unet", "vp", "eps", tmp_path), tmp_path / "a")
