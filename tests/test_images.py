@@ -14,7 +14,7 @@ from diffspace.data.images import (
     load_npz,
     random_hflip,
 )
-from diffspace.eval.pictures import image_grid, save_grid, save_trajectory
+from diffspace.eval.pictures import image_grid, save_grid
 from diffspace.types import UserError
 
 
@@ -145,7 +145,7 @@ def test_random_hflip_flips_about_half():
     assert ((out == x).flatten(1).all(1) | flipped).all() and 400 < flipped.sum() < 600
 
 
-def test_grid_and_trajectory_pictures(tmp_path):
+def test_grid_pictures(tmp_path):
     x = torch.linspace(-1, 1, 6 * 4 * 5).reshape(6, 1, 4, 5)
     pic = image_grid(x, ncols=3, pad=1)
     assert pic.size == (3 * 6 + 1, 2 * 5 + 1) and pic.mode == "L"
@@ -153,7 +153,5 @@ def test_grid_and_trajectory_pictures(tmp_path):
     assert arr[1, 1] == 0 and arr[0, 0] == 255  # first pixel is -1 -> black; padding white
     path = save_grid(x.expand(-1, 3, -1, -1), tmp_path / "g" / "grid.png", ncols=2, scale=3)
     assert Image.open(path).size == (3 * (2 * 6 + 1), 3 * (3 * 5 + 1))
-    strip = save_trajectory([x[:2], x[2:4], x[4:6]], tmp_path / "traj.png", scale=1)
-    assert Image.open(strip).size == (3 * 6 + 1, 2 * 5 + 1)
     with pytest.raises(UserError, match="picture grid"):
         image_grid(torch.zeros(2, 2, 4, 4), 2)

@@ -178,6 +178,13 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", formatter_class=_Formatter, help="describe a run or checkpoint",
                        description="Print a run's config, progress and metrics.")
     i.add_argument("run", help="run directory or checkpoint (.safetensors)")
+
+    r = sub.add_parser("report", formatter_class=_Formatter, help="write a run's HTML report",
+                       description="Write RUN/report.html: one static page (no network, pictures inline) "
+                                   "with the run's metrics beside their baselines and protocol, samples, "
+                                   "learning curves, optimized grids, the NFE curve when present and the "
+                                   "config. Run `diffspace eval RUN` first for metrics and pictures.")
+    r.add_argument("run", help="run directory or checkpoint (.safetensors)")
     return p
 
 
@@ -384,9 +391,16 @@ def cmd_info(args) -> None:
     print("\n" + to_toml(meta["config"]))
 
 
+def cmd_report(args) -> None:
+    from diffspace.runs.report import write_report
+
+    print(f"wrote {write_report(args.run)}")
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info,
             "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers, "export": cmd_export,
-            "train-featurenet": cmd_train_images_classifier, "train-classifier": cmd_train_images_classifier}
+            "train-featurenet": cmd_train_images_classifier, "train-classifier": cmd_train_images_classifier,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""Sample grids and denoising trajectory strips as PNG files (pillow only).
+"""Sample grids as PNG files (pillow only; eval/plots.labelled_grid adds titles and labels).
 
 Images are (N, C, H, W) in [-1, 1] with C = 1 (grey) or 3 (RGB). Small images are enlarged with
 nearest-neighbour so each pixel stays visible.
@@ -42,9 +42,3 @@ def save_grid(x: Tensor, path: str | Path, ncols: int, scale: int = 4) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     image_grid(x, ncols, scale=scale).save(path)
     return path
-
-
-def save_trajectory(frames: list[Tensor], path: str | Path, scale: int = 4) -> Path:
-    """A denoising strip: frames[t] is (N, C, H, W) at step t; one row per sample, one column per step."""
-    stack = torch.stack(frames, dim=1)  # (N, T, C, H, W)
-    return save_grid(stack.flatten(0, 1), path, ncols=len(frames), scale=scale)

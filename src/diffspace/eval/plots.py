@@ -1,15 +1,20 @@
-"""Pictures people would rather look at than read: sample scatters and loss curves (matplotlib, Agg)."""
+"""Pictures people would rather look at than read: sample scatters, learning curves, noise grids and
+labelled picture grids (matplotlib, Agg). Log axes carry plain-number ticks (`readable_log_ticks`)."""
 
 import json
+import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
+
+from diffspace.eval.pictures import image_grid  # noqa: E402
 
 
 def scatter_2d(samples: Tensor, data: Tensor, out: Path, title: str = "") -> None:
@@ -20,9 +25,10 @@ def scatter_2d(samples: Tensor, data: Tensor, out: Path, title: str = "") -> Non
         ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.5)
         ax.set_title(name)
         ax.set_aspect("equal")
-    lim = float(data[:, :2].abs().max()) * 1.15
-    axes[0].set_xlim(-lim, lim)
-    axes[0].set_ylim(-lim, lim)
+    lo, hi = data[:, :2].min(0).values.double(), data[:, :2].max(0).values.double()
+    mid, half = (lo + hi) / 2, float((hi - lo).max()) / 2 * 1.15  # why: data need not sit around 0
+    axes[0].set_xlim(float(mid[0]) - half, float(mid[0]) + half)
+    axes[0].set_ylim(float(mid[1]) - half, float(mid[1]) + half)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -30,18 +36,107 @@ def scatter_2d(samples: Tensor, data: Tensor, out: Path, title: str = "") -> Non
     plt.close(fig)
 
 
+def readable_log_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis over [lo, hi] (0 < lo <= hi) written as plain numbers: the powers of
+    ten inside when there are at least three, else the 1-2-5 values when there are 3 to 8, else every
+    1..9 x 10^k inside, else lo and hi at three significant digits (a narrow range would otherwise show
+    no labelled tick at all)."""
+    decades = range(math.floor(math.log10(lo)), math.floor(math.log10(hi)) + 1)
+    values = [(m, float(f"{m}e{k}")) for k in decades for m in range(1, 10)]
+    inside = [(m, v) for m, v in values if lo <= v <= hi]
+    for keep in ((1,), (1, 2, 5)):  # powers of ten when there are many, else 1-2-5
+        nice = [v for m, v in inside if m in keep]
+        if 3 <= len(nice) <= 8 or (keep == (1,) and len(nice) > 8):
+            return nice
+    return [v for _, v in inside] if len(inside) >= 2 else sorted({float(f"{lo:.3g}"), float(f"{hi:.3g}")})
+
+
+def log_axis(ax, values, axis: str = "y") -> None:
+    """A log scale on `axis` whose ticks are `readable_log_ticks` of the positive values, no minor labels."""
+    positive = [v for v in values if v > 0]
+    getattr(ax, f"set_{axis}scale")("log")
+    if positive:
+        ticks = readable_log_ticks(min(positive), max(positive))
+        getattr(ax, f"set_{axis}ticks")(ticks, [f"{t:g}" for t in ticks])
+        getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+def read_log(log: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(log).read_text().splitlines() if line]
+
+
 def loss_curve(log: Path, out: Path) -> None:
-    rows = [json.loads(line) for line in Path(log).read_text().splitlines() if line]
+    rows = read_log(log)
     if not rows:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
-    ax.set_yscale("log")
+    log_axis(ax, [r["loss"] for r in rows])
+    ax.set_title("training loss (mean over each logged step's batch)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def learning_curves(rows: list[dict], out) -> None:
+    """Loss, gradient norm (before clipping) and learning rate against the step, one panel each; `out` a
+    path or a binary file."""
+    steps = [r["step"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    for ax, key, label in zip(axes, ("loss", "grad_norm", "lr"), ("training loss", "gradient norm",
+                                                                  "learning rate"), strict=True):
+        values = [r[key] for r in rows]
+        ax.plot(steps, values)
+        ax.set_xlabel("step")
+        ax.set_title(label)
+        if key != "lr":
+            log_axis(ax, values)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, format="png")
+    plt.close(fig)
+
+
+def sigma_grids(grids: dict[str, list[float]], out) -> None:
+    """Noise levels against the step index, one line per grid (log scale, the final 0 left out)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    levels = []
+    for name, sigmas in grids.items():
+        positive = [s for s in sigmas if s > 0]
+        levels += positive
+        ax.plot(range(len(positive)), positive, marker="o", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("sigma")
+    log_axis(ax, levels)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, format="png")
+    plt.close(fig)
+
+
+def labelled_grid(x: Tensor, out, ncols: int, title: str = "", row_labels: list[str] | None = None,
+                  col_labels: list[str] | None = None, cell_inches: float = 0.45) -> None:
+    """A picture grid (see eval/pictures.image_grid) with a title and row / column labels."""
+    pic = np.asarray(image_grid(x, ncols))
+    N, _, H, W = x.shape
+    nrows = -(-N // ncols)
+    fig, ax = plt.subplots(figsize=(ncols * cell_inches + 1.4, nrows * cell_inches + 0.9))
+    ax.imshow(pic, cmap="gray" if pic.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    centres = lambda n, size: [1 + i * (size + 1) + (size - 1) / 2 for i in range(n)]  # 1-pixel padding
+    ax.set_yticks(centres(nrows, H) if row_labels else [], row_labels or [])
+    ax.set_xticks(centres(ncols, W) if col_labels else [], col_labels or [], rotation=45 if col_labels and
+                  max(map(len, col_labels)) > 4 else 0)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100, format="png")
     plt.close(fig)
 
 

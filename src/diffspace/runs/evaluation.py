@@ -21,8 +21,7 @@ from diffspace.eval.featurenet import FEATURENET_MIN_ACCURACY, features, load_cl
 from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
 from diffspace.eval.metrics import bootstrap_se, mmd_rbf, sliced_w2
-from diffspace.eval.pictures import save_grid, save_trajectory
-from diffspace.eval.plots import scatter_2d
+from diffspace.eval.plots import labelled_grid, scatter_2d
 from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
 from diffspace.runs.options import EvalOptions, Run, check_positive
@@ -149,25 +148,35 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
     if warning:  # why: kept but marked, in metrics.json, on the console and in the report
         metrics["featurenet_warning"] = warning
         log.warning(warning)
-    save_pictures(guided, shape, K, sigmas, fn, opts.seed, run.dir, run.device)
+    save_pictures(guided, shape, K, sigmas, fn, opts.seed, run.dir, run.device,
+                  title=f"{run.cfg.data.name}, step {run.step}, {protocol['sampler']} {protocol['steps']} "
+                        f"steps" + (f", cfg {w:g}" if K > 0 else ""))
     return metrics
 
 
 def save_pictures(denoiser, shape, num_classes: int, sigmas: Tensor, fn, seed: int,
-                  out_dir: Path, device, per_row: int = 10) -> None:
-    """samples.png (one row per class, or a square of unconditional samples) and denoising.png
-    (rows: a few samples; columns: x0_hat along the sampler's steps)."""
+                  out_dir: Path, device, per_row: int = 10, title: str = "") -> None:
+    """samples.png (one row per class, labelled, or a square of unconditional samples) and denoising.png
+    (rows: a few samples; columns: x0_hat along the sampler's steps, labelled with the step's sigma);
+    `title` heads both."""
     rows = num_classes if num_classes > 0 else per_row
     labels = torch.arange(rows).repeat_interleave(per_row) if num_classes > 0 else None
     cond = lambda lab: {} if lab is None else {"class_labels": lab.to(device)}
     x = sample_chunk(denoiser, shape, Streams(seed, rows * per_row), sigmas, fn, device, **cond(labels))
-    save_grid(x.clamp(-1, 1), Path(out_dir) / "samples.png", ncols=per_row)
-    frames, few = [], min(rows, 10)
-    sample_chunk(denoiser, shape, Streams(seed + 1, few), sigmas, fn, device,
-                 callback=lambda i, s, x_, x0: frames.append(x0.clamp(-1, 1).cpu()),
+    labelled_grid(x.clamp(-1, 1), Path(out_dir) / "samples.png", per_row, title,
+                  [f"class {k}" for k in range(rows)] if num_classes > 0 else None)
+    frames, levels, few = [], [], min(rows, 10)
+
+    def keep_frame(i, s, x_, x0):
+        frames.append(x0.clamp(-1, 1).cpu())
+        levels.append(float(s))
+
+    sample_chunk(denoiser, shape, Streams(seed + 1, few), sigmas, fn, device, callback=keep_frame,
                  **cond(None if labels is None else labels[::per_row][:few]))
     keep = sorted({round(j) for j in torch.linspace(0, len(frames) - 1, min(len(frames), 12)).tolist()})
-    save_trajectory([frames[j] for j in keep], Path(out_dir) / "denoising.png")
+    strip = torch.stack([frames[j] for j in keep], dim=1).flatten(0, 1)  # (few x columns, C, H, W)
+    labelled_grid(strip, Path(out_dir) / "denoising.png", len(keep), f"x0_hat along the steps ({title})",
+                  None, [f"σ={levels[j]:.3g}" for j in keep])
 
 
 def evaluate(run: Run, opts: EvalOptions) -> dict:
