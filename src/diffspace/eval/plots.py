@@ -109,6 +109,7 @@ def sigma_grids(grids: dict[str, list[float]], out) -> None:
         levels += positive
         ax.plot(range(len(positive)), positive, marker="o", label=name)
     ax.set_xlabel("step")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("sigma")
     log_axis(ax, levels)
     ax.grid(alpha=0.3)

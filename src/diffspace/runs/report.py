@@ -35,7 +35,7 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; border: 1px solid #eee; } figure { margin: 1em 0; display: inline-block; }
 pre { background: #f7f7f7; padding: .8em; overflow-x: auto; font-size: .85em; }
 .warn { background: #fdecea; border: 2px solid #c62828; color: #b71c1c; padding: .6em; font-weight: bold; }
-.note { color: #666; }
+.note { color: #666; } summary { cursor: pointer; }
 """
 
 
@@ -149,7 +149,8 @@ def _sections(run_dir: Path, meta: dict) -> list[tuple[str, str, str]]:
         nfe.append(_json_table(json.loads((run_dir / "nfe.json").read_text())))
     if nfe:
         out.append(("nfe", "Quality against NFE", "".join(nfe)))
-    out.append(("config", "Config", f"<pre>{html.escape(to_toml(meta['config']))}</pre>"))
+    out.append(("config", "Config", f"<details><summary>config.toml (resolved, as stored in the checkpoint)"
+                                    f"</summary><pre>{html.escape(to_toml(meta['config']))}</pre></details>"))
     return out
 
 
