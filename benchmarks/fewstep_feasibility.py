@@ -39,7 +39,7 @@ from diffspace.param import DenoiserFromVelocity
 from diffspace.param.maps import ConsistencyPrecond, InstantVelocity, NetAverageVelocity
 from diffspace.paths import LinearFlow
 from diffspace.samplers.fewstep import sample_consistency, sample_flow_map, uniform_times
-from diffspace.samplers.grids import karras_sigmas
+from diffspace.samplers.grids import karras_jumps_sigmas, karras_sigmas
 from diffspace.samplers.ode import sample_heun
 
 RESULTS = Path(__file__).parent / "results" / "fewstep_feasibility.json"
@@ -93,13 +93,6 @@ def meanflow(args, x_train, g):
     return samples, steps, curve
 
 
-def consistency_grid(n: int, sigma_min: float, sigma_max: float) -> torch.Tensor:
-    """n levels from sigma_max, Karras-spaced over n + 1 levels without the last (sigma_min, where f is the
-    identity), then 0: one network call per level."""
-    levels = karras_sigmas(n + 1, sigma_min, sigma_max)[:-2]
-    return torch.cat([levels, levels.new_zeros(1)])
-
-
 def ict(args, x_train, g):
     sigma_min, sigma_max = 0.002, 80.0  # [CM] App. C, [ICT]
     model = ConsistencyPrecond(MLP(2, args.hidden, args.depth, dropout=args.dropout),
@@ -116,7 +109,7 @@ def ict(args, x_train, g):
     noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(args.seed + 1))
     with torch.no_grad():
         samples = {f"{n} NFE": sample_consistency(ema, noise * sigma_max,
-                                                  consistency_grid(n, sigma_min, sigma_max),
+                                                  karras_jumps_sigmas(n, sigma_min, sigma_max),
                                                   generator=torch.Generator().manual_seed(args.seed + 2))
                    for n in NFES}
     return samples, steps, curve

@@ -21,9 +21,11 @@ from diffspace.nets.dit import DiT
 from diffspace.nets.mlp import MLP
 from diffspace.nets.unet import UNet
 from diffspace.param import DenoiserFromVelocity, VelocityFromDenoiser
-from diffspace.param.maps import InstantVelocity, NetAverageVelocity
+from diffspace.param.maps import InstantVelocity, MapDenoiser, NetAverageVelocity
 from diffspace.paths import LinearFlow, VPCosine
 from diffspace.samplers.fewstep import sample_flow_map, uniform_times
+from diffspace.samplers.grids import GRIDS
+from diffspace.samplers.registry import SAMPLERS
 from diffspace.types import UserError
 
 GMM = eight_gaussians_mixture(radius=2.0, std=0.5)
@@ -258,3 +260,48 @@ def test_nets_take_a_second_noise_condition_and_a_jvp(make, randomize):
     u, tgt = meanflow_target(m, x, t, r, torch.randn_like(x))
     assert torch.isfinite(tgt).all()
     torch.testing.assert_close(u, m(x, t, r), rtol=1e-4, atol=1e-5)  # math vs fused attention kernel
+
+
+@pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
+@pytest.mark.parametrize("n", [1, 3])
+def test_registry_flow_map_jumps_in_sigma_are_the_jumps_in_t(path, n):
+    """The registry's `flow_map` sampler on a MapDenoiser, on the uniform_t_jumps grid, is exactly
+    sample_flow_map on the same times (EDM space x = x_t / alpha_t, the last jump to t = 0), and the exact
+    map lands on the exact ODE endpoint; a MapDenoiser called as a Denoiser is its r = t velocity's."""
+    exact = ExactMap(path)
+    lo, hi = (path.sigma_min, path.sigma_max) if path.name == "linear" else (0.01, 50.0)
+    sigmas = GRIDS["uniform_t_jumps"](n, lo, hi, path=path)
+    ts = torch.where(sigmas > 0, path.t_from_sigma(sigmas.clamp(min=1e-300)), 0.0)
+    x = rng.randn((16, 2), torch.Generator().manual_seed(6), torch.float64) * sigmas[0]
+    den = MapDenoiser(exact, path)
+    out = SAMPLERS["flow_map"].fn(den, x, sigmas)
+    x_t, alpha_0 = x * path.alpha_t(ts[:1]), path.alpha_t(ts[-1:])  # alpha_0 = 1 - 2e-6 on the cosine path
+    torch.testing.assert_close(out * alpha_0, sample_flow_map(exact, x_t, ts), rtol=1e-12, atol=1e-12)
+    ref = exact_flow(exact.v, x_t, float(ts[0]), 0.0 if path.name != "linear" else 1e-9) / alpha_0
+    assert (out - ref).abs().max() < 1e-7 * ref.abs().max(), float((out - ref).abs().max())
+    sigma = torch.full((16,), 2.0, dtype=torch.float64)
+    torch.testing.assert_close(den(x, sigma), DenoiserFromVelocity(InstantVelocity(exact), path)(x, sigma))
+
+
+def test_flow_map_sampler_on_a_plain_denoiser_is_euler_and_calls_back_with_the_chord():
+    sigmas = GRIDS["karras_jumps"](4, 0.002, 80.0)
+    x = rng.randn((8, 2), torch.Generator().manual_seed(7), torch.float64) * 80.0
+    seen = []
+    out = SAMPLERS["flow_map"].fn(GMM.denoiser, x, sigmas, callback=lambda i, s, y, x0: seen.append(x0))
+    assert torch.equal(out, SAMPLERS["euler"].fn(GMM.denoiser, x, sigmas))
+    # Euler's chord extended to sigma = 0 is the denoiser's x0_hat at the step's start
+    torch.testing.assert_close(seen[0], GMM.denoiser(x, torch.full((8,), 80.0, dtype=torch.float64)))
+
+
+@pytest.mark.parametrize("name,base", [("karras_jumps", "karras"), ("uniform_t_jumps", "uniform_t")])
+def test_jump_grids_skip_sigma_min_and_halve_exactly(name, base):
+    """n levels = the first n of the base grid's n + 1 (no step to sigma_min; one level then 0 for n = 1),
+    and every other level of the 2n-step grid is the n-step grid (progressive distillation's halving)."""
+    path = PATHS[1]
+    lo, hi = 0.01, 50.0
+    for n in (1, 2, 5):
+        grid = GRIDS[name](n, lo, hi, path=path)
+        assert len(grid) == n + 1 and grid[-1] == 0 and grid[-2] > lo
+        torch.testing.assert_close(grid[:-1], GRIDS[base](n + 1, lo, hi, path=path)[:-2], rtol=0, atol=0)
+        torch.testing.assert_close(GRIDS[name](2 * n, lo, hi, path=path)[::2], grid, rtol=1e-12, atol=0)
+    assert GRIDS[name](1, lo, hi, path=path).tolist() == [hi, 0.0]

@@ -116,8 +116,13 @@ def ict_pair_probs(levels: Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> 
     return mass / mass.sum()
 
 
+def pair_index(u: Tensor, probs: Tensor) -> Tensor:
+    """Pair indices (B,) for uniforms u (B,) in [0, 1): the inverse CDF of `probs` (a training batch draws
+    u, and the loss maps it once the step's levels are known)."""
+    cdf = probs.double().to(u.device).cumsum(0)
+    return torch.searchsorted(cdf, u.double() * cdf[-1], right=True).clamp(max=len(probs) - 1)
+
+
 def draw_pairs(n: int, probs: Tensor, generator: rng.Generator | None) -> Tensor:
     """n pair indices (B,) drawn from `probs` by inverting the CDF of one uniform per row."""
-    cdf = probs.double().cumsum(0)
-    u = rng.rand((n,), generator, torch.float64) * cdf[-1]
-    return torch.searchsorted(cdf, u, right=True).clamp(max=len(probs) - 1)
+    return pair_index(rng.rand((n,), generator, torch.float64), probs)

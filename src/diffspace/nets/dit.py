@@ -26,6 +26,7 @@ class DiTConfig:
     heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
+    second_cond: bool = False  # a second noise condition (noise_cond_2): the interval of a two-time map
 
 
 def _modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:

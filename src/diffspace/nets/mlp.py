@@ -26,6 +26,7 @@ class MLPConfig:
     depth: int = 4
     dropout: float = 0.0
     out_norm: bool = True  # the residual MLP's output LayerNorm (false for eps/score/velocity, see above)
+    second_cond: bool = False  # a second noise condition (noise_cond_2): the interval of a two-time map
 
 
 class _Block(nn.Module):

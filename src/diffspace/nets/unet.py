@@ -28,6 +28,7 @@ class UNetConfig:
     attn_resolutions: list[int] = field(default_factory=lambda: [4])
     heads: int = 4
     dropout: float = 0.1
+    second_cond: bool = False  # a second noise condition (noise_cond_2): the interval of a two-time map
 
 
 def _norm(ch: int) -> nn.GroupNorm:

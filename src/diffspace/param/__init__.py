@@ -1,5 +1,7 @@
-"""Predictions, their conversions through (x0, eps), EDM preconditioning and contract adapters."""
+"""Predictions, their conversions through (x0, eps), EDM preconditioning and contract adapters; the few-step
+parameterizations (a two-time average-velocity map, the consistency function)."""
 
+from diffspace.param.maps import ConsistencyPrecond, InstantVelocity, MapDenoiser, NetAverageVelocity
 from diffspace.param.predictions import PREDICTIONS, target, x0_eps
 from diffspace.param.wrappers import (
     DenoiserFromVelocity,
@@ -10,4 +12,5 @@ from diffspace.param.wrappers import (
 )
 
 __all__ = ["PREDICTIONS", "target", "x0_eps", "NetDenoiser", "EDMPrecond", "VelocityFromDenoiser",
-           "DenoiserFromVelocity", "NetVelocity"]
+           "DenoiserFromVelocity", "NetVelocity", "NetAverageVelocity", "InstantVelocity", "MapDenoiser",
+           "ConsistencyPrecond"]

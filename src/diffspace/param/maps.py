@@ -16,7 +16,8 @@ How these join the (x0, eps) hub of param/predictions.py: a prediction there is 
 (x_t, t) that fixes (x0_hat, eps_hat); u over [r, t] with r < t is not (it depends on the trajectory
 between r and t), so it is no new entry. Its one pointwise reading, r = t, *is* the hub's `velocity`:
 `InstantVelocity` gives that VelocityField and `DenoiserFromVelocity` the Denoiser, so every ODE sampler
-applies to a map network. The consistency function's output f(x, sigma) is the PF-ODE endpoint at
+applies to a map network; `MapDenoiser` is that Denoiser with the map's jumps in EDM space beside it (the
+registry's `flow_map` sampler). The consistency function's output f(x, sigma) is the PF-ODE endpoint at
 sigma_min, an estimate of the clean sample: it is read as the hub's `x0`, and `ConsistencyPrecond` is
 a Denoiser-shaped wrapper like `EDMPrecond`, with [CM]'s coefficients in place of [EDM]'s.
 """
@@ -24,6 +25,8 @@ a Denoiser-shaped wrapper like `EDMPrecond`, with [CM]'s coefficients in place o
 import torch
 from torch import Tensor, nn
 
+from diffspace.param.wrappers import DenoiserFromVelocity
+from diffspace.paths.base import GaussianPath
 from diffspace.utils import bcast
 
 
@@ -61,6 +64,33 @@ class InstantVelocity(nn.Module):
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         return self.avg_velocity(x_t, t, t, **cond)
+
+
+class MapDenoiser(DenoiserFromVelocity):
+    """An average-velocity map trained on `path`, as a Denoiser that can also jump.
+
+    forward(x (B, ...), sigma (B,), **cond) -> x0_hat: the Denoiser of the map's r = t velocity
+    (`DenoiserFromVelocity(InstantVelocity(map))`), so every sampler of the registry applies.
+    jump(x, sigma, sigma_next, **cond) -> x at sigma_next < sigma: one jump along the map in EDM space
+    (x = x_t / alpha_t): with t, r the path's times of sigma, sigma_next (r = 0 for sigma_next = 0),
+    x_r = x_t - (t - r) u(x_t, r, t) ([MEANFLOW] Eq. 12), returned divided by alpha_r.
+    """
+
+    def __init__(self, avg_velocity, path: GaussianPath):
+        super().__init__(InstantVelocity(avg_velocity), path)
+
+    @property
+    def avg_velocity(self):
+        return self.velocity.avg_velocity
+
+    def jump(self, x: Tensor, sigma: Tensor, sigma_next: Tensor, **cond) -> Tensor:
+        levels = torch.stack([sigma, sigma_next]).double()  # (2, B)
+        # why: sigma = 0 is the data end, t = 0, where t_from_sigma would take log 0
+        t, r = torch.where(levels > 0, self.path.t_from_sigma(levels.clamp(min=1e-300)), 0.0)
+        alpha_t, alpha_r, gap = (bcast(c, x) for c in (self.path.alpha_t(t), self.path.alpha_t(r), t - r))
+        x_t = alpha_t * x
+        u = self.avg_velocity(x_t, t.to(x.dtype), r.to(x.dtype), **cond)
+        return (x_t - gap * u) / alpha_r  # [MEANFLOW] Eq. 12
 
 
 class ConsistencyPrecond(nn.Module):

@@ -7,6 +7,10 @@ along its ODE by x_r = x_t - (t - r) u(x_t, r, t) ([MEANFLOW] Eq. 12). On a time
 t_0 > t_1 > ... > t_N (N jumps, N NFE; `uniform_times(N)` spaces them evenly from 1 to 0 as both papers
 sample) the jumps compose to the map from t_0 to t_N; with the exact u every N gives the exact ODE
 endpoint, and a learned u trades NFE for accuracy. N = 1 is one-step generation x_0 = x_1 - u(x_1, 0, 1).
+The registry's `flow_map` sampler (`sample_map_jumps`) takes the same jumps on a noise-level grid, through
+a map's `jump(x, sigma, sigma_next)` in EDM space (`param.maps.MapDenoiser`), so a map run samples like
+every other run; its grids are the `*_jumps` grids of samplers/grids.py (N levels then 0, no step to
+sigma_min).
 
 Consistency. A consistency function f(x, sigma) (param/maps.py `ConsistencyPrecond`, EDM space) maps a
 point on the PF-ODE to its endpoint at sigma_min. [CM] Alg. 1: x0_hat = f(x, sigma_0), then for each
@@ -22,7 +26,7 @@ from torch import Tensor
 
 from diffspace.rng import Generator, randn_like
 from diffspace.samplers.grids import check_grid
-from diffspace.samplers.ode import Callback, sigma_batch
+from diffspace.samplers.ode import Callback, euler_step, sigma_batch
 from diffspace.types import UserError
 from diffspace.utils import select_rows
 
@@ -69,18 +73,41 @@ def sample_flow_map(avg_velocity, x_t: Tensor, ts: Tensor, *, callback: Callback
     return x_t
 
 
-def sample_consistency(model, x: Tensor, sigmas: Tensor, *, sigma_min: float = 0.002,
+def sample_map_jumps(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generator | None = None,
+                     callback: Callback | None = None, **cond) -> Tensor:
+    """len(sigmas) - 1 jumps of a flow map down the noise-level grid `sigmas` (x: noise scaled by
+    sigmas[0], EDM space), one NFE each: x = denoiser.jump(x, sigma_i, sigma_i+1) (a flow map,
+    `param.maps.MapDenoiser`). A Denoiser without `jump` takes its Euler step instead (the jump with u
+    read as the velocity at t, the map's first-order approximation). `callback(i, sigma_i, x, x0_hat)`
+    after each, x0_hat the jump's chord extended to sigma = 0 (no extra call). `generator` is unused:
+    the jumps are deterministic."""
+    grid = check_grid(sigmas, what="jump grid").tolist()
+    for i in range(len(grid) - 1):
+        if hasattr(denoiser, "jump"):
+            x_next = denoiser.jump(x, sigma_batch(grid[i], x), sigma_batch(grid[i + 1], x), **cond)
+        else:
+            x_next = euler_step(denoiser, x, grid[i], grid[i + 1], **cond)[0]
+        if callback is not None:
+            x0 = torch.lerp(x, x_next, grid[i] / (grid[i] - grid[i + 1]))  # the chord's value at sigma = 0
+            callback(i, grid[i], x_next, x0)
+        x = x_next
+    return x
+
+
+def sample_consistency(denoiser, x: Tensor, sigmas: Tensor, *, sigma_min: float = 0.002,
                        generator: Generator | None = None, callback: Callback | None = None,
                        **cond) -> Tensor:
-    """[CM] Alg. 1, multistep consistency sampling: x is the noise scaled by sigmas[0]; every nonzero
-    level must be >= sigma_min (UserError otherwise). `generator` (or rng.Streams) draws the noise of
-    each further step; `callback(i, sigma_i, x, x0_hat)` after each step."""
+    """[CM] Alg. 1, multistep consistency sampling with the consistency function `denoiser` (called like
+    a Denoiser: `param.maps.ConsistencyPrecond`; any Denoiser's x0_hat is used the same way): x is the
+    noise scaled by sigmas[0]; every nonzero level must be >= sigma_min (UserError otherwise).
+    `generator` (or rng.Streams) draws the noise of each further step; `callback(i, sigma_i, x, x0_hat)`
+    after each step."""
     grid = check_grid(sigmas, what="consistency grid").tolist()
     if grid[-2] < sigma_min:
         raise UserError(f"consistency grid: noise levels must be >= sigma_min = {sigma_min}, "
                         f"got {grid[-2]:.6g}")
     for i in range(len(grid) - 1):
-        x0 = model(x, sigma_batch(grid[i], x), **cond)
+        x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
         x = x0
         if grid[i + 1] > 0:  # [CM] Alg. 1: x_tau = x + sqrt(tau^2 - eps^2) z
             x = x0 + math.sqrt(grid[i + 1] ** 2 - sigma_min**2) * randn_like(x0, generator)

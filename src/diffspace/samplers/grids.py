@@ -2,7 +2,7 @@
 
 References: [EDM] arXiv 2206.00364v2 (Karras rho grid), [DPM] 2206.00927 (uniform logSNR),
 [DDIM] 2010.02502 and [ZSNR] 2305.08891v4 (leading / trailing / linspace spacing of integer
-timesteps).
+timesteps), [MEANFLOW] 2505.13447v1 and [CM] 2303.01469v2 (the few-step `*_jumps` grids).
 
 Every grid in `GRIDS` is called `fn(n, sigma_min, sigma_max, path=None)` and returns n noise levels
 and a final 0 (n steps), checked by `check_grid`: n + 1 float64 values, finite, strictly decreasing,
@@ -182,10 +182,30 @@ leading_sigmas = _table_grid(leading_timesteps, "leading")
 trailing_sigmas = _table_grid(trailing_timesteps, "trailing")
 linspace_sigmas = _table_grid(linspace_timesteps, "linspace")
 
+def _jumps(grid_fn, name: str):
+    def grid(n: int, sigma_min: float, sigma_max: float, path: GaussianPath | None = None) -> Tensor:
+        _check_n(n)
+        levels = grid_fn(n + 1, sigma_min, sigma_max, path=path)[:-2]  # drop sigma_min and the final 0
+        return check_grid(_append_zero(levels), path, f"{name}_jumps grid")
+
+    grid.__name__ = f"{name}_jumps_sigmas"
+    grid.__doc__ = (f"The first n of the {name!r} grid's n + 1 levels, then 0: the last step goes from "
+                    "the lowest level straight to the data, never to sigma_min. The grids of few-step "
+                    "samplers (a flow map's N jumps [MEANFLOW], consistency sampling [CM] Alg. 1), for which "
+                    "a step ending at sigma_min would spend a network call on nothing; the n-step grid is "
+                    "every other level of the 2n-step one (progressive distillation halves it exactly).")
+    return grid
+
+
+karras_jumps_sigmas = _jumps(karras_sigmas, "karras")
+uniform_t_jumps_sigmas = _jumps(uniform_t_sigmas, "uniform_t")
+
 GRIDS = {
     "karras": karras_sigmas,
     "logsnr": logsnr_sigmas,
     "uniform_t": uniform_t_sigmas,
+    "karras_jumps": karras_jumps_sigmas,
+    "uniform_t_jumps": uniform_t_jumps_sigmas,
     "leading": leading_sigmas,
     "trailing": trailing_sigmas,
     "linspace": linspace_sigmas,

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable
 from typing import NamedTuple
 
-from diffspace.samplers import multistep, ode, sde
+from diffspace.samplers import fewstep, multistep, ode, sde
 from diffspace.types import UserError
 
 
@@ -97,6 +97,14 @@ SAMPLERS: dict[str, SamplerSpec] = {
                       "predictor-corrector: Euler-Maruyama + Langevin corrector (snr) [SDE]",
                       (SamplerOption("snr", float, 0.16, "signal-to-noise ratio of the Langevin corrector "
                                      "step", 0.0),)),
+    "flow_map": SamplerSpec(fewstep.sample_map_jumps, 1, False, _per_step(1, 1),
+                            "N jumps of an average-velocity map [MEANFLOW] (model.parameterization = "
+                            "average_velocity; other runs: Euler steps); grid uniform_t_jumps"),
+    "consistency": SamplerSpec(fewstep.sample_consistency, 1, True, _per_step(1, 1),
+                               "multistep consistency sampling, [CM] Alg. 1 (stochastic beyond one step); "
+                               "grid karras_jumps",
+                               (SamplerOption("sigma_min", float, 0.002, "the consistency function's "
+                                              "boundary level (f(x, sigma_min) = x)", 0.0),)),
 }
 
 

@@ -9,7 +9,11 @@ A task hands the loop a `TrainSetup`:
          [-1, 1], shown in TensorBoard at every checkpoint when train.tensorboard is on;
   schedule (optional) schedule(step) -> {name: value}: step-dependent hyperparameters (e.g. a
          Gumbel-softmax temperature), a function of the step index alone; each value joins the batch
-         as a (B,) tensor under its name and is logged.
+         as a (B,) tensor under its name and is logged;
+  bind_ema (optional) bind_ema(ema_module): called once with the Trainer's EMA module (a resume
+         loads the checkpoint into that same module), for a loss whose target network is the EMA of
+         the weights (consistency distillation's theta^-); the EMA is in every checkpoint, so such a
+         run resumes exactly too.
 Because all randomness lives in the batch and scheduled values depend only on the step, a run is
 exactly reproducible, resumable, and equal across world sizes: every rank draws the same global
 batch and keeps its own slice.
@@ -90,6 +94,7 @@ class TrainSetup:
     loss: Callable[[nn.Module, Batch], Tensor]
     preview: Callable[[nn.Module], Tensor] | None = None  # (EMA module) -> images (N, C, H, W) in [-1, 1]
     schedule: Callable[[int], dict[str, float]] | None = None  # (step) -> values joining the batch
+    bind_ema: Callable[[nn.Module], None] | None = None  # (the Trainer's EMA module) -> None
 
 
 def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
@@ -151,6 +156,8 @@ class Trainer:
         self.model = setup.model
         decay = cfg.ema_decay or ema_decay_of(cfg.ema_halflife_steps)
         self.ema = make_ema(self.model, decay, cfg.ema_warmup)
+        if setup.bind_ema is not None:  # restore() loads into this same module in place
+            setup.bind_ema(self.ema.module)
         fused = next(self.model.parameters()).is_cuda
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                      weight_decay=cfg.weight_decay, fused=fused or None)
