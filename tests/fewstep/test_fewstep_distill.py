@@ -214,7 +214,7 @@ def test_consistency_sampling_with_exact_function():
     cov_err = (torch.cov(three.T) - torch.cov(data.T)).abs().max()
     assert mean_err < 4 * math.sqrt(float(data.var(0).max()) / n), mean_err
     assert cov_err < 0.4, cov_err  # entries about 2.2; s.e. of a covariance entry at n = 1000 about 0.1
-    with pytest.raises(UserError, match="sigma_min"):
+    with pytest.raises(UserError, match="boundary level"):
         sample_consistency(f, x, torch.tensor([SIGMA_MAX, 0.001, 0.0], dtype=torch.float64))
     with pytest.raises(UserError, match="last noise level must be 0"):
         sample_consistency(f, x, torch.tensor([SIGMA_MAX, 1.0], dtype=torch.float64))

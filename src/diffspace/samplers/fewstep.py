@@ -94,23 +94,24 @@ def sample_map_jumps(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generato
     return x
 
 
-def sample_consistency(denoiser, x: Tensor, sigmas: Tensor, *, sigma_min: float = 0.002,
+def sample_consistency(denoiser, x: Tensor, sigmas: Tensor, *, boundary: float = 0.002,
                        generator: Generator | None = None, callback: Callback | None = None,
                        **cond) -> Tensor:
     """[CM] Alg. 1, multistep consistency sampling with the consistency function `denoiser` (called like
     a Denoiser: `param.maps.ConsistencyPrecond`; any Denoiser's x0_hat is used the same way): x is the
-    noise scaled by sigmas[0]; every nonzero level must be >= sigma_min (UserError otherwise).
+    noise scaled by sigmas[0]; every nonzero level must be >= `boundary`, [CM]'s epsilon = sigma_min of
+    the consistency function (f(x, epsilon) = x; UserError otherwise).
     `generator` (or rng.Streams) draws the noise of each further step; `callback(i, sigma_i, x, x0_hat)`
     after each step."""
     grid = check_grid(sigmas, what="consistency grid").tolist()
-    if grid[-2] < sigma_min:
-        raise UserError(f"consistency grid: noise levels must be >= sigma_min = {sigma_min}, "
+    if grid[-2] < boundary:
+        raise UserError(f"consistency grid: noise levels must be >= the boundary level {boundary}, "
                         f"got {grid[-2]:.6g}")
     for i in range(len(grid) - 1):
         x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
         x = x0
         if grid[i + 1] > 0:  # [CM] Alg. 1: x_tau = x + sqrt(tau^2 - eps^2) z
-            x = x0 + math.sqrt(grid[i + 1] ** 2 - sigma_min**2) * randn_like(x0, generator)
+            x = x0 + math.sqrt(grid[i + 1] ** 2 - boundary**2) * randn_like(x0, generator)
         if callback is not None:
             callback(i, grid[i], x, x0)
     return x

@@ -103,8 +103,8 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "consistency": SamplerSpec(fewstep.sample_consistency, 1, True, _per_step(1, 1),
                                "multistep consistency sampling, [CM] Alg. 1 (stochastic beyond one step); "
                                "grid karras_jumps",
-                               (SamplerOption("sigma_min", float, 0.002, "the consistency function's "
-                                              "boundary level (f(x, sigma_min) = x)", 0.0),)),
+                               (SamplerOption("boundary", float, 0.002, "[CM]'s epsilon, the consistency "
+                                              "function's sigma_min (f(x, epsilon) = x)", 0.0),)),
 }
 
 
