@@ -10,6 +10,10 @@ moved to the requested device.
 
 Every stochastic function in diffspace takes `generator: torch.Generator | Streams`; `randn_like`,
 `rand_like` and `randint_like` below serve both (one generator for the batch, or one per row).
+
+Gumbel noise is drawn in float64 ([GUMBEL64] arXiv 2409.02908v3 Sec. 4: float32 uniforms truncate the
+Gumbel tail, a hidden lowering of the temperature); `gumbel_argmax` is the Gumbel-max draw from a
+categorical ([GS] arXiv 1611.01144v5 Eq. 1), the one used by text sampling and the likelihood families.
 """
 
 from collections.abc import Sequence
@@ -95,3 +99,17 @@ def randn_like(x: Tensor, generator: Generator | None) -> Tensor:
 def select(generator: Generator | None, rows: Tensor) -> Generator | None:
     """The streams of some rows (Streams), or the shared generator itself."""
     return generator.select(rows) if isinstance(generator, Streams) else generator
+
+
+def gumbel(shape: tuple[int, ...], generator: Generator | None, device=None) -> Tensor:
+    """Standard Gumbel noise -log(-log u), u ~ U(0, 1), float64; row i from stream i with Streams."""
+    u = rand(tuple(shape), generator, torch.float64, device)
+    # why: u = 0 or 1 would give an infinite draw; clamp to the open interval of representable values
+    u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_argmax(logits: Tensor, generator: Generator | None) -> Tensor:
+    """A categorical draw (long, logits.shape[:-1]) from logits (B, ..., V): argmax(logits + g) added in
+    float64 ([GS] Eq. 1); row b takes its noise from stream b when `generator` is Streams."""
+    return (logits.double() + gumbel(tuple(logits.shape), generator, logits.device)).argmax(-1)

@@ -12,7 +12,6 @@ from scipy.stats import chisquare, kstest
 from torch import nn
 
 from diffspace.data.quantized import BINARY, Grid
-from diffspace.families.categorical import gumbel_noise
 from diffspace.families.vae import (
     GaussianObservation,
     GaussianVAE,
@@ -24,7 +23,7 @@ from diffspace.families.vae import (
     vae_bound,
     vae_loss,
 )
-from diffspace.rng import Streams
+from diffspace.rng import Streams, gumbel
 from diffspace.types import UserError
 
 D, DZ, S = 4, 2, 0.5
@@ -139,7 +138,7 @@ def test_categorical_latents_match_enumeration(straight_through):
     log_p, elbo = _enumerate(model, x)
     n = 20_000
     with torch.no_grad():
-        log_w = model.log_weights(x, gumbel_noise((6, n, 2, 3), torch.Generator().manual_seed(6)))
+        log_w = model.log_weights(x, gumbel((6, n, 2, 3), torch.Generator().manual_seed(6)))
     mc, se = log_w.mean(1), log_w.std(1) / math.sqrt(n)
     assert ((mc - elbo) / se).abs().max() < 4.5
     assert (elbo < log_p - 0.01).all()
@@ -148,7 +147,7 @@ def test_categorical_latents_match_enumeration(straight_through):
     if straight_through:  # hard codes forward, closed-form KL: the training objective averages to the ELBO
         xr = x.repeat_interleave(n, 0)
         with torch.no_grad():
-            obj = model(xr, gumbel_noise((6 * n, 2, 3), torch.Generator().manual_seed(7)), 0.3).view(6, n)
+            obj = model(xr, gumbel((6 * n, 2, 3), torch.Generator().manual_seed(7)), 0.3).view(6, n)
         assert (((obj.mean(1) - elbo) / (obj.std(1) / math.sqrt(n))).abs() < 4.5).all()
 
 
@@ -157,7 +156,7 @@ def test_gumbel_softmax_at_low_temperature_is_categorical():
     samples approach one-hot vectors linearly in tau."""
     p = torch.tensor([0.4, 0.25, 0.2, 0.1, 0.05], dtype=F64)
     n = 40_000
-    g = gumbel_noise((n, 5), torch.Generator().manual_seed(8))
+    g = gumbel((n, 5), torch.Generator().manual_seed(8))
     assert g.dtype == F64
     y = {tau: gumbel_softmax(p.log().expand(n, 5), g, tau) for tau in (1.0, 0.1, 0.01)}
     assert chisquare(y[0.01].sum(0).numpy(), (n * p).numpy()).pvalue > 1e-3
@@ -170,14 +169,14 @@ def test_binary_concrete_distribution(tau):
     """[CONCRETE] Sec. 3.3: with two classes y_1 = sigmoid((l_1 - l_0 + L) / tau), L logistic, so
     P(y_1 <= t) = sigmoid(tau logit(t) - (l_1 - l_0)) at every temperature."""
     logits = torch.tensor([0.3, -0.9], dtype=F64)
-    y1 = gumbel_softmax(logits.expand(20_000, 2), gumbel_noise((20_000, 2), Streams(9, 20_000)), tau)[:, 1]
+    y1 = gumbel_softmax(logits.expand(20_000, 2), gumbel((20_000, 2), Streams(9, 20_000)), tau)[:, 1]
     delta = float(logits[1] - logits[0])
     cdf = lambda t: torch.sigmoid(tau * torch.logit(torch.as_tensor(t, dtype=F64)) - delta).numpy()
     assert kstest(y1.numpy(), cdf).pvalue > 1e-3
 
 
 def test_gumbel_noise_is_standard_gumbel():
-    g = gumbel_noise((50_000,), torch.Generator().manual_seed(10))
+    g = gumbel((50_000,), torch.Generator().manual_seed(10))
     assert kstest(g.numpy(), lambda t: torch.exp(-torch.exp(-torch.as_tensor(t))).numpy()).pvalue > 1e-3
 
 

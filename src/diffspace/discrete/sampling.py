@@ -27,6 +27,7 @@ from diffspace import rng
 from diffspace.discrete.attention import Context
 from diffspace.discrete.masked import subs
 from diffspace.discrete.processes import Absorbing
+from diffspace.rng import gumbel_argmax
 from diffspace.types import UserError
 
 
@@ -54,14 +55,6 @@ def filter_logits(logits: Tensor, how: Sampling) -> Tensor:
         drop = before >= how.top_p
         logits = logits.masked_fill(drop.scatter(-1, idx, drop), -torch.inf)
     return logits
-
-
-def gumbel_argmax(logits: Tensor, g: rng.Generator) -> Tensor:
-    """Categorical draw via argmax(logits + Gumbel) with the uniforms and the noise in float64; row b
-    of logits (B, ..., V) takes its uniforms from g's stream b when g is rng.Streams."""
-    u = rng.rand(tuple(logits.shape), g, torch.float64, logits.device)
-    u = u.clamp(torch.finfo(torch.float64).tiny, 1.0 - torch.finfo(torch.float64).eps)
-    return (logits.double() - torch.log(-torch.log(u))).argmax(-1)
 
 
 def sample_categorical(logits: Tensor, g: rng.Generator, how: Sampling = PLAIN) -> Tensor:

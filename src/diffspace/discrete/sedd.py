@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from diffspace import rng
 from diffspace.discrete.attention import time_input
 from diffspace.discrete.processes import Absorbing, Process, Uniform
-from diffspace.discrete.sampling import Decoded, ancestral_logprobs, gumbel_argmax
+from diffspace.discrete.sampling import Decoded, ancestral_logprobs
+from diffspace.rng import gumbel_argmax
 from diffspace.types import UserError
 
 

@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from diffspace import rng
 from diffspace.data.quantized import Grid, check_grid
 from diffspace.families.autoencoder import kl_divergence
-from diffspace.families.categorical import grid_log_prob, grid_sample, gumbel_noise
+from diffspace.families.categorical import grid_log_prob, grid_sample
 from diffspace.nets.feedforward import feedforward
 
 LOG_2PI = math.log(2 * math.pi)
@@ -166,7 +166,7 @@ class GumbelSoftmaxVAE(nn.Module):
 
     def noise(self, n: int, k: int, generator: rng.Generator | None) -> dict[str, Tensor]:
         p = next(self.parameters())
-        return {"gumbel": gumbel_noise((n, k, self.n_latents, self.n_classes), generator, p.device)}
+        return {"gumbel": rng.gumbel((n, k, self.n_latents, self.n_classes), generator, p.device)}
 
     def forward(self, x: Tensor, gumbel: Tensor, tau: Tensor | float) -> Tensor:
         logits = self._logits(x)
