@@ -41,8 +41,8 @@ def _all_configs(shape, grid: Grid) -> torch.Tensor:
 
 
 MODELS = {
-    "made-binary": (lambda: MADE(4, BINARY, hidden=16, depth=2), (4,), BINARY),
-    "made-3-levels": (lambda: MADE(3, Grid(3), hidden=16, depth=3), (3,), Grid(3)),
+    "made-binary": (lambda: MADE((4,), BINARY, hidden=16, depth=2), (4,), BINARY),
+    "made-3-levels": (lambda: MADE((3,), Grid(3), hidden=16, depth=3), (3,), Grid(3)),
     "pixelcnn-binary": (lambda: PixelCNN((1, 3, 3), BINARY, channels=8, layers=3), (1, 3, 3), BINARY),
     "pixelcnn-4-levels": (lambda: PixelCNN((1, 2, 2), Grid(4, -2, 2), channels=8, layers=2), (1, 2, 2),
                           Grid(4, -2, 2)),
@@ -102,7 +102,7 @@ def test_true_conditional_gives_the_entropy(kind):
     """With the output layer set to the true conditional the NLL is exact for every x, and its mean over
     the source is D H(p) (within 4 standard errors)."""
     if kind == "made":
-        model, shape = _random(lambda: MADE(16, BINARY, hidden=32)), (16,)
+        model, shape = _random(lambda: MADE((16,), BINARY, hidden=32)), (16,)
         _set_true_conditional(model.net[-1])
     else:
         model, shape = _random(lambda: PixelCNN((1, 4, 4), BINARY, channels=8, layers=3)), (1, 4, 4)
@@ -118,7 +118,7 @@ def test_short_fit_reaches_the_entropy(tmp_path):
     """MADE trained by the project's loop for 300 steps: the held-out NLL is within 1 % of D H(p), and
     not below the exact NLL of the same points by more than its noise (no model beats the truth)."""
     torch.manual_seed(0)
-    model, D = MADE(8, BINARY, hidden=64, depth=2), 8
+    model, D = MADE((8,), BINARY, hidden=64, depth=2), 8
     data = _bernoulli(20_000, (D,), 2).float()
     batch = lambda g, n: {"x": data[torch.randint(len(data), (n,), generator=g)]}
     cfg = TrainConfig(steps=300, batch_size=256, lr=3e-3, warmup_steps=20, ema_halflife_steps=30.0,
@@ -148,7 +148,7 @@ def test_sampling_reproduces_the_model(name):
     assert torch.equal(sample_autoregressive(model, 5, Streams(11, 5, offset=100)), x[100:105])
 
 
-@pytest.mark.parametrize("build", [lambda: PixelCNN((3, 8, 8), BINARY), lambda: MADE(4, Grid(1)),
+@pytest.mark.parametrize("build", [lambda: PixelCNN((3, 8, 8), BINARY), lambda: MADE((4,), Grid(1)),
                                    lambda: PixelCNN((1, 8, 8), BINARY, kernel=4)])
 def test_bad_configs_are_refused(build):
     with pytest.raises(UserError):

@@ -43,13 +43,15 @@ class MaskedLinear(nn.Linear):
 
 
 class MADE(nn.Module):
-    """[MADE] Sec. 4: hidden unit k of every layer gets a degree m(k) in 1..D-1 (here k mod (D-1) + 1,
-    every degree equally often); a weight from a unit of degree a (input d has degree d) to a hidden
-    unit of degree m is kept when m >= a, to the logits of dimension d when d > m. x: (B, D)."""
+    """[MADE] Sec. 4 over data of `shape` (vectors (D,), or images read in raster order): hidden unit k
+    of every layer gets a degree m(k) in 1..D-1 (here k mod (D-1) + 1, every degree equally often); a
+    weight from a unit of degree a (input d has degree d) to a hidden unit of degree m is kept when
+    m >= a, to the logits of dimension d when d > m."""
 
-    def __init__(self, dim: int, grid: Grid, hidden: int = 256, depth: int = 2):
+    def __init__(self, shape: tuple[int, ...], grid: Grid, hidden: int = 256, depth: int = 2):
         super().__init__()
-        self.shape, self.grid = (dim,), check_grid(grid)
+        self.shape, self.grid = tuple(shape), check_grid(grid)
+        dim = math.prod(self.shape)
         d_in = torch.arange(1, dim + 1)
         m = torch.arange(hidden) % max(dim - 1, 1) + 1
         layers: list[nn.Module] = []
@@ -61,7 +63,7 @@ class MADE(nn.Module):
         self.net = nn.Sequential(*layers, MaskedLinear(d_out[:, None] > prev[None]))
 
     def logits(self, x: Tensor) -> Tensor:
-        return self.net(_normalize(x, self.grid)).view(x.shape[0], *self.shape, self.grid.levels)
+        return self.net(_normalize(x, self.grid).flatten(1)).view(x.shape[0], *self.shape, self.grid.levels)
 
     def forward(self, x: Tensor) -> Tensor:
         return grid_log_prob(self.logits(x), x, self.grid)
