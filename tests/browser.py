@@ -6,6 +6,7 @@ process may (root, apt-get present); tests skip with the reason when it cannot b
 """
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -28,10 +29,14 @@ def find_chromium() -> tuple[str | None, str]:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return None, "chromium is not installed and apt-get cannot install it here (needs root)"
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
-        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if res.returncode != 0:
-            return None, f"`{' '.join(cmd)}` failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}"
+    with open(Path(tempfile.gettempdir()) / "diffspace-chromium-install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # why: test workers may ask at once; apt-get takes one at a time
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            if shutil.which("chromium"):  # another worker installed it meanwhile
+                break
+            res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+            if res.returncode != 0:
+                return None, f"`{' '.join(cmd)}` failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}"
     found = shutil.which("chromium")
     return (found, "") if found else (None, "apt-get installed no chromium binary")
 
