@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from diffspace.cli.main import main
 from diffspace.eval.featurenet import load_classifier, predict, train_classifier, train_featurenet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,6 +22,14 @@ def cli(*args):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run([sys.executable, "-m", "diffspace", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=300)
+
+
+def in_process(capsys, *args) -> subprocess.CompletedProcess:
+    """The CLI called in this process (no interpreter start-up) with its exit code and output."""
+    capsys.readouterr()
+    code = main(list(map(str, args)))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
 
 
 def assert_one_line_error(res, *words):
@@ -86,25 +95,25 @@ def test_classifier_guidance_from_the_cli(digits, tmp_path):
     (["--top-k", "3"], ["continuous runs cannot use the option 'top_k'", "--top-k"]),
     (["--eta", "0.5"], ["sampler 'heun' has no option 'eta'"]),
 ])
-def test_options_an_image_run_cannot_honour(digits, args, words):
-    assert_one_line_error(cli("sample", digits / "run", "--n", 2, "--steps", 2, *args), *words)
+def test_options_an_image_run_cannot_honour(digits, args, words, capsys):
+    assert_one_line_error(in_process(capsys, "sample", digits / "run", "--n", 2, "--steps", 2, *args), *words)
 
 
-def test_a_classifier_of_other_images_is_refused(tmp_path):
-    res = cli("train", ROOT / "configs/demo.toml", "--set", f"run.dir={tmp_path / 'run'}",
-              "--set", "model.mlp.hidden=16", "--set", "train.steps=2", "--set", "train.batch_size=8",
-              "--set", "data.n_train=100", "--set", "data.n_test=20", "--no-progress")
+def test_a_classifier_of_other_images_is_refused(tmp_path, capsys):
+    res = in_process(capsys, "train", ROOT / "configs/demo.toml", "--set", f"run.dir={tmp_path / 'run'}",
+                     "--set", "model.mlp.hidden=16", "--set", "train.steps=2", "--set", "train.batch_size=8",
+                     "--set", "data.n_train=100", "--set", "data.n_test=20", "--no-progress")
     assert res.returncode == 0, res.stderr
     train_classifier("digits", tmp_path / "clf.safetensors", steps=1, width=8)
     clf = tmp_path / "clf.safetensors"
-    res = cli("sample", tmp_path / "run", "--n", 2, "--steps", 2, "--classifier", clf)
+    res = in_process(capsys, "sample", tmp_path / "run", "--n", 2, "--steps", 2, "--classifier", clf)
     assert_one_line_error(res, "trained on images of shape [1, 8, 8]", "[2]")
-    res = cli("sample", tmp_path / "run", "--n", 2, "--cfg", 2)
+    res = in_process(capsys, "sample", tmp_path / "run", "--n", 2, "--cfg", 2)
     assert_one_line_error(res, "needs a class-conditional run")
 
 
-def test_samplers_lists_the_text_samplers_too():
-    res = cli("samplers")
+def test_samplers_lists_the_text_samplers_too(capsys):
+    res = in_process(capsys, "samplers")
     assert res.returncode == 0
     for line in ("dpmpp_2m", "  mdlm ", "remask (--block)", "  ar ", "bd3 (--block)"):
         assert line in res.stdout, line

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from diffspace import runs
+from diffspace.cli.main import main
 from diffspace.data.captions import load_captioned_folder
 from diffspace.data.files import load_vectors, standardize_stats
 from diffspace.data.images import load_image_folder, read_images
@@ -71,14 +72,13 @@ def test_data_around_5000_trains_within_twice_its_baseline(tmp_path):
               "--set", "train.lr=3e-3", "--set", "train.warmup_steps=20",
               "--set", "train.ema_halflife_steps=50", "--no-progress")
     assert res.returncode == 0, res.stderr
-    res = cli("eval", run_dir, "--n", 2000, "--sampler", "heun", "--steps", 12)
-    assert res.returncode == 0, res.stderr
+    assert main(["eval", str(run_dir), "--n", "2000", "--sampler", "heun", "--steps", "12"]) == 0
     m = json.loads((run_dir / "metrics.json").read_text())
     print(f"5000 +- 1000 data: sliced W2 {m['sw2']:.1f}, data baseline {m['sw2_data_baseline']:.1f}")
     assert m["sw2"] <= 2 * m["sw2_data_baseline"]
-    res = cli("sample", run_dir, "--n", 2000, "--steps", 12, "--out", tmp_path / "s.npz")
-    assert res.returncode == 0, res.stderr
-    s = np.load(tmp_path / "s.npz")["samples"]
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run_dir), "--n", "2000", "--steps", "12", "--out", str(out)]) == 0
+    s = np.load(out)["samples"]
     np.testing.assert_allclose(s.mean(0), x.mean(0), rtol=0.02)  # in the data's units, not standardised
     np.testing.assert_allclose(s.std(0), x.std(0), rtol=0.1)
 
