@@ -2,6 +2,7 @@
 histograms, sample pictures), a note when the package is missing, periodic progress lines off a
 terminal that know the train.minutes cap, and Ctrl-C that checkpoints and names the --resume command."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -85,7 +86,7 @@ def test_ctrl_c_saves_a_checkpoint_and_names_the_resume_command(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     args = [sys.executable, "-m", "diffspace", "train", ROOT / "configs/demo.toml",
             "--set", f"run.dir={run_dir}", "--set", "train.steps=100000", "--set", "train.log_every=10",
-            "--set", "train.ckpt_every=100000",
+            "--set", "train.ckpt_every=100000", "--set", "train.tensorboard=true",
             "--set", "model.mlp.hidden=16", "--set", "data.n_train=500", "--set", "data.n_test=100"]
     proc = subprocess.Popen(list(map(str, args)), stderr=subprocess.PIPE, text=True, env=env)
     log = run_dir / "log.jsonl"
@@ -100,6 +101,8 @@ def test_ctrl_c_saves_a_checkpoint_and_names_the_resume_command(tmp_path):
     meta = runs.load_run(run_dir).meta
     assert 20 <= meta["step"] < 100000
     assert json.loads(log.read_text().splitlines()[-1])["step"] == meta["step"]  # the row of that step
+    if importlib.util.find_spec("tensorboard"):  # the event file was closed with a picture of that step
+        assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     res = subprocess.run([sys.executable, "-m", "diffspace", "train", str(run_dir), "--resume", "--set",
                           f"train.steps={meta['step'] + 5}", "--no-progress"],
                          capture_output=True, text=True, env=env, timeout=120)

@@ -282,38 +282,41 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
     board = TensorBoard(tr.run_dir, setup.preview) if cfg.tensorboard and main else None
     t0, last_t, last_step = time.perf_counter(), time.perf_counter(), tr.step
     start_elapsed, run_steps = tr.elapsed, 0
-    with Interrupts(tr.world_size == 1) as interrupts:
-        while tr.step < cfg.steps:
-            scheduled = tr.scheduled()
-            loss, gnorm = tr.train_step()
-            run_steps += 1
-            tr.elapsed = start_elapsed + time.perf_counter() - t0
-            out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
-            if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
-                out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
-            stop = out_of_time or interrupts.asked or (stop_after is not None and run_steps >= stop_after)
-            row = None
-            if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
-                now = time.perf_counter()
-                row = {"step": tr.step, "loss": loss, "grad_norm": gnorm, "lr": tr.sched.get_last_lr()[0],
-                       "it_s": (tr.step - last_step) / max(now - last_t, 1e-9), "elapsed_s": tr.elapsed,
-                       **scheduled}
-                last_t, last_step = now, tr.step
-                if main:
-                    with open(log, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                if board is not None:
-                    board.scalars(tr.step, row)
-            bar.update(tr.step, tr.elapsed, loss, row and row["it_s"])
-            if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps or stop:
-                tr.save()
-                if board is not None:
-                    board.snapshot(tr.step, tr.model, tr.ema.module)
-            if stop:
-                break
-    bar.close()
-    if board is not None:
-        board.close()
+    interrupts = Interrupts(tr.world_size == 1)
+    try:
+        with interrupts:
+            while tr.step < cfg.steps:
+                scheduled = tr.scheduled()
+                loss, gnorm = tr.train_step()
+                run_steps += 1
+                tr.elapsed = start_elapsed + time.perf_counter() - t0
+                out_of_time = cfg.minutes > 0 and tr.elapsed >= 60 * cfg.minutes
+                if cfg.minutes > 0 and tr.world_size > 1:  # why: each rank's clock differs; all stop together
+                    out_of_time = stop_together(out_of_time, next(tr.model.parameters()).device)
+                stop = out_of_time or interrupts.asked or (stop_after is not None and run_steps >= stop_after)
+                row = None
+                if tr.step % cfg.log_every == 0 or tr.step == cfg.steps or stop:
+                    now = time.perf_counter()
+                    row = {"step": tr.step, "loss": loss, "grad_norm": gnorm, "lr": tr.sched.get_last_lr()[0],
+                           "it_s": (tr.step - last_step) / max(now - last_t, 1e-9), "elapsed_s": tr.elapsed,
+                           **scheduled}
+                    last_t, last_step = now, tr.step
+                    if main:
+                        with open(log, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    if board is not None:
+                        board.scalars(tr.step, row)
+                bar.update(tr.step, tr.elapsed, loss, row and row["it_s"])
+                if tr.step % cfg.ckpt_every == 0 or tr.step == cfg.steps or stop:
+                    tr.save()
+                    if board is not None:
+                        board.snapshot(tr.step, tr.model, tr.ema.module)
+                if stop:
+                    break
+    finally:  # why: event files and the bar are closed whatever stops the loop
+        bar.close()
+        if board is not None:
+            board.close()
     if interrupts.asked:
         raise KeyboardInterrupt(f"interrupted at step {tr.step}; checkpoint saved")
     return tr
