@@ -3,9 +3,7 @@ gives threes (by the project's feature-net classifier), classifier guidance from
 file steers the unconditional denoiser, the PNG grid is written beside the arrays, and every option a
 run cannot honour is refused with one line and exit 2."""
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +12,9 @@ import torch
 
 from diffspace.cli.main import main
 from diffspace.eval.featurenet import load_classifier, predict, train_classifier, train_featurenet
+from test_cli import assert_one_line_error, cli
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "diffspace", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
 
 
 def in_process(capsys, *args) -> subprocess.CompletedProcess:
@@ -30,14 +23,6 @@ def in_process(capsys, *args) -> subprocess.CompletedProcess:
     code = main(list(map(str, args)))
     out = capsys.readouterr()
     return subprocess.CompletedProcess(args, code, out.out, out.err)
-
-
-def assert_one_line_error(res, *words):
-    assert res.returncode == 2, res.stderr
-    lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("diffspace: error:"), res.stderr
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,6 @@ with transparency and an unreadable file, and captioned folders read by the same
 
 import json
 import logging
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,12 +17,7 @@ from diffspace.data.files import load_vectors, standardize_stats
 from diffspace.data.images import load_image_folder, read_images
 from diffspace.data.toy import make_toy
 from diffspace.types import UserError
-
-
-def cli(*args):
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "diffspace", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=300)
+from test_cli import cli
 
 
 @pytest.mark.parametrize("delimiter", [",", ";", "\t", " ", "|", ", "])
