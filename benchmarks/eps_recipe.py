@@ -1,25 +1,28 @@
 """Why a diffspace-trained eps-network sampled badly with the ODE, and the diffusers recipe as a config.
 
-Issue 13 item 7: the eps-MLP of benchmarks/samplers.toml had an adaptive PF-ODE sliced W2 of 1.18 on
-the checkerboard where a diffusers-style training of an MLP on the same DDPM table reached 0.033. This
-script trains, each from scratch and single-threaded:
+Issue 13 item 7: the eps-MLP of the former benchmarks/samplers.toml (its settings are the ablation row
+"residual MLP, recipe of samplers.toml") had an adaptive PF-ODE sliced W2 of 1.18 on the checkerboard
+where a diffusers-style training of an MLP on the same DDPM table reached 0.033. This script trains,
+each from scratch and single-threaded:
 
-  reference   the recipe in plain PyTorch: PlainMLP (4 x 128 SiLU on [x, 128 sinusoidal features of
-              the integer timestep]), diffusers' float32 table, x_t = sqrt(abar_k) x0 + sqrt(1 - abar_k)
-              eps with k ~ U{0..999}, eps MSE, Adam 5000 x 1024, lr 2e-3, 100 warmup steps, cosine to
-              2e-5, EMA 0.999 with the warmup of diffusers' EMAModel;
-  config      the same recipe through diffspace: configs/ddpm-eps-checkerboard.toml (proposal `table_t`,
-              `denoising_loss` with the eps weighting through NetDenoiser, the Trainer with lr_min and
-              ema_decay / ema_warmup);
+  reference   the recipe in plain PyTorch (`train_reference`, also the network of benchmarks/samplers.py):
+              PlainMLP (4 x 128 SiLU on [x, 128 sinusoidal features of the integer timestep]), diffusers'
+              float32 table (TABLE), x_t = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps with k ~ U{0..999}, eps
+              MSE, Adam 5000 x 1024, lr 2e-3, 100 warmup steps, cosine to 2e-5, EMA 0.999 with the warmup
+              of diffusers' EMAModel;
+  config      the same recipe through diffspace: `runs.train` on configs/ddpm-eps-checkerboard.toml
+              (plain_mlp, proposal "table", `denoising_loss` with the eps weighting through NetDenoiser,
+              the Trainer with lr_min and ema_decay / ema_warmup);
   and the config with one thing changed (VARIANTS, ABLATION).
 
-Each network, as NetDenoiser(net, DDPMDiscrete(), "eps") with its EMA weights, is sampled from the same
-10k noises (x_T ~ N(0, I) at t = 1, sigma_max = 157) by the adaptive PF-ODE (dopri5, rtol = atol =
-1e-5) and compared with 10k held-out points: sliced W2 over 256 fixed directions
-(diffspace.eval.metrics). Beside it: the same ODE with the checkerboard's exact denoiser (the best any
-network can do on these noises), the held-out-vs-train floor, the ODE's NFE, the share of samples
-outside [-2.5, 2.5]^2 and the largest sample norm, and the eps error at t = 1 against the exact
-denoiser by the radius |x_T| (10k standard normal noises reach |x_T| = 4.5).
+Each network, as NetDenoiser(net, path, "eps") with its EMA weights and the table it was trained with
+(the reference: diffusers' float32 table through `ddpm_from_scheduler_config`; a config run: its own
+path), is sampled from the same 10k noises (x_T ~ N(0, I) at t = 1, sigma_max = 157) by the adaptive
+PF-ODE (dopri5, rtol = atol = 1e-5) and compared with 10k held-out points: sliced W2 over 256 fixed
+directions (diffspace.eval.metrics). Beside it: the same ODE with the checkerboard's exact denoiser
+(the best any network can do on these noises), the held-out-vs-train floor, the ODE's NFE, the share
+of samples outside [-2.5, 2.5]^2 and the largest sample norm, and the eps error at t = 1 against the
+exact denoiser by the radius |x_T| (10k standard normal noises reach |x_T| = 4.5).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py             # VARIANTS, 2 at a time
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --ablation  # one change at a time
@@ -38,22 +41,22 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
-from diffspace.config import build, load_toml
+from diffspace import runs
 from diffspace.data.toy import checkerboard_denoiser, make_toy
 from diffspace.eval.metrics import sliced_w2
-from diffspace.losses import T_PROPOSALS, WEIGHTINGS, denoising_loss
-from diffspace.losses.proposals import table_t
-from diffspace.nets.mlp import MLP, PlainMLP
+from diffspace.nets.mlp import PlainMLP
 from diffspace.param import NetDenoiser
-from diffspace.paths.ddpm import DDPMDiscrete
+from diffspace.paths.ddpm import DDPMDiscrete, ddpm_from_scheduler_config
 from diffspace.samplers.ode import CountingDenoiser, sample_adaptive
-from diffspace.train.loop import TrainConfig, TrainSetup, train
 
 ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT.parent / "configs" / "ddpm-eps-checkerboard.toml"
-CACHE = ROOT / "cache" / "eps_recipe"
+CACHE = ROOT / "cache" / "eps_recipe_runs"  # the config variants' run directories
 N, N_PROJ, RADII = 10_000, 256, (1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
+# diffusers' scheduler config of the recipe: DDPM, T = 1000, linear betas 1e-4..0.02
+TABLE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
 # name -> --set overrides of the config (None: the plain-PyTorch reference)
 VARIANTS = {
@@ -84,10 +87,18 @@ ABLATION = {
 
 # ---- (a) the recipe in plain PyTorch ---------------------------------------------------------------
 
-def train_reference(seed: int = 0, steps: int = 5000, batch: int = 1024) -> torch.nn.Module:
-    """The diffusers way, written out; returns the EMA network."""
+def train_reference(dataset: str = "checkerboard", steps: int = 5000, seed: int = 0, batch: int = 1024,
+                    cache: Path | None = None) -> tuple[PlainMLP, DDPMDiscrete]:
+    """The diffusers way, written out, on toy set `dataset`: (the EMA network in eval mode, the path of
+    the float32 table it was trained with). With `cache` the weights are read from / written to
+    cache/reference_{dataset}_{steps}_seed{seed}.safetensors."""
+    path = ddpm_from_scheduler_config(TABLE)
     torch.manual_seed(seed)
     net = PlainMLP(2, 128, 4)
+    file = None if cache is None else cache / f"reference_{dataset}_{steps}_seed{seed}.safetensors"
+    if file is not None and file.exists():
+        net.load_state_dict(load_file(file))
+        return net.eval(), path
     ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     warmup, lr, lr_min = 100, 2e-3, 2e-5
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -98,14 +109,14 @@ def train_reference(seed: int = 0, steps: int = 5000, batch: int = 1024) -> torc
         return (lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * (s - warmup) / (steps - warmup)))) / lr
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)  # float32, as diffusers builds it
-    data = make_toy("checkerboard", 100_000, seed, "train")
+    abar = path.alphas_cumprod.float()  # diffusers' float32 table, exactly
+    data = make_toy(dataset, 100_000, seed, "train")
     g = torch.Generator().manual_seed(seed)
     for step in range(steps):
         x0 = data[torch.randint(len(data), (batch,), generator=g)]
-        k = torch.randint(0, 1000, (batch,), generator=g)
+        k = torch.randint(0, len(abar), (batch,), generator=g)
         eps = torch.randn(batch, 2, generator=g)
-        x_t = abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps
+        x_t = abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps  # diffusers' add_noise
         loss = (net(x_t, k.float()) - eps).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -116,42 +127,21 @@ def train_reference(seed: int = 0, steps: int = 5000, batch: int = 1024) -> torc
             for name, v in net.state_dict().items():
                 ema[name].lerp_(v, 1 - decay)
     net.load_state_dict(ema)
-    return net
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        save_file(net.state_dict(), file)
+    return net.eval(), path
 
 
 # ---- (b) the config through diffspace --------------------------------------------------------------
 
-def build_net(model: dict) -> torch.nn.Module:
-    mlp = model.get("mlp", {})
-    if model["net"] == "plain_mlp":
-        return PlainMLP(2, mlp["hidden"], mlp["depth"])
-    return MLP(2, mlp["hidden"], mlp["depth"], out_norm=mlp.get("out_norm", True))
-
-
-def train_config(overrides: list[str], run_dir: Path) -> torch.nn.Module:
-    """The config with overrides, built from the library's parts (until the runs/ registries know
-    plain_mlp, model.mlp.out_norm and the 'table' proposal; then this is runs.train); returns the EMA
-    network."""
-    cfg = load_toml(CONFIG, overrides)
-    model, loss, seed = cfg["model"], cfg["loss"], cfg["run"]["seed"]
-    assert (model["path"], model["parameterization"], loss["weighting"]) == ("ddpm", "eps", "eps")
-    tc = build(TrainConfig, cfg["train"], str(CONFIG), "train.")
-    path = DDPMDiscrete()
-    torch.manual_seed(seed)
-    module = NetDenoiser(build_net(model), path, "eps")
-    data = make_toy(cfg["data"]["name"], 100_000, seed, "train")
-
-    def batch(g: torch.Generator, n: int) -> dict:
-        idx = torch.randint(len(data), (n,), generator=g)
-        t = table_t(n, g, path) if loss["proposal"] == "table" else \
-            T_PROPOSALS[loss["proposal"]](n, g, path.t_min, path.t_max)
-        return {"x0": data[idx], "sigma": path.sigma(t), "eps": torch.randn(n, 2, generator=g)}
-
-    def per_example(m, b: dict) -> torch.Tensor:
-        return denoising_loss(m, b["x0"], b["sigma"], WEIGHTINGS["eps"](b["sigma"]), eps=b["eps"])
-
-    tr = train(TrainSetup(module, batch, per_example), tc, run_dir, cfg, seed=seed, progress=False)
-    return tr.ema.module.net
+def train_config(overrides: list[str], run_dir: Path) -> NetDenoiser:
+    """`runs.train` on the config with overrides, in run_dir (replaced if it holds an earlier run of this
+    script): the run's EMA Denoiser, on the path it was trained with."""
+    run = runs.train(CONFIG, [*overrides, f"run.dir={run_dir}"], overwrite=True)
+    cfg = run.cfg
+    assert (cfg.model.path, cfg.model.parameterization, cfg.loss.weighting) == ("ddpm", "eps", "eps")
+    return run.module
 
 
 # ---- measurements ----------------------------------------------------------------------------------
@@ -191,20 +181,21 @@ def run_variant(item: tuple[str, list[str] | None]) -> tuple[str, dict]:
     name, overrides = item
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    path = DDPMDiscrete()
     if overrides is None:
-        net = train_reference()
+        net, path = train_reference()
+        denoiser = NetDenoiser(net, path, "eps")
     else:
-        net = train_config(overrides, CACHE / name.replace(" ", "_").replace(",", ""))
+        denoiser = train_config(overrides, CACHE / name.replace(" ", "_").replace(",", ""))
+        path = denoiser.path
     train_s = time.perf_counter() - t0
-    res = measure(NetDenoiser(net.eval(), path, "eps"), path, make_toy("checkerboard", N, 0, "test"))
+    res = measure(denoiser, path, make_toy("checkerboard", N, 0, "test"))
     res |= {"overrides": overrides, "train_s": train_s}
     print(f"{name}: sliced W2 {res['sw2']:.4f} ({train_s:.0f} s)", flush=True)
     return name, res
 
 
 def baselines() -> dict:
-    path, heldout = DDPMDiscrete(), make_toy("checkerboard", N, 0, "test")
+    path, heldout = ddpm_from_scheduler_config(TABLE), make_toy("checkerboard", N, 0, "test")
     exact = measure(checkerboard_denoiser, path, heldout)
     return {"heldout_vs_train": sliced_w2(make_toy("checkerboard", N, 0, "train"), heldout, n_proj=N_PROJ),
             "exact_denoiser": exact}
