@@ -21,7 +21,7 @@ from diffspace.runs import load_run
 from diffspace.runs.continuous import as_denoiser, load_data
 from diffspace.runs.evaluation import featurenet_for
 from diffspace.runs.sampling import generate, run_sigmas, sampler_fn
-from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance
+from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance, null_class
 
 
 def classifier_for(run, path: str, steps: int):
@@ -52,10 +52,11 @@ def sweep(args) -> dict:
     rows = []
     for kind in ("cfg", "classifier"):
         for scale in args.scales:
-            guided = (ClassifierFreeGuidance(den, scale, K) if kind == "cfg"
+            guided = (ClassifierFreeGuidance(den, scale, null_class(K)) if kind == "cfg"
                       else ClassifierGuidance(den, clf, scale))
             t0 = time.perf_counter()
-            x = generate(guided, shape, len(labels), sigmas, fn, args.seed, run.device, labels).clamp(-1, 1)
+            x = generate(guided, shape, len(labels), sigmas, fn, args.seed, run.device,
+                         {"class_labels": labels}).clamp(-1, 1)
             seconds = time.perf_counter() - t0
             m = score_samples(net, x, labels, ref_stats, ref_feats)
             rows.append({"guidance": kind, "scale": scale, **m, "fid_ratio": m["fid"] / base["fid"],

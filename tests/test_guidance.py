@@ -6,7 +6,13 @@ import torch
 
 from diffspace.data.gmm import GaussianMixture
 from diffspace.samplers.grids import karras_sigmas
-from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance, EDMClassifier
+from diffspace.samplers.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    EDMClassifier,
+    null_caption,
+    null_class,
+)
 from diffspace.samplers.ode import sample_euler, sample_heun
 
 K = 3
@@ -42,11 +48,45 @@ def test_cfg_end_points_and_linearity():
     x, sigma, y = _batch()
     uncond, cond = exact_denoiser(x, sigma), exact_denoiser(x, sigma, y)
     assert (cond - uncond).abs().max() > 0.1
-    torch.testing.assert_close(ClassifierFreeGuidance(exact_denoiser, 0.0, K)(x, sigma, y), uncond)
-    torch.testing.assert_close(ClassifierFreeGuidance(exact_denoiser, 1.0, K)(x, sigma, y), cond)
-    guided = ClassifierFreeGuidance(exact_denoiser, 3.0, K)(x, sigma, y)
-    torch.testing.assert_close(guided, 3 * cond - 2 * uncond)
-    torch.testing.assert_close(ClassifierFreeGuidance(exact_denoiser, 3.0, K)(x, sigma), uncond)
+    cfg = lambda w: ClassifierFreeGuidance(exact_denoiser, w, null_class(K))
+    torch.testing.assert_close(cfg(0.0)(x, sigma, class_labels=y), uncond)
+    torch.testing.assert_close(cfg(1.0)(x, sigma, class_labels=y), cond)
+    torch.testing.assert_close(cfg(3.0)(x, sigma, class_labels=y), 3 * cond - 2 * uncond)
+    torch.testing.assert_close(cfg(3.0)(x, sigma), uncond)
+    torch.testing.assert_close(cfg(3.0)(x, sigma, class_labels=None), uncond)
+
+
+def exact_text_denoiser(x, sigma, text_emb=None, text_mask=None, text_pooled=None):
+    """A caption-conditioned oracle: a caption names a mixture component by the argmax of its pooled vector;
+    the null caption (no real token) and no text at all give the unconditional denoiser."""
+    if text_emb is None:
+        return GMM.denoiser(x, sigma)
+    labels = torch.where(text_mask.any(dim=1), text_pooled.argmax(dim=1), K)
+    return exact_denoiser(x, sigma, labels)
+
+
+def test_cfg_over_a_caption_uses_the_null_caption_in_one_batch():
+    """The same wrapper guides a text-conditioned denoiser: the second half of its one 2B batch is the
+    null caption (all-False mask, the other tensors unchanged), and the guided result is w cond + (1 - w)
+    uncond against the oracle."""
+    x, sigma, y = _batch()
+    text = {"text_emb": torch.randn(len(x), 5, 3, dtype=torch.float64),
+            "text_mask": torch.arange(5)[None] < torch.randint(1, 6, (len(x), 1)),
+            "text_pooled": torch.nn.functional.one_hot(y, K).double()}
+    calls = []
+
+    def counted(x_, sigma_, **c):
+        calls.append(c)
+        return exact_text_denoiser(x_, sigma_, **c)
+
+    guided = ClassifierFreeGuidance(counted, 2.5, null_caption)(x, sigma, **text)
+    cond, uncond = exact_denoiser(x, sigma, y), exact_denoiser(x, sigma)
+    torch.testing.assert_close(guided, 2.5 * cond - 1.5 * uncond)
+    (seen,) = calls
+    assert torch.equal(seen["text_mask"][:len(x)], text["text_mask"]) and not seen["text_mask"][len(x):].any()
+    for key in ("text_emb", "text_pooled"):
+        assert torch.equal(seen[key], torch.cat([text[key], text[key]]))
+    assert null_caption(text)["text_mask"].shape == text["text_mask"].shape
 
 
 def test_classifier_guidance_with_exact_classifier_equals_cfg():
@@ -55,7 +95,7 @@ def test_classifier_guidance_with_exact_classifier_equals_cfg():
     x, sigma, y = _batch()
     for s in (0.0, 1.0, 2.5):
         cg = ClassifierGuidance(exact_denoiser, exact_classifier, s)(x, sigma, y)
-        cfg = ClassifierFreeGuidance(exact_denoiser, s, K)(x, sigma, y)
+        cfg = ClassifierFreeGuidance(exact_denoiser, s, null_class(K))(x, sigma, class_labels=y)
         torch.testing.assert_close(cg, cfg, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(ClassifierGuidance(exact_denoiser, exact_classifier, 1.0)(x, sigma, y),
                                exact_denoiser(x, sigma, y), rtol=1e-9, atol=1e-9)
@@ -64,7 +104,8 @@ def test_classifier_guidance_with_exact_classifier_equals_cfg():
 def test_guidance_interval():
     x, sigma, y = _batch()
     lo, hi = 0.3, 2.0
-    got = ClassifierFreeGuidance(exact_denoiser, 4.0, K, sigma_interval=(lo, hi))(x, sigma, y)
+    got = ClassifierFreeGuidance(exact_denoiser, 4.0, null_class(K), sigma_interval=(lo, hi))(x, sigma,
+                                                                                  class_labels=y)
     cond, uncond = exact_denoiser(x, sigma, y), exact_denoiser(x, sigma)
     inside = (sigma > lo) & (sigma <= hi)
     assert 0 < inside.sum() < len(sigma)
@@ -80,7 +121,7 @@ def test_guided_sampling_lands_in_the_requested_class(sampler, guide):
     g = torch.Generator().manual_seed(1)
     sigmas = karras_sigmas(30, 0.002, 20.0)
     y = torch.full((200,), 2)
-    den = (ClassifierFreeGuidance(exact_denoiser, 1.0, K) if guide == "cfg"
+    den = (ClassifierFreeGuidance(exact_denoiser, 1.0, null_class(K)) if guide == "cfg"
            else ClassifierGuidance(exact_denoiser, exact_classifier, 1.0))
     with torch.no_grad():
         noise = torch.randn(200, 2, generator=g, dtype=torch.float64)

@@ -33,32 +33,35 @@ def test_clip_loss_is_the_symmetric_cross_entropy():
     rows = [-s[i][i] + math.log(sum(math.exp(v) for v in s[i])) for i in range(5)]  # image i -> its text
     cols = [-s[j][j] + math.log(sum(math.exp(s[i][j]) for i in range(5))) for j in range(5)]  # text -> image
     expected = (sum(rows) / 5 + sum(cols) / 5) / 2
-    assert clip_loss(img, txt, t).item() == pytest.approx(expected, rel=1e-12)
+    terms = clip_loss(img, txt, t)
+    assert terms.shape == (5,) and terms.mean().item() == pytest.approx(expected, rel=1e-12)
+    assert terms.tolist() == pytest.approx([(r + c) / 2 for r, c in zip(rows, cols, strict=True)], rel=1e-12)
 
 
 def test_clip_scale_is_clipped_at_100():
     img, txt = _pairs(seed=1)
     big = clip_loss(img, txt, torch.tensor(math.log(1e4), dtype=torch.float64))
-    assert big.item() == pytest.approx(clip_loss(img, txt, torch.tensor(math.log(100.0))).item(), rel=1e-6)
+    torch.testing.assert_close(big, clip_loss(img, txt, torch.tensor(math.log(100.0), dtype=torch.float64)))
 
 
 def test_siglip_loss_is_the_pairwise_sigmoid_definition():
     img, txt = _pairs(B=6, seed=2)
     t, b = 2.1, -3.0
-    total = 0.0
+    per_image = [0.0] * 6
     for i in range(6):
         for j in range(6):
             z = 1.0 if i == j else -1.0
-            total += -math.log(1 / (1 + math.exp(-z * (math.exp(t) * float(img[i] @ txt[j]) + b))))
+            per_image[i] += -math.log(1 / (1 + math.exp(-z * (math.exp(t) * float(img[i] @ txt[j]) + b))))
     got = siglip_loss(img, txt, torch.tensor(t, dtype=torch.float64), torch.tensor(b, dtype=torch.float64))
-    assert got.item() == pytest.approx(total / 6, rel=1e-12)
+    assert got.tolist() == pytest.approx(per_image, rel=1e-12)
+    assert got.mean().item() == pytest.approx(sum(per_image) / 6, rel=1e-12)  # [SIGLIP] Eq. 1's 1/B sum
 
 
 def test_learned_temperature_and_bias_get_gradients():
     img, txt = _pairs()
     towers = ImageTower(3, 4, width=4, levels=2), TextTower(10, 8, 4, dim=8, depth=1, heads=2)
     model = ContrastiveEncoder(*towers, SIGLIP_INIT)
-    siglip_loss(img.float(), txt.float(), model.logit_scale, model.logit_bias).backward()
+    siglip_loss(img.float(), txt.float(), model.logit_scale, model.logit_bias).mean().backward()
     assert model.logit_scale.grad.abs() > 0 and model.logit_bias.grad.abs() > 0
     assert model.logit_scale.item() == pytest.approx(math.log(10)) and model.logit_bias.item() == -10
     clip = ContrastiveEncoder(model.image_tower, model.text_tower, CLIP_INIT)

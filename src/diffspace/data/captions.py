@@ -15,6 +15,7 @@ Caption dropout for classifier-free guidance ([CFG] arXiv 2207.12598 Sec. 3.2, w
 of labels) turns a caption into the null caption: an all-False mask, no token at all.
 """
 
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from diffspace import rng
 from diffspace.data.images import _split, load_digits, read_images
+from diffspace.data.text import ByteTokenizer, CharTokenizer, make_tokenizer
 from diffspace.types import UserError
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -93,6 +95,35 @@ def drop_captions(mask: Tensor, p: float, generator: rng.Generator) -> Tensor:
     return mask & ~drop[:, None]
 
 
+CAPTION_TOKENIZERS = ("char", "byte")  # what a caption tokenizer may be (both are stored whole with a run)
+
+
+def caption_tokenizer(kind: str, data: CaptionedImages) -> tuple[object, int]:
+    """A tokenizer of `kind` (char: the alphabet of every phrasing of data; byte) and the text context: the
+    longest caption in tokens, rounded up to a multiple of 8."""
+    if kind not in CAPTION_TOKENIZERS:
+        raise UserError(f"caption tokenizer {kind!r} is not one of {', '.join(CAPTION_TOKENIZERS)}")
+    texts = [c for caps in data.captions for c in caps]
+    tok = make_tokenizer(kind, [t.encode() for t in texts])
+    return tok, 8 * -(-max(len(tok.encode(t)) for t in texts) // 8)
+
+
+def tokenizer_state(tok, context_len: int) -> dict:
+    """What rebuilds a caption tokenizer without its data (JSON): kind, alphabet (char) and context."""
+    state = {"kind": tok.name, "context_len": context_len}
+    return state | ({"alphabet": "".join(tok.chars)} if tok.name == "char" else {})
+
+
+def tokenizer_from_state(state: dict) -> tuple[object, int]:
+    """(tokenizer, context_len) of a `tokenizer_state`; UserError for a kind it does not know."""
+    if state.get("kind") == "char":
+        return CharTokenizer([state["alphabet"].encode()]), state["context_len"]
+    if state.get("kind") == "byte":
+        return ByteTokenizer(), state["context_len"]
+    raise UserError(f"stored caption tokenizer {state.get('kind')!r} is not one of "
+                    f"{', '.join(CAPTION_TOKENIZERS)}")
+
+
 def stroke_measures(x: Tensor) -> tuple[Tensor, Tensor]:
     """Ink mass m00 (N,) and slant -mu11 / mu02 (N,) of grey images (N, 1, H, W) in [-1, 1].
 
@@ -119,6 +150,19 @@ def _thirds(values: Tensor, groups: Tensor) -> Tensor:
     return out
 
 
+def describe_digit(attrs: list[int], template: int) -> str:
+    """The caption of a digit's attributes (digit, thickness, slant) in phrasing `template`."""
+    d, k, s = attrs
+    return DIGIT_TEMPLATES[template].format(digit=d, name=DIGIT_NAMES[d], thickness=THICKNESS[k],
+                                            slant=SLANT[s])
+
+
+def digit_prompts(template: int = 0) -> tuple[list[str], Tensor]:
+    """Every digit caption (digit x thickness x slant) and its attributes (M, 3), for zero-shot reading."""
+    combos = list(itertools.product(range(len(DIGIT_NAMES)), range(len(THICKNESS)), range(len(SLANT))))
+    return [describe_digit(list(c), template) for c in combos], torch.tensor(combos, dtype=torch.long)
+
+
 def load_captioned_digits(split: str = "train", seed: int = 0) -> CaptionedImages:
     """scikit-learn digits (N, 1, 8, 8) captioned from label, thickness and slant; attrs (N, 3) =
     (digit, thickness index into THICKNESS, slant index into SLANT). Splits as `load_digits`."""
@@ -127,8 +171,7 @@ def load_captioned_digits(split: str = "train", seed: int = 0) -> CaptionedImage
     thick = _thirds(mass, y)
     lean = (slant > -SLANT_LIMIT).long() + (slant > SLANT_LIMIT).long()
     attrs = torch.stack([y, thick, lean], dim=1)
-    captions = [tuple(t.format(digit=d, name=DIGIT_NAMES[d], thickness=THICKNESS[k], slant=SLANT[s])
-                      for t in DIGIT_TEMPLATES) for d, k, s in attrs.tolist()]
+    captions = [tuple(describe_digit(a, t) for t in range(len(DIGIT_TEMPLATES))) for a in attrs.tolist()]
     data = CaptionedImages(x, captions, attrs, ("digit", "thickness", "slant"))
     return split_captioned(data, split, seed)
 

@@ -153,3 +153,28 @@ def scatter_picture(points: Tensor, title: str = "") -> Tensor:
     rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def guidance_tradeoff(rows: list[dict], out: Path,
+                      metrics: tuple[str, ...] = ("clip_score", "acc_all")) -> None:
+    """One panel per metric against FID (lower is better), one line per evaluation set through the
+    guidance scales w (each point labelled with its w); rows: {"set", "guidance", "fid", metrics...},
+    a row with guidance None is the real images (a star)."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4))
+    for ax, key in zip(axes, metrics, strict=True):
+        for name in dict.fromkeys(r["set"] for r in rows):
+            gen = [r for r in rows if r["set"] == name and r["guidance"] is not None]
+            line = ax.plot([r["fid"] for r in gen], [r[key] for r in gen], marker="o", label=name)[0]
+            for r in gen:
+                ax.annotate(f"w={r['guidance']:g}", (r["fid"], r[key]), fontsize=8, xytext=(3, 3),
+                            textcoords="offset points")
+            for r in (r for r in rows if r["set"] == name and r["guidance"] is None):
+                ax.scatter([r["fid"]], [r[key]], marker="*", s=120, color=line.get_color(),
+                           label=f"{name}: real images")
+        ax.set_xlabel("FID (attribute-reader features)")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -15,7 +15,6 @@ unit-scale, so diffusion runs on z * scale with scale = 1 / std(latents) over th
 import torch
 from torch import Tensor
 
-from diffspace import rng
 from diffspace.nets.autoencoder import KLAutoencoder
 
 KL_WEIGHT = 1e-6  # [LDM] Sec. 3 "a slight KL-penalty": the weight of its released KL autoencoders
@@ -27,20 +26,27 @@ def kl_divergence(mean: Tensor, logvar: Tensor) -> Tensor:
     return kl.flatten(1).sum(dim=1)
 
 
-def autoencoder_loss(ae: KLAutoencoder, x0: Tensor, kl_weight: float, generator: rng.Generator) -> Tensor:
-    """Per-example objective of the module docstring, (B,); x0 (B, C, H, W) in [-1, 1]."""
-    mean, logvar = ae.encode(x0)
-    z = mean + (0.5 * logvar).exp() * rng.randn_like(mean, generator)  # [VAE] Sec. 2.4 reparameterization
-    rec = (ae.decode(z) - x0).square().flatten(1).sum(dim=1)
+def autoencoder_loss(ae: KLAutoencoder, x0: Tensor, kl_weight: float, eps: Tensor) -> Tensor:
+    """Per-example objective of the module docstring, (B,); x0 (B, C, H, W) in [-1, 1], eps standard normal
+    noise shaped like the latents (B, z, H / f, W / f): z = mean + sigma eps ([VAE] Sec. 2.4)."""
+    x_hat, mean, logvar = ae(x0, eps)
+    rec = (x_hat - x0).square().flatten(1).sum(dim=1)
     return rec + kl_weight * kl_divergence(mean, logvar)
 
 
 @torch.no_grad()
-def latent_scale(ae: KLAutoencoder, x: Tensor, batch: int = 256) -> float:
-    """1 / std of the posterior means over the images x (N, C, H, W): the factor that gives the latents
-    diffusion sees unit variance ([LDM] Sec. 4.3.2, which estimates it on a batch of data)."""
-    means = torch.cat([ae.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)]).double()
-    return 1.0 / means.std().item()
+def posterior(ae: KLAutoencoder, x: Tensor, batch: int = 256) -> tuple[Tensor, Tensor]:
+    """Mean and log-variance (N, z, H / f, W / f) of q(z | x) for images x (N, C, H, W), in batches on the
+    autoencoder's device, returned on x's."""
+    device = next(ae.parameters()).device
+    parts = [ae.encode(x[i:i + batch].to(device)) for i in range(0, len(x), batch)]
+    return torch.cat([m for m, _ in parts]).to(x.device), torch.cat([v for _, v in parts]).to(x.device)
+
+
+def latent_scale(mean: Tensor) -> float:
+    """1 / std of posterior means (N, ...) over the data: the factor that gives the latents diffusion sees
+    unit variance ([LDM] Sec. 4.3.2, which estimates it on a batch of data)."""
+    return 1.0 / mean.double().std().item()
 
 
 def psnr(x: Tensor, x_hat: Tensor) -> Tensor:

@@ -53,20 +53,28 @@ class ContrastiveEncoder(nn.Module):
         """ids, mask (B, L) -> unit vectors (B, E)."""
         return self.encode_text(ids, mask)[1]
 
+    def forward(self, x: Tensor, ids: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Unit embeddings (B, E) of B images and B captions (what the losses below compare)."""
+        return self.embed_images(x), self.embed_texts(ids, mask)
+
 
 def clip_loss(img: Tensor, txt: Tensor, logit_scale: Tensor) -> Tensor:
-    """Symmetric InfoNCE of unit embeddings img, txt (B, E), row i matching row i -> scalar ([CLIP] Fig 3)."""
+    """Symmetric InfoNCE of unit embeddings img, txt (B, E), row i matching row i ([CLIP] Fig. 3), as
+    per-example terms (B,) whose mean is the loss: term i averages the cross-entropy that picks text i
+    for image i and the one that picks image i for text i."""
     # why: [CLIP] Sec. 2.5 clips the scale at 100 to keep training stable
     logits = logit_scale.exp().clamp(max=MAX_SCALE) * img @ txt.T  # (B, B): rows images, columns texts
     labels = torch.arange(len(img), device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2  # [CLIP] Fig. 3
+    rows = F.cross_entropy(logits, labels, reduction="none")
+    return (rows + F.cross_entropy(logits.T, labels, reduction="none")) / 2  # [CLIP] Fig. 3
 
 
 def siglip_loss(img: Tensor, txt: Tensor, logit_scale: Tensor, logit_bias: Tensor) -> Tensor:
-    """Pairwise sigmoid loss of unit embeddings img, txt (B, E) -> scalar ([SIGLIP] Eq. 1)."""
+    """Pairwise sigmoid loss of unit embeddings img, txt (B, E) ([SIGLIP] Eq. 1) as per-example terms (B,)
+    whose mean is the loss: term i sums the B binary losses of image i against every text."""
     logits = logit_scale.exp() * img @ txt.T + logit_bias  # (B, B)
     z = 2 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1  # +1 on the diagonal, -1 off it
-    return -F.logsigmoid(z * logits).sum() / len(img)  # [SIGLIP] Eq. 1, Alg. 1
+    return -F.logsigmoid(z * logits).sum(dim=1)  # [SIGLIP] Eq. 1, Alg. 1: the mean over i is the sum / B
 
 
 def nearest(queries: Tensor, keys: Tensor) -> Tensor:

@@ -35,7 +35,8 @@ class _Up(nn.Module):
 
 
 class KLAutoencoder(nn.Module):
-    """encode(x (B, C, H, W)) -> mean, logvar (B, z, H / f, W / f); decode(z) -> (B, C, H, W).
+    """encode(x (B, C, H, W)) -> mean, logvar (B, z, H / f, W / f); decode(z) -> (B, C, H, W);
+    forward(x, eps) -> (decode(mean + exp(logvar / 2) eps), mean, logvar), eps standard normal like mean.
 
     H and W must be divisible by f = 2^(len(widths) - 1) (ValueError otherwise, at encode).
     """
@@ -69,3 +70,7 @@ class KLAutoencoder(nn.Module):
 
     def decode(self, z: Tensor) -> Tensor:
         return self.decoder(z)
+
+    def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mean, logvar = self.encode(x)
+        return self.decode(mean + (0.5 * logvar).exp() * eps), mean, logvar

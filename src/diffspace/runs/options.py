@@ -64,7 +64,7 @@ class SampleOptions:
     class_labels: tuple[int, ...] | None = None  # class-conditional runs: labels, cycled over n
     classifier: str | None = None  # image runs: noise-aware classifier file for classifier guidance
     classifier_scale: float | None = None  # its guidance scale s (default 1; 0 = none)
-    prompt: str | None = None  # text runs: the text every sample continues
+    prompts: tuple[str, ...] | None = None  # text: the one text samples continue; text_to_image: captions
     block: int | None = None  # text runs: block size for block / semi-autoregressive decoding
     temperature: float | None = None  # text runs
     top_k: int | None = None  # text runs
@@ -99,7 +99,7 @@ def given_fields(options) -> list[str]:
 
 # the CLI's flag for an option, where it differs
 FLAGS = {"n": "--n", "guidance": "--cfg", "class_labels": "--class", "ppl_only": "--ppl",
-         "sampler_options": "--eta/--s-churn/--snr/--order/..."}
+         "prompts": "--prompt", "sampler_options": "--eta/--s-churn/--snr/--order/..."}
 
 
 def check_options(options, honoured: frozenset[str], task: str) -> None:

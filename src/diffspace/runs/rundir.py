@@ -28,7 +28,7 @@ CONFIG = "config.toml"
 CHECKPOINT = Path("checkpoints") / "last.safetensors"
 # computed from the weights at some step: retired to stale/ when training continues
 DERIVED = ("metrics.json", "grids.json", "samples.npz", "samples.npy", "samples.csv", "samples.png",
-           "samples.txt", "denoising.png", "nfe.json", "nfe.png", "report.html")
+           "samples.txt", "denoising.png", "nfe.json", "nfe.png", "report.html", "guidance.png")
 # everything else diffspace writes into a run directory
 OWN = (MARKER, CONFIG, "checkpoints", "log.jsonl", "loss.png", "featurenet.safetensors", "featurenet.json",
        "stale", "tensorboard", *DERIVED)

@@ -1,13 +1,17 @@
 """The task table: the top-level config key `task` (default "continuous") selects one; this is the only
 place a task name becomes code."""
 
+from diffspace.runs.autoencoder import AUTOENCODER
 from diffspace.runs.continuous_task import CONTINUOUS
+from diffspace.runs.contrastive import CONTRASTIVE
 from diffspace.runs.diffusers_io import DIFFUSERS
 from diffspace.runs.options import Task
 from diffspace.runs.text import TEXT
+from diffspace.runs.text_to_image_eval import TEXT_TO_IMAGE
 from diffspace.types import UserError
 
-TASKS: dict[str, Task] = {t.name: t for t in (CONTINUOUS, TEXT, DIFFUSERS)}
+TASKS: dict[str, Task] = {t.name: t for t in (CONTINUOUS, TEXT, DIFFUSERS, CONTRASTIVE, AUTOENCODER,
+                                                     TEXT_TO_IMAGE)}
 
 
 def task_of(data: dict, src: str = "<config>") -> Task:

@@ -253,6 +253,13 @@ def after_train(run_dir: Path) -> None:
     loss_curve(run_dir / "log.jsonl", run_dir / "loss.png")
 
 
+def _one_prompt(prompts: tuple[str, ...] | None) -> str | None:
+    """The one prompt text samples continue (None: the run's [sample] prompt)."""
+    if prompts is not None and len(prompts) != 1:
+        raise UserError(f"text runs continue one prompt (--prompt once), got {len(prompts)}")
+    return None if prompts is None else prompts[0]
+
+
 def text_sample(run: Run, opts: SampleOptions) -> list[str] | None:
     """opts.n decoded samples (None on torchrun ranks other than 0); None fields take the run's [sample]."""
     s, kind = run.cfg.sample, KINDS[run.cfg.model.kind]
@@ -264,7 +271,7 @@ def text_sample(run: Run, opts: SampleOptions) -> list[str] | None:
     how = Sampling(pick(opts.temperature, s.temperature), pick(opts.top_k, s.top_k),
                    pick(opts.top_p, s.top_p))
     return sample_text(run.module, run.cfg, load_text_data(run.cfg).tok, opts.n, opts.seed, opts.sampler,
-                       opts.steps, opts.prompt, opts.block, how)
+                       opts.steps, _one_prompt(opts.prompts), opts.block, how)
 
 
 def text_evaluate(run: Run, opts: EvalOptions) -> dict:
@@ -289,7 +296,7 @@ def text_evaluate(run: Run, opts: EvalOptions) -> dict:
 
 
 TEXT = Task("text", TextConfig, setup_for_run, module_from_meta, text_sample, text_evaluate,
-            sample_options=frozenset({"n", "seed", "sampler", "steps", "prompt", "block", "temperature",
+            sample_options=frozenset({"n", "seed", "sampler", "steps", "prompts", "block", "temperature",
                                       "top_k", "top_p"}),
             eval_options=frozenset({"n", "seed", "sampler", "steps", "ppl_only"}),
             after_train=after_train)

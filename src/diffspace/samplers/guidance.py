@@ -16,29 +16,45 @@ from torch import Tensor, nn
 from diffspace.types import Denoiser
 from diffspace.utils import bcast, shared_level
 
+Cond = dict[str, Tensor]
+
+
+def null_class(null_label: int) -> Callable[[Cond], Cond]:
+    """The null condition of a class-conditional denoiser: every label replaced by `null_label`."""
+    return lambda cond: {**cond, "class_labels": torch.full_like(cond["class_labels"], null_label)}
+
+
+def null_caption(cond: Cond) -> Cond:
+    """The null condition of a text-conditioned denoiser: the null caption, an all-False text_mask (the
+    token features and pooled vector are then ignored, see nets/cross_attention.py)."""
+    return {**cond, "text_mask": torch.zeros_like(cond["text_mask"])}
+
 
 class ClassifierFreeGuidance:
-    """D_w(x, sigma, y) = D(x, sigma, null) + w (D(x, sigma, y) - D(x, sigma, null)).
+    """D_w(x, sigma, c) = D(x, sigma, null(c)) + w (D(x, sigma, c) - D(x, sigma, null(c))).
 
     [CFG] Eq. 6 mixes eps predictions; with x_t fixed, x0 is affine in eps with coefficients summing to 1,
-    so the same mixture holds for x0_hat. Class index `null_class` is the dropped label. With
-    `sigma_interval` = (lo, hi) the scale w applies only for lo < sigma <= hi and the conditional
-    denoiser (w = 1) is used elsewhere [GINT]. Both branches run as one batch of 2B.
+    so the same mixture holds for x0_hat. The condition c is the keyword arguments of the call (class
+    labels, text features); `null(c)` gives the dropped condition the model was trained with
+    (`null_class(K)`, `null_caption`). A call without condition (every value None) is the plain
+    denoiser. With `sigma_interval` = (lo, hi) the scale w applies only for lo < sigma <= hi and the
+    conditional denoiser (w = 1) is used elsewhere [GINT]. Both branches run as one batch of 2B.
     """
 
-    def __init__(self, denoiser: Denoiser, scale: float, null_class: int,
+    def __init__(self, denoiser: Denoiser, scale: float, null: Callable[[Cond], Cond],
                  sigma_interval: tuple[float, float] | None = None):
-        self.denoiser, self.scale, self.null_class = denoiser, scale, null_class
+        self.denoiser, self.scale, self.null = denoiser, scale, null
         self.sigma_interval = sigma_interval
 
-    def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | None = None, **cond) -> Tensor:
-        if class_labels is None:  # nothing to guide towards
-            return self.denoiser(x, sigma, **cond)
-        labels = torch.cat([class_labels, torch.full_like(class_labels, self.null_class)])
+    def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        cond = {k: v for k, v in cond.items() if v is not None}
+        if not cond:  # nothing to guide towards
+            return self.denoiser(x, sigma)
+        null = self.null(cond)
+        both_cond = {k: torch.cat([v, null[k]]) for k, v in cond.items()}
         s = shared_level(sigma)  # why: a level shared by the batch stays one (stride-0) for both halves
         both_sigma = s.expand(2 * len(x)) if len(s) == 1 else torch.cat([sigma, sigma])
-        both = self.denoiser(torch.cat([x, x]), both_sigma, class_labels=labels, **cond)
-        d_cond, d_uncond = both.chunk(2)
+        d_cond, d_uncond = self.denoiser(torch.cat([x, x]), both_sigma, **both_cond).chunk(2)
         w = torch.full_like(s, self.scale)
         if self.sigma_interval is not None:
             lo, hi = self.sigma_interval

@@ -1,0 +1,120 @@
+"""The text-image scores against their definitions on constructed inputs: attribute accuracy, zero-shot
+reading with embeddings that name their attributes exactly, CLIP score = 100 max(cos, 0), retrieval
+pairs of distinct captions; the attribute reader's groups and its refusal of another data set; the
+contrastive evaluation of a run."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from diffspace import runs
+from diffspace.data.shapes import single_object_prompts
+from diffspace.eval.attributes import load_attribute_reader, read_attributes, train_attribute_reader
+from diffspace.eval.plots import guidance_tradeoff
+from diffspace.eval.text_image import (
+    attribute_accuracy,
+    clip_score,
+    first_caption_pairs,
+    retrieval,
+    zero_shot_attributes,
+)
+from diffspace.types import UserError
+
+NAMES = ("shape", "colour", "size", "place")
+
+
+def test_attribute_accuracy_counts_each_attribute_and_the_whole():
+    target = torch.tensor([[0, 1, 0, 3], [2, 2, 1, 4], [3, 5, 0, 8], [1, 0, 1, 0]])
+    pred = target.clone()
+    pred[0, 1], pred[1, 1], pred[1, 3] = 4, 0, 5  # two colours wrong, one place wrong
+    acc = attribute_accuracy(pred, target, NAMES)
+    assert acc == {"acc_shape": 1.0, "acc_colour": 0.5, "acc_size": 1.0, "acc_place": 0.75,
+                   "acc_mean": 13 / 16, "acc_all": 0.5}
+
+
+def test_zero_shot_reading_with_embeddings_that_name_the_attributes():
+    """Prompt m embeds as the one-hot code of its attribute combination; an image embedded as the code of
+    (its attributes with the colour swapped for another) reads every attribute right but the colour."""
+    prompts, combos = single_object_prompts()
+    code = lambda a: torch.nn.functional.one_hot(a[:, 0] * 108 + a[:, 1] * 18 + a[:, 2] * 9 + a[:, 3], 432)
+    assert len(prompts) == 432 and torch.equal(code(combos).argmax(1), torch.arange(432))
+    attrs = combos[torch.randperm(432, generator=torch.Generator().manual_seed(0))[:50]]
+    exact = zero_shot_attributes(code(attrs).double(), code(combos).double(), combos, attrs, NAMES)
+    assert exact["acc_all"] == 1.0
+    other = attrs.clone()
+    other[:, 1] = (other[:, 1] + 1) % 6
+    swapped = zero_shot_attributes(code(other).double(), code(combos).double(), combos, attrs, NAMES)
+    assert swapped["acc_colour"] == 0 and swapped["acc_shape"] == swapped["acc_place"] == 1.0
+    assert swapped["acc_mean"] == 0.75 and swapped["acc_all"] == 0
+
+
+def test_clip_score_is_100_times_the_clipped_cosine():
+    img = torch.tensor([[3.0, 4.0], [1.0, 0.0], [1.0, 1.0]])
+    txt = torch.tensor([[4.0, 3.0], [-1.0, 0.5], [2.0, 2.0]])
+    expected = [100 * 24 / 25, 0.0, 100.0]  # cos 0.96; a negative cosine counts 0; parallel counts 100
+    assert clip_score(img, txt).tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_retrieval_uses_pairs_whose_partner_is_defined():
+    caps = [("a",), ("b",), ("a",), ("c",), ("b",)]
+    assert first_caption_pairs(caps).tolist() == [0, 1, 3]
+    r = retrieval(torch.eye(3), torch.eye(3)[[0, 2, 1]])
+    third = pytest.approx(1 / 3)
+    assert r == {"recall@1_image_to_text": third, "recall@1_text_to_image": third, "n_pairs": 3}
+
+
+class _Fixed(nn.Module):
+    """A stand-in classifier whose logits are given."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits[: len(x)]
+
+
+def test_reader_reads_each_group_by_its_own_argmax():
+    logits = torch.tensor([[0.0, 5, 1, 9, 0, 2], [7.0, 1, 0, 0, 3, 4]])  # groups of 2, 1 and 3 values
+    read = read_attributes(_Fixed(logits), [2, 1, 3], torch.zeros(2, 1, 4, 4))
+    assert read.tolist() == [[1, 0, 0], [0, 0, 2]]
+
+
+def test_reader_learns_an_attribute_and_refuses_another_data_set(tmp_path):
+    """A toy set, left or right half bright: the reader learns it and knows its groups."""
+    g = torch.Generator().manual_seed(0)
+    side = torch.randint(0, 2, (256,), generator=g)
+    x = -torch.ones(256, 1, 8, 8)
+    x[side == 0, :, :, :4], x[side == 1, :, :, 4:] = 1.0, 1.0
+    x = x + 0.1 * torch.randn(x.shape, generator=g)
+    groups = (("side", 2),)
+    meta = train_attribute_reader(x[:200], side[:200, None], groups, tmp_path / "r.safetensors", steps=40,
+                                  width=16, batch_size=32, x_test=x[200:], attrs_test=side[200:, None])
+    assert meta["test_accuracy_side"] == 1.0
+    net, _ = load_attribute_reader(tmp_path / "r.safetensors", groups, (1, 8, 8))
+    assert torch.equal(read_attributes(net, [2], x[200:])[:, 0], side[200:])
+    with pytest.raises(UserError, match="this run needs"):
+        load_attribute_reader(tmp_path / "r.safetensors", (("shape", 4),), (1, 8, 8))
+    with pytest.raises(UserError, match="known attributes"):
+        train_attribute_reader(x, -torch.ones(256, 1, dtype=torch.long), groups, tmp_path / "bad", steps=1)
+
+
+def test_guidance_tradeoff_picture(tmp_path):
+    rows = [{"set": s, "guidance": w, "fid": f, "clip_score": c, "acc_all": a}
+            for s in ("seen", "heldout") for w, f, c, a in ((None, 1.0, 30, 0.99), (1.0, 5.0, 25, 0.5),
+                                                            (3.0, 3.0, 28, 0.8))]
+    guidance_tradeoff(rows, tmp_path / "g.png")
+    assert (tmp_path / "g.png").stat().st_size > 1000
+
+
+def test_contrastive_evaluation_of_a_run(t2i_runs):
+    m = runs.evaluate(runs.load_run(t2i_runs["encoder"]), runs.EvalOptions(n=30))
+    for split in ("seen", "heldout"):
+        assert 0 <= m[f"{split}_acc_all"] <= m[f"{split}_acc_mean"] <= 1
+        assert 0 <= m[f"{split}_recall@1_image_to_text"] <= 1 and m[f"{split}_n_pairs"] <= 30
+    assert m["loss"] == "clip" and math.isclose(m["logit_scale"], runs.load_run(
+        t2i_runs["encoder"]).module.logit_scale.exp().item())
+    ae = runs.evaluate(runs.load_run(t2i_runs["autoencoder"]), runs.EvalOptions(n=20))
+    assert ae["latent_shape"] == [4, 4, 4] and ae["seen_psnr_db"] > 0 and ae["latent_scale"] > 0
