@@ -549,8 +549,8 @@ if __name__ == "__main__":
     against = None
     if args.against is not None:  # checked before a long run, not after it
         against = (args.against, load_result(args.against))
-        if json.dumps(against[1]["setup"]) != json.dumps(asdict(chosen)):
-            parser.error(f"--against {args.against}: a run of another setup ({against[1]['setup']['out']})")
+        if json.dumps(against[1].get("setup")) != json.dumps(asdict(chosen)):
+            parser.error(f"--against {args.against}: not a run of this setup ({chosen.out})")
     if args.report:
         report(load_result(OUT / f"{chosen.out}.json"), against)
     else:
