@@ -38,8 +38,8 @@ def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):
 
 
 def test_options_a_run_cannot_honour_are_refused(ddpm_run):
-    with pytest.raises(UserError, match=r"continuous runs cannot use the option 'prompts' \(--prompt\)"):
-        runs.sample(ddpm_run, runs.SampleOptions(n=2, prompts=("hello",)))
+    with pytest.raises(UserError, match=r"continuous runs cannot use the option 'prompt' \(--prompt\)"):
+        runs.sample(ddpm_run, runs.SampleOptions(n=2, prompt="hello"))
     with pytest.raises(UserError, match="class-conditional"):
         runs.sample(ddpm_run, runs.SampleOptions(n=2, guidance=2.0))
     with pytest.raises(UserError, match="has no option 'eta'"):
@@ -60,3 +60,47 @@ def test_configs_cannot_contradict_themselves(override, words):
     merged = {k: {**TINY.get(k, {}), **v} for k, v in override.items()}
     with pytest.raises(UserError, match=words.replace(".", r"\.").replace("(", r"\(").replace(")", r"\)")):
         runs.load_config({**TINY, **merged})
+
+
+@pytest.mark.parametrize("method,extra,key", [
+    ("dp", {"steps": 4}, None), ("dp", {"steps": 5, "orders": (1, 2)}, "orders"),
+    ("nelder-mead", {"steps": 3, "budget": 40, "pas": True}, "pas"),
+])
+def test_optimize_grid_methods_store_a_plan_that_sampling_uses(ddpm_run, method, extra, key):
+    """Issue 13's schedule lab from the runs API: a DP plan (Euler, or Euler/Heun per step at a fixed
+    NFE) or a PAS-corrected Euler grid is stored with the run and used by --grid optimized."""
+    from diffspace.runs.sampling import stored_plan
+
+    steps = extra["steps"]
+    sigmas = runs.optimize_grid(ddpm_run, "euler", n_calib=64, method=method, candidates=16,
+                                **{k: v for k, v in extra.items() if k != "steps"}, steps=steps)
+    entry = stored_plan(ddpm_run, "euler", steps)
+    assert entry["method"] == method and entry["sigmas"] == sigmas.tolist()
+    assert (key is None and "orders" not in entry and "pas" not in entry) or key in entry
+    if key == "orders":  # the plan spends exactly the NFE asked for
+        heun_calls = sum(2 if o == 2 and s > 0 else 1 for o, s in zip(entry["orders"], entry["sigmas"][1:],
+                                                                     strict=True))
+        assert heun_calls == steps
+    x = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="euler", steps=steps, grid="optimized"))
+    assert x.shape == (5, 2) and torch.isfinite(x).all()
+
+
+def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
+    with pytest.raises(UserError, match="stochastic"):
+        runs.optimize_grid(ddpm_run, "ddpm", steps=3)
+    with pytest.raises(UserError, match="plans euler or heun"):
+        runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, method="dp")
+    with pytest.raises(UserError, match="PAS corrects Euler"):
+        runs.optimize_grid(ddpm_run, "heun", steps=3, pas=True)
+
+
+def test_the_diffusers_style_eps_config_builds():
+    """configs/ddpm-eps-checkerboard.toml: plain MLP, integer timesteps, lr floor, EMA with warmup."""
+    from pathlib import Path
+
+    cfg = runs.load_config(Path(__file__).parents[1] / "configs" / "ddpm-eps-checkerboard.toml")
+    t = cfg.train
+    assert (cfg.model.net, cfg.loss.proposal, t.lr_min, t.ema_decay, t.ema_warmup) == \
+        ("plain_mlp", "table", 2e-5, 0.999, True)
+    with pytest.raises(UserError, match="'table' draws a DDPM table"):
+        runs.load_config({**TINY, "loss": {"proposal": "table"}})

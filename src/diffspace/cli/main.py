@@ -102,9 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "train-classifier`) towards --class")
     s.add_argument("--classifier-scale", type=float, metavar="S",
                    help="scale s of --classifier guidance (0: none; default 1)")
-    s.add_argument("--prompt", action="append",
-                   help="text runs: the text every sample continues (once); text_to_image runs: a caption, "
-                        "repeatable (each gets --n samples, one row of the --out .png grid)")
+    s.add_argument("--prompt", help="text runs: the text every sample continues")
     s.add_argument("--block", type=int, help="text runs: block size L' for block / semi-AR decoding")
     s.add_argument("--temperature", type=float, help="text runs: sampling temperature")
     s.add_argument("--top-k", type=int, help="text runs: keep the k most probable tokens (0: all)")
@@ -140,6 +138,19 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--steps", type=int, default=5, help="number of steps of the grid")
     o.add_argument("--n-calib", type=int, default=512, help="calibration batch size")
     o.add_argument("--seed", type=int, default=0, help="calibration seed")
+    o.add_argument("--method", default="nelder-mead", choices=["nelder-mead", "dp"],
+                   help="nelder-mead: search the grid for any deterministic sampler (budget in sampler "
+                        "runs); dp: dynamic programming over candidate levels for euler/heun, --steps = NFE")
+    o.add_argument("--budget", type=int, default=600, help="nelder-mead: runs of the sampler")
+    o.add_argument("--orders", default="", help="dp: solver orders to choose from per step, e.g. 1,2 "
+                                                "(default: the sampler's own)")
+    o.add_argument("--candidates", type=int, default=64, help="dp: candidate noise levels")
+    o.add_argument("--pas", action="store_true", help="euler: also learn PAS coordinates (no extra NFE)")
+    o.add_argument("--pas-k", type=int, default=4, help="PAS: basis vectors per step")
+    o.add_argument("--pas-tol", type=float, default=0.01, help="PAS: keep a step's correction only if it "
+                                                               "lowers the error by more than this fraction")
+    o.add_argument("--sigma-min", type=float, help="lowest nonzero noise level (default: the path's own)")
+    o.add_argument("--sigma-max", type=float, help="starting noise level (default: the path's own)")
     _add_device(o)
 
     for name, what in (("train-featurenet", "a classifier whose features and predictions score "
@@ -240,8 +251,7 @@ def _load(args):
     return runs.load_run(args.run, init_distributed(resolve_device(args.device)))
 
 
-def _write_array(x, out: Path, prompts: list[str] | None = None) -> None:
-    """Samples to .npy, .npz (with the prompt of each sample, if any) or .csv."""
+def _write_array(x, out: Path) -> None:
     import numpy as np
 
     from diffspace.runs.rundir import write_atomic
@@ -251,7 +261,7 @@ def _write_array(x, out: Path, prompts: list[str] | None = None) -> None:
     if out.suffix == ".npy":
         np.save(tmp, x.numpy())
     elif out.suffix == ".npz":
-        np.savez(tmp, samples=x.numpy(), **({"prompts": np.array(prompts)} if prompts else {}))
+        np.savez(tmp, samples=x.numpy())
     elif out.suffix == ".csv":
         rows = x.flatten(1).tolist()
         write_atomic(out, "\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
@@ -274,10 +284,9 @@ def cmd_sample(args) -> None:
         sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,
         sigma_max=args.sigma_max, guidance=args.cfg,
         class_labels=tuple(args.class_labels) if args.class_labels else None, classifier=args.classifier,
-        classifier_scale=args.classifier_scale,
-        prompts=tuple(args.prompt) if args.prompt else None,
+        classifier_scale=args.classifier_scale, prompt=args.prompt,
         block=args.block, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv", ".png")
+    suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv")
     if args.out and Path(args.out).suffix not in suffixes:
         raise UserError(f"--out {args.out}: use a {', '.join(suffixes)} file name")
     with peer_guard("nothing was written"):
@@ -292,13 +301,9 @@ def cmd_sample(args) -> None:
         print(text, end="")
     else:
         out = Path(args.out) if args.out else run.dir / "samples.npz"
-        rows = len(opts.prompts) if opts.prompts else 0  # text_to_image: one grid row per prompt
-        per_row = len(samples) // rows if rows else 10
-        if out.suffix == ".png":  # the grid, with the arrays beside it
-            out = out.with_suffix(".npz")
-        _write_array(samples, out, [p for p in opts.prompts for _ in range(per_row)] if rows else None)
+        _write_array(samples, out)
         if samples.ndim == 4:
-            save_grid(samples if rows else samples[:100], out.with_suffix(".png"), ncols=per_row)
+            save_grid(samples[:100], out.with_suffix(".png"), ncols=10)
         elif samples.ndim == 2 and samples.shape[1] >= 2:
             from diffspace.runs.continuous import load_data
 
@@ -336,7 +341,13 @@ def cmd_eval(args) -> None:
 def cmd_optimize_grid(args) -> None:
     from diffspace import runs
 
-    sigmas = runs.optimize_grid(_load(args), args.sampler, args.steps, args.n_calib, args.seed)
+    try:
+        orders = tuple(int(o) for o in args.orders.split(",")) if args.orders else None
+    except ValueError:
+        raise UserError(f"--orders takes solver orders like 1,2; got {args.orders!r}") from None
+    sigmas = runs.optimize_grid(_load(args), args.sampler, args.steps, args.n_calib, args.seed,
+                                args.sigma_min, args.sigma_max, args.method, args.budget, orders,
+                                args.candidates, args.pas, args.pas_k, args.pas_tol)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     print(f"stored the {args.steps}-step grid for {args.sampler} in {args.run}/grids.json: {levels}")
 

@@ -40,7 +40,7 @@ def _absolute_files(data: dict) -> dict:
     sampled and evaluated from any working directory)."""
     out = copy.deepcopy(data)
     for section, key in (("data", "file"), ("data", "corpus"), ("eval", "ar_run"),
-                         ("model", "scheduler_config"), ("sources", "encoder"), ("sources", "autoencoder")):
+                         ("model", "scheduler_config")):
         value = out.get(section, {}).get(key)
         if isinstance(value, str) and value and Path(value).exists():
             out[section][key] = str(Path(value).resolve())
@@ -164,9 +164,13 @@ def log_likelihood(run: Run, n: int = 1000, seed: int = 0) -> dict:
     return nll_metrics(run, load_data(run.cfg), EvalOptions(nll=True, nll_n=n, seed=seed))
 
 
-def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512,
-                  seed: int = 0) -> torch.Tensor:
-    """Fit and store a sampler's `steps`-level grid for a continuous run (see runs.sampling.optimize_grid)."""
+def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
+                  sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
+                  budget: int = 600, orders: tuple[int, ...] | None = None, candidates: int = 64,
+                  pas: bool = False, pas_k: int = 4, pas_tol: float = 1e-2) -> torch.Tensor:
+    """Fit and store a sampler's `steps`-step grid (a DP plan, PAS coordinates) for a continuous run:
+    see runs.sampling.optimize_grid."""
     if run.task != "continuous":
         raise UserError(f"optimize-grid needs a continuous run; {run.dir} is a {run.task} run")
-    return sampling.optimize_grid(run, sampler, steps, n_calib, seed)
+    return sampling.optimize_grid(run, sampler, steps, n_calib, seed, sigma_min, sigma_max, method, budget,
+                                  orders, candidates, pas, pas_k, pas_tol)

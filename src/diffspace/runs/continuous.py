@@ -4,7 +4,6 @@ Config sections: [run] [data] [model] [loss] [train] [sample] [eval]. `build_*` 
 validated config into objects; with registries.py they are the only places where names become objects.
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -14,6 +13,7 @@ from diffspace.config import choice
 from diffspace.data.files import standardize_stats
 from diffspace.data.images import FITS
 from diffspace.losses import SIGMA_PROPOSALS, T_PROPOSALS, WEIGHTINGS, denoising_loss, flow_matching_loss
+from diffspace.losses.proposals import table_t
 from diffspace.nets.dit import DiTConfig
 from diffspace.nets.mlp import MLPConfig
 from diffspace.nets.unet import UNetConfig
@@ -68,7 +68,8 @@ class LossConfig:
     objective: str = choice("denoising", "denoising", "flow")
     weighting: str = choice("edm", *WEIGHTINGS)
     min_snr_gamma: float = 5.0
-    proposal: str = choice("lognormal", *SIGMA_PROPOSALS, *T_PROPOSALS)
+    # sigma or t draws: lognormal ([EDM]), t-space proposals, or "table" (a DDPM table's integer timesteps)
+    proposal: str = choice("lognormal", *SIGMA_PROPOSALS, *T_PROPOSALS, "table")
     p_mean: float = -1.2  # lognormal proposal
     p_std: float = 1.2
 
@@ -87,31 +88,6 @@ class EvalConfig:
     featurenet_steps: int = 1500  # images: training steps of the feature net trained into the run
 
 
-def check_design(src: str, m: ModelConfig, lo: LossConfig, s: SampleConfig) -> None:
-    """The checks of a Gaussian-path model's [model], [loss] and [sample] sections, shared by every task
-    that trains one (continuous, text_to_image): names, a grid that fits the path, flow = velocity."""
-    for key, value, names in (("model.path", m.path, PATHS), ("model.net", m.net, NETS),
-                              ("sample.sampler", s.sampler, SAMPLERS),
-                              ("sample.grid", s.grid, [*GRIDS, "optimized"])):
-        if value not in names:
-            raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(names)}")
-    if m.scheduler_config and ddpm_from_scheduler_config(m.scheduler_config).name != m.path:
-        table = ddpm_from_scheduler_config(m.scheduler_config).name
-        raise UserError(f"{src}: model.scheduler_config {m.scheduler_config} describes a {table!r} table; "
-                        f"set model.path = {table!r}")
-    if s.grid in TABLE_GRIDS and not issubclass(PATHS[m.path], DDPMDiscrete):
-        raise UserError(f"{src}: sample.grid = {s.grid!r} spaces the timesteps of a DDPM table; "
-                        f"model.path = {m.path!r} has none (use karras, logsnr or uniform_t)")
-    if lo.objective == "flow" and m.parameterization != "velocity":
-        raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
-                        "model.parameterization = 'velocity'")
-    for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("model.sigma_data", m.sigma_data)]:
-        if value <= 0:
-            raise UserError(f"{src}: {key} must be positive, got {value}")
-    if not 0 <= m.p_uncond < 1:
-        raise UserError(f"{src}: model.p_uncond must be in [0, 1), got {m.p_uncond}")
-
-
 @dataclass
 class ContinuousConfig:
     task: str = choice("continuous", "continuous")
@@ -124,14 +100,35 @@ class ContinuousConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self, src: str) -> None:
-        if self.data.name not in DATA:
-            raise UserError(f"{src}: data.name = {self.data.name!r} is not one of {', '.join(DATA)}")
-        check_design(src, self.model, self.loss, self.sample)
-        for key, value in [("eval.n", self.eval.n), ("eval.featurenet_steps", self.eval.featurenet_steps)]:
+        m, lo, s = self.model, self.loss, self.sample
+        for key, value, names in (("model.path", m.path, PATHS), ("model.net", m.net, NETS),
+                                  ("data.name", self.data.name, DATA),
+                                  ("sample.sampler", s.sampler, SAMPLERS),
+                                  ("sample.grid", s.grid, [*GRIDS, "optimized"])):
+            if value not in names:
+                raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(names)}")
+        if m.scheduler_config and ddpm_from_scheduler_config(m.scheduler_config).name != m.path:
+            table = ddpm_from_scheduler_config(m.scheduler_config).name
+            raise UserError(f"{src}: model.scheduler_config {m.scheduler_config} describes a {table!r} "
+                            f"table; set model.path = {table!r}")
+        if s.grid in TABLE_GRIDS and not issubclass(PATHS[m.path], DDPMDiscrete):
+            raise UserError(f"{src}: sample.grid = {s.grid!r} spaces the timesteps of a DDPM table; "
+                            f"model.path = {m.path!r} has none (use karras, logsnr or uniform_t)")
+        if lo.proposal == "table" and not issubclass(PATHS[m.path], DDPMDiscrete):
+            raise UserError(f"{src}: loss.proposal = 'table' draws a DDPM table's timesteps; model.path = "
+                            f"{m.path!r} has none")
+        if lo.objective == "flow" and m.parameterization != "velocity":
+            raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
+                            "model.parameterization = 'velocity'")
+        for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("eval.n", self.eval.n),
+                           ("eval.featurenet_steps", self.eval.featurenet_steps),
+                           ("model.sigma_data", m.sigma_data)]:
             if value <= 0:
                 raise UserError(f"{src}: {key} must be positive, got {value}")
-        if self.model.num_classes < 0:
-            raise UserError(f"{src}: model.num_classes must be >= 0, got {self.model.num_classes}")
+        if not 0 <= m.p_uncond < 1:
+            raise UserError(f"{src}: model.p_uncond must be in [0, 1), got {m.p_uncond}")
+        if m.num_classes < 0:
+            raise UserError(f"{src}: model.num_classes must be >= 0, got {m.num_classes}")
 
     @property
     def images(self) -> bool:
@@ -146,12 +143,10 @@ def build_path(cfg: ContinuousConfig) -> GaussianPath:
     return PATHS[cfg.model.path]()
 
 
-def build_module(cfg: ContinuousConfig, shape: tuple[int, ...], **net_kwargs) -> nn.Module:
-    """The trained module for examples of `shape`: a Denoiser, or for flow matching a VelocityField.
-    net_kwargs go to the network's constructor (text_dim, text_pooled_dim for text conditioning)."""
+def build_module(cfg: ContinuousConfig, shape: tuple[int, ...]) -> nn.Module:
+    """The trained module for examples of `shape`: a Denoiser, or for flow matching a VelocityField."""
     m = cfg.model
-    net = make_net(cfg, shape, **net_kwargs)
-
+    net = make_net(cfg, shape)
     path = build_path(cfg)
     if cfg.loss.objective == "flow":
         return NetVelocity(net, path)
@@ -173,7 +168,10 @@ def _draw_sigma_t(cfg: ContinuousConfig, path: GaussianPath, n: int,
     if lo.proposal in SIGMA_PROPOSALS:
         sigma = SIGMA_PROPOSALS[lo.proposal](n, g, lo.p_mean, lo.p_std)
         return sigma, path.t_from_sigma(sigma)
-    t = T_PROPOSALS[lo.proposal](n, g, path.t_min, path.t_max)
+    if lo.proposal == "table":
+        t = table_t(n, g, path)
+    else:
+        t = T_PROPOSALS[lo.proposal](n, g, path.t_min, path.t_max)
     return path.sigma(t), t
 
 
@@ -184,26 +182,6 @@ def _weight(cfg: ContinuousConfig, sigma: Tensor) -> Tensor:
     if name == "min_snr":
         return WEIGHTINGS[name](sigma, cfg.loss.min_snr_gamma)
     return WEIGHTINGS[name](sigma)
-
-
-def noise_draws(cfg: ContinuousConfig, path: GaussianPath, n: int, shape: tuple[int, ...], g: torch.Generator,
-                device: torch.device) -> dict[str, Tensor]:
-    """The draws of a training batch besides its data: sigma and t (n,) by the [loss] proposal and
-    eps (n, *shape)."""
-    sigma, t = _draw_sigma_t(cfg, path, n, g)
-    eps = torch.randn((n, *shape), generator=g)
-    return {"sigma": sigma.to(device), "t": t.to(device), "eps": eps.to(device)}
-
-
-def objective(cfg: ContinuousConfig, path: GaussianPath) -> Callable[[nn.Module, dict, dict], Tensor]:
-    """loss(model, batch, cond) -> per-example losses (B,) of the [loss] objective on a batch with x0 and
-    the `noise_draws`; cond is passed to the model (class labels, text features)."""
-    def loss(model: nn.Module, b: dict[str, Tensor], cond: dict[str, Tensor]) -> Tensor:
-        if cfg.loss.objective == "flow":
-            return flow_matching_loss(model, b["x0"], b["t"], path, eps=b["eps"], **cond)
-        return denoising_loss(model, b["x0"], b["sigma"], _weight(cfg, b["sigma"]), eps=b["eps"], **cond)
-
-    return loss
 
 
 def load_data(cfg: ContinuousConfig) -> dict:
@@ -250,20 +228,25 @@ def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup
     y_train = data.get("y_train")
     y_train = None if y_train is None else y_train.to(device)
     module = build_module(cfg, tuple(x_train.shape[1:])).to(device)
-    path, m = build_path(cfg), cfg.model
+    path, m, lo = build_path(cfg), cfg.model, cfg.loss
     conditional = m.num_classes > 0
-    path_loss = objective(cfg, path)
 
     def batch(g: torch.Generator, n: int) -> dict[str, Tensor]:
         idx = torch.randint(len(x_train), (n,), generator=g).to(device)
-        out = {"x0": x_train[idx], **noise_draws(cfg, path, n, tuple(x_train.shape[1:]), g, device)}
+        sigma, t = _draw_sigma_t(cfg, path, n, g)
+        out = {"x0": x_train[idx], "sigma": sigma.to(device), "t": t.to(device),
+               "eps": torch.randn((n, *x_train.shape[1:]), generator=g).to(device)}
         if conditional:
             drop = torch.rand(n, generator=g).to(device) < m.p_uncond  # [CFG] label dropout
             out["class_labels"] = torch.where(drop, m.num_classes, y_train[idx])
         return out
 
     def loss(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
-        return path_loss(model, b, {"class_labels": b["class_labels"]} if conditional else {})
+        cond = {"class_labels": b["class_labels"]} if conditional else {}
+        if lo.objective == "flow":
+            return flow_matching_loss(model, b["x0"], b["t"], path, eps=b["eps"], **cond)
+        weight = _weight(cfg, b["sigma"])
+        return denoising_loss(model, b["x0"], b["sigma"], weight, eps=b["eps"], **cond)
 
     return TrainSetup(module, batch, loss), {"data_shape": list(x_train.shape[1:]), **scale}
 

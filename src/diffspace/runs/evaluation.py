@@ -26,7 +26,7 @@ from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
 from diffspace.runs.options import EvalOptions, Run, check_positive
 from diffspace.runs.rundir import write_atomic
-from diffspace.runs.sampling import generate, guided_denoiser, run_sigmas, sample_chunk, sampler_fn
+from diffspace.runs.sampling import generate, guided_denoiser, plan, sample_chunk
 from diffspace.samplers.grids import sampling_range
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
@@ -63,9 +63,8 @@ def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
 def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | None:
     n = opts.n or run.cfg.eval.n
     check_positive(n=n)
-    fn = sampler_fn(protocol["sampler"], opts.sampler_options)
-    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"], opts.sigma_min,
-                        opts.sigma_max)
+    fn, sigmas = plan(run, protocol["sampler"], protocol["steps"], protocol["grid"], opts.sampler_options,
+                      opts.sigma_min, opts.sigma_max)
     x = generate(as_denoiser(run.cfg, run.module), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
                  run.device)
     if x is None:  # not rank 0: metrics are computed once, there
@@ -118,16 +117,15 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
     n = opts.n or len(data["x_test"])
     check_positive(n=n)
     K, w = run.cfg.model.num_classes, 1.0 if opts.guidance is None else opts.guidance
-    fn = sampler_fn(protocol["sampler"], opts.sampler_options)
-    sigmas = run_sigmas(run, protocol["grid"], protocol["steps"], protocol["sampler"], opts.sigma_min,
-                        opts.sigma_max)
+    fn, sigmas = plan(run, protocol["sampler"], protocol["steps"], protocol["grid"], opts.sampler_options,
+                      opts.sigma_min, opts.sigma_max)
     labels = balanced_labels(n, K) if K > 0 else None
     shape = tuple(run.meta["data_shape"])
-    guided, cond = guided_denoiser(run, w), None if labels is None else {"class_labels": labels}
-    x = generate(guided, shape, n, sigmas, fn, opts.seed, run.device, cond)
+    guided = guided_denoiser(run, w)
+    x = generate(guided, shape, n, sigmas, fn, opts.seed, run.device, labels)
     plain = None
     if K > 0 and w != 1.0:
-        plain = generate(guided_denoiser(run, None), shape, n, sigmas, fn, opts.seed, run.device, cond)
+        plain = generate(guided_denoiser(run, None), shape, n, sigmas, fn, opts.seed, run.device, labels)
     if x is None:  # not rank 0: it only helped sample
         return None
     x, plain = x.clamp(-1, 1), None if plain is None else plain.clamp(-1, 1)

@@ -16,7 +16,7 @@ from diffspace.data.files import load_vectors
 from diffspace.data.images import load_image_data
 from diffspace.data.toy import TOY_SETS, make_toy
 from diffspace.nets.dit import DiT
-from diffspace.nets.mlp import MLP
+from diffspace.nets.mlp import MLP, PlainMLP
 from diffspace.nets.unet import UNet
 from diffspace.types import UserError
 
@@ -71,13 +71,19 @@ def load(cfg) -> dict:
         return DATA[cfg.data.name](cfg)
 
 
-def _mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
-    if extra:
-        raise UserError(f"model.net = 'mlp' takes no {', '.join(extra)} (use unet or dit)")
+def _mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
     if len(shape) != 1:
         raise UserError(f"model.net = 'mlp' needs vector data, got examples of shape {shape}")
     c = cfg.model.mlp
-    return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes)
+    return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes, out_norm=c.out_norm)
+
+
+def _plain_mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
+    if len(shape) != 1:
+        raise UserError(f"model.net = 'plain_mlp' needs vector data, got examples of shape {shape}")
+    if cfg.model.num_classes:
+        raise UserError("model.net = 'plain_mlp' takes no class labels (use 'mlp' with model.num_classes)")
+    return PlainMLP(shape[0], cfg.model.mlp.hidden, cfg.model.mlp.depth)
 
 
 def _image_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
@@ -86,22 +92,20 @@ def _image_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _unet(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+def _unet(cfg, shape: tuple[int, ...]) -> nn.Module:
     return UNet(*_image_shape("unet", shape), **dataclasses.asdict(cfg.model.unet),
-                num_classes=cfg.model.num_classes, **extra)
+                num_classes=cfg.model.num_classes)
 
 
-def _dit(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+def _dit(cfg, shape: tuple[int, ...]) -> nn.Module:
     return DiT(*_image_shape("dit", shape), **dataclasses.asdict(cfg.model.dit),
-               num_classes=cfg.model.num_classes, **extra)
+               num_classes=cfg.model.num_classes)
 
 
-NETS = {"mlp": _mlp, "unet": _unet, "dit": _dit}
+NETS = {"mlp": _mlp, "plain_mlp": _plain_mlp, "unet": _unet, "dit": _dit}
 
 
-def make_net(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
-    """The [model] network for examples of `shape`; extra keywords (text_dim, text_pooled_dim) go to its
-    constructor."""
+def make_net(cfg, shape: tuple[int, ...]) -> nn.Module:
     with config_errors(f"model.net = {cfg.model.net!r} with [model.{cfg.model.net}] for data of shape "
                        f"{tuple(shape)}"):
-        return NETS[cfg.model.net](cfg, shape, **extra)
+        return NETS[cfg.model.net](cfg, shape)

@@ -7,6 +7,7 @@ same for any n, chunk size, batch layout or world size.
 
 import json
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,13 +19,9 @@ from diffspace.runs.continuous import as_denoiser, build_path, to_data_units
 from diffspace.runs.options import Run, SampleOptions, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
-from diffspace.samplers.guidance import (
-    ClassifierFreeGuidance,
-    ClassifierGuidance,
-    EDMClassifier,
-    null_class,
-)
-from diffspace.samplers.optimize_grid import optimize_sigmas
+from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance, EDMClassifier
+from diffspace.samplers.optimize_grid import dp_schedule, optimize_sigmas, sample_schedule
+from diffspace.samplers.pas import PASCorrection, learn_pas, sample_euler_pas
 from diffspace.samplers.registry import SAMPLERS, check_sampler_options
 from diffspace.train.distributed import map_chunks
 from diffspace.types import UserError
@@ -48,20 +45,43 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
     check_positive(steps=steps)
     path = build_path(run.cfg)
     if grid == "optimized":
-        stored = run.dir / GRIDS_FILE
-        table = json.loads(stored.read_text()) if stored.is_file() else {}
-        key = f"{sampler}:{steps}"
-        if key not in table:
-            raise UserError(f"no optimized grid for {key} in {stored}; run `diffspace optimize-grid "
-                            f"{run.dir} --sampler {sampler} --steps {steps}` first")
-        entry = table[key]
-        if entry["step"] != run.step:
-            raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
-                            f"step {run.step}; run `diffspace optimize-grid` again")
-        return check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), path, "optimized grid")
+        sigmas = stored_plan(run, sampler, steps)["sigmas"]
+        return check_grid(torch.tensor(sigmas, dtype=torch.float64), path, "optimized grid")
     if grid not in GRIDS:
         raise UserError(f"unknown grid {grid!r}; choose one of {', '.join([*GRIDS, 'optimized'])}")
     return GRIDS[grid](steps, *sampling_range(path, sigma_min, sigma_max), path=path)
+
+
+def stored_plan(run: Run, sampler: str, steps: int) -> dict:
+    """The entry `optimize_grid` stored for (sampler, steps): {"step", "method", "sigmas"} and, for a DP
+    plan with several solver orders, "orders", for a PAS-corrected Euler grid, "pas". UserError if there
+    is none or it was fitted to the weights of another step."""
+    stored = run.dir / GRIDS_FILE
+    table = json.loads(stored.read_text()) if stored.is_file() else {}
+    key = f"{sampler}:{steps}"
+    if key not in table:
+        raise UserError(f"no optimized grid for {key} in {stored}; run `diffspace optimize-grid "
+                        f"{run.dir} --sampler {sampler} --steps {steps}` first")
+    entry = table[key]
+    if entry["step"] != run.step:
+        raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
+                        f"step {run.step}; run `diffspace optimize-grid` again")
+    return entry
+
+
+def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = None,
+         sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[Callable, Tensor]:
+    """The sampler function and float64 grid of a sampling protocol. A stored optimized plan may bring its
+    own step rule (per-step solver orders of a DP plan, or PAS coordinates for Euler): same NFE as asked."""
+    sigmas = run_sigmas(run, grid, steps, sampler, sigma_min, sigma_max)
+    entry = stored_plan(run, sampler, steps) if grid == "optimized" else {}
+    if ("orders" in entry or "pas" in entry) and options:
+        raise UserError(f"the optimized {sampler} plan takes no sampler options, got {sorted(options)}")
+    if "pas" in entry:
+        return partial(sample_euler_pas, pas=PASCorrection.from_json(entry["pas"])), sigmas
+    if "orders" in entry:
+        return partial(sample_schedule, orders=tuple(entry["orders"])), sigmas
+    return sampler_fn(sampler, options), sigmas
 
 
 @torch.no_grad()
@@ -74,14 +94,12 @@ def sample_chunk(denoiser, shape: tuple[int, ...], streams: Streams, sigmas: Ten
 
 
 def generate(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, seed: int,
-             device: torch.device, cond: dict[str, Tensor] | None = None,
-             chunk: int = CHUNK) -> Tensor | None:
-    """n samples of `shape`; `cond` holds the per-sample conditions of a conditional denoiser (class_labels
-    (n,), text features (n, ...)), each sliced with its chunk. Under torchrun the chunks are dealt to the
-    ranks: rank 0 gets all n (the same as one process), the other ranks None."""
+             device: torch.device, labels: Tensor | None = None, chunk: int = CHUNK) -> Tensor | None:
+    """n samples of `shape` (labels (n,) for a class-conditional denoiser). Under torchrun the chunks are
+    dealt to the ranks: rank 0 gets all n (the same as one process), the other ranks None."""
     def one(lo: int, hi: int, _seed: int) -> Tensor:
-        part = {k: v[lo:hi].to(device) for k, v in (cond or {}).items()}
-        return sample_chunk(denoiser, shape, Streams(seed, hi - lo, lo), sigmas, sampler, device, **part)
+        cond = {} if labels is None else {"class_labels": labels[lo:hi].to(device)}
+        return sample_chunk(denoiser, shape, Streams(seed, hi - lo, lo), sigmas, sampler, device, **cond)
 
     parts = map_chunks(one, n, seed, chunk)
     return None if parts is None else torch.cat(parts)
@@ -95,7 +113,7 @@ def guided_denoiser(run: Run, guidance: float | None):
         return den
     if K == 0:
         raise UserError("guidance (--cfg) needs a class-conditional run (model.num_classes > 0)")
-    return ClassifierFreeGuidance(den, guidance, null_class(K))
+    return ClassifierFreeGuidance(den, guidance, K)
 
 
 def classifier_guided(run: Run, denoiser, classifier: str | None, scale: float | None) -> tuple[object, int]:
@@ -140,30 +158,55 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
     n, steps = opts.n or sc.n, opts.steps or sc.steps
     sampler, grid = opts.sampler or sc.sampler, opts.grid or sc.grid
     check_positive(n=n, steps=steps)
-    fn = sampler_fn(sampler, opts.sampler_options)
-    sigmas = run_sigmas(run, grid, steps, sampler, opts.sigma_min, opts.sigma_max)
+    fn, sigmas = plan(run, sampler, steps, grid, opts.sampler_options, opts.sigma_min, opts.sigma_max)
     den, classes = classifier_guided(run, guided_denoiser(run, opts.guidance), opts.classifier,
                                      opts.classifier_scale)
     labels = class_labels(run, n, opts.class_labels, classes)
     x = generate(den, tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
-                 run.device, None if labels is None else {"class_labels": labels})
+                 run.device, labels)
     return None if x is None else (x.clamp(-1, 1) if run.cfg.images else to_data_units(run.meta, x))
 
 
-def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512,
-                  seed: int = 0, sigma_min: float | None = None, sigma_max: float | None = None) -> Tensor:
-    """The `steps`-level grid that minimizes the sampler's error against the adaptive PF-ODE solution on a
-    calibration batch ([AYS] in spirit), stored in RUN/grids.json for `grid = "optimized"`."""
-    check_positive(steps=steps, n_calib=n_calib)
+def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
+                  sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
+                  budget: int = 600, orders: tuple[int, ...] | None = None, candidates: int = 64,
+                  pas: bool = False, pas_k: int = 4, pas_tol: float = 1e-2) -> Tensor:
+    """Fit the sampler's `steps`-step grid to this run on a calibration batch and store it in RUN/grids.json
+    (key "SAMPLER:STEPS") for `grid = "optimized"`; returns the grid.
+
+    method "nelder-mead": any deterministic sampler, `budget` runs of it (samplers/optimize_grid.py).
+    method "dp": dynamic programming over `candidates` levels ([GITS]) for euler (orders (1,)) or heun
+    ((2,)), or with orders (1, 2) a plan that picks Euler or Heun per step; `steps` is then the NFE.
+    `pas`: learn PAS coordinates ([PAS]) for the Euler grid (no extra network calls when sampling)."""
+    check_positive(steps=steps, n_calib=n_calib, budget=budget, candidates=candidates)
     fn = sampler_fn(sampler)
     if SAMPLERS[sampler].stochastic:
         raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
+    if method not in ("nelder-mead", "dp"):
+        raise UserError(f"method must be 'nelder-mead' or 'dp', got {method!r}")
+    if method == "dp" and sampler not in ("euler", "heun"):
+        raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
+    if pas and sampler != "euler":
+        raise UserError(f"PAS corrects Euler steps; got sampler {sampler!r}")
     lo, hi = sampling_range(build_path(run.cfg), sigma_min, sigma_max)
     g = torch.Generator().manual_seed(seed + 7919)  # calibration noise apart from sampling seeds
     x = (torch.randn((n_calib, *run.meta["data_shape"]), generator=g) * hi).to(run.device)
-    sigmas = optimize_sigmas(fn, as_denoiser(run.cfg, run.module), x, steps, lo, hi)
+    den = as_denoiser(run.cfg, run.module)
+    entry = {"step": run.step, "method": method}
+    if method == "dp":
+        orders = orders or ((1,) if sampler == "euler" else (2,))
+        schedule = dp_schedule(den, x, steps, lo, hi, orders=tuple(orders), n_candidates=candidates)
+        sigmas = schedule.sigmas
+        if len(set(schedule.orders)) > 1 or schedule.orders[0] != (1 if sampler == "euler" else 2):
+            entry["orders"] = list(schedule.orders)
+    else:
+        sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, max_evals=budget)
+    if pas:
+        if "orders" in entry:
+            raise UserError("PAS corrects a plain Euler grid; drop --orders or --pas")
+        entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
     stored = Path(run.dir) / GRIDS_FILE
     table = json.loads(stored.read_text()) if stored.is_file() else {}
-    table[f"{sampler}:{steps}"] = {"step": run.step, "sigmas": sigmas.tolist()}
+    table[f"{sampler}:{steps}"] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
     return sigmas
