@@ -67,7 +67,8 @@ def _edges():
 
 def test_every_package_has_a_rank():
     modules, _ = _edges()
-    assert {_package(m) or "__init__" for m in modules} <= set(RANKS), set(map(_package, modules)) - set(RANKS)
+    packages = {_package(m) or "__init__" for m in modules}
+    assert packages <= set(RANKS), packages - set(RANKS)
 
 
 def test_imports_point_down():

@@ -47,7 +47,8 @@ def test_overwrite_refuses_the_working_directory_and_a_parent(tmp_path, trained)
     shutil.copytree(trained, run)
     before = snapshot(run)
     assert_one_line_error(train(".", "--overwrite", cwd=run), "current directory")
-    assert_one_line_error(train("..", "--overwrite", cwd=run / "checkpoints"), "contains the current directory")
+    res = train("..", "--overwrite", cwd=run / "checkpoints")
+    assert_one_line_error(res, "contains the current directory")
     assert snapshot(run) == before
 
 
@@ -102,7 +103,8 @@ def test_a_refused_resume_changes_nothing(tmp_path, trained):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     before = snapshot(run)
-    res = cli("train", run, "--resume", "--set", "model.mlp.hidden=24", "--set", "train.steps=9", "--no-progress")
+    res = cli("train", run, "--resume", "--set", "model.mlp.hidden=24", "--set", "train.steps=9",
+              "--no-progress")
     assert_one_line_error(res, "does not fit this model")
     res = cli("train", run, "--resume", "--set", "train.steps=2", "--no-progress")
     assert_one_line_error(res, "at step 4", "train.steps = 2")

@@ -38,8 +38,8 @@ def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):
 
 
 def test_options_a_run_cannot_honour_are_refused(ddpm_run):
-    with pytest.raises(UserError, match=r"continuous runs cannot use the option 'prompt' \(--prompt\)"):
-        runs.sample(ddpm_run, runs.SampleOptions(n=2, prompt="hello"))
+    with pytest.raises(UserError, match=r"continuous runs cannot use the option 'prompts' \(--prompt\)"):
+        runs.sample(ddpm_run, runs.SampleOptions(n=2, prompts=("hello",)))
     with pytest.raises(UserError, match="class-conditional"):
         runs.sample(ddpm_run, runs.SampleOptions(n=2, guidance=2.0))
     with pytest.raises(UserError, match="has no option 'eta'"):

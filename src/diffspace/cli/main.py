@@ -102,7 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "train-classifier`) towards --class")
     s.add_argument("--classifier-scale", type=float, metavar="S",
                    help="scale s of --classifier guidance (0: none; default 1)")
-    s.add_argument("--prompt", help="text runs: the text every sample continues")
+    s.add_argument("--prompt", action="append",
+                   help="text runs: the text every sample continues (once); text_to_image runs: a caption, "
+                        "repeatable (each gets --n samples, one row of the --out .png grid)")
     s.add_argument("--block", type=int, help="text runs: block size L' for block / semi-AR decoding")
     s.add_argument("--temperature", type=float, help="text runs: sampling temperature")
     s.add_argument("--top-k", type=int, help="text runs: keep the k most probable tokens (0: all)")
@@ -251,7 +253,8 @@ def _load(args):
     return runs.load_run(args.run, init_distributed(resolve_device(args.device)))
 
 
-def _write_array(x, out: Path) -> None:
+def _write_array(x, out: Path, prompts: list[str] | None = None) -> None:
+    """Samples to .npy, .npz (with the prompt of each sample, if any) or .csv."""
     import numpy as np
 
     from diffspace.runs.rundir import write_atomic
@@ -261,7 +264,7 @@ def _write_array(x, out: Path) -> None:
     if out.suffix == ".npy":
         np.save(tmp, x.numpy())
     elif out.suffix == ".npz":
-        np.savez(tmp, samples=x.numpy())
+        np.savez(tmp, samples=x.numpy(), **({"prompts": np.array(prompts)} if prompts else {}))
     elif out.suffix == ".csv":
         rows = x.flatten(1).tolist()
         write_atomic(out, "\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
@@ -284,9 +287,10 @@ def cmd_sample(args) -> None:
         sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,
         sigma_max=args.sigma_max, guidance=args.cfg,
         class_labels=tuple(args.class_labels) if args.class_labels else None, classifier=args.classifier,
-        classifier_scale=args.classifier_scale, prompt=args.prompt,
+        classifier_scale=args.classifier_scale,
+        prompts=tuple(args.prompt) if args.prompt else None,
         block=args.block, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv")
+    suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv", ".png")
     if args.out and Path(args.out).suffix not in suffixes:
         raise UserError(f"--out {args.out}: use a {', '.join(suffixes)} file name")
     with peer_guard("nothing was written"):
@@ -301,9 +305,13 @@ def cmd_sample(args) -> None:
         print(text, end="")
     else:
         out = Path(args.out) if args.out else run.dir / "samples.npz"
-        _write_array(samples, out)
+        rows = len(opts.prompts) if opts.prompts else 0  # text_to_image: one grid row per prompt
+        per_row = len(samples) // rows if rows else 10
+        if out.suffix == ".png":  # the grid, with the arrays beside it
+            out = out.with_suffix(".npz")
+        _write_array(samples, out, [p for p in opts.prompts for _ in range(per_row)] if rows else None)
         if samples.ndim == 4:
-            save_grid(samples[:100], out.with_suffix(".png"), ncols=10)
+            save_grid(samples if rows else samples[:100], out.with_suffix(".png"), ncols=per_row)
         elif samples.ndim == 2 and samples.shape[1] >= 2:
             from diffspace.runs.continuous import load_data
 

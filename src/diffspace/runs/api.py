@@ -40,7 +40,7 @@ def _absolute_files(data: dict) -> dict:
     sampled and evaluated from any working directory)."""
     out = copy.deepcopy(data)
     for section, key in (("data", "file"), ("data", "corpus"), ("eval", "ar_run"),
-                         ("model", "scheduler_config")):
+                         ("model", "scheduler_config"), ("sources", "encoder"), ("sources", "autoencoder")):
         value = out.get(section, {}).get(key)
         if isinstance(value, str) and value and Path(value).exists():
             out[section][key] = str(Path(value).resolve())

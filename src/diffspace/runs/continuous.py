@@ -4,6 +4,7 @@ Config sections: [run] [data] [model] [loss] [train] [sample] [eval]. `build_*` 
 validated config into objects; with registries.py they are the only places where names become objects.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -88,6 +89,34 @@ class EvalConfig:
     featurenet_steps: int = 1500  # images: training steps of the feature net trained into the run
 
 
+def check_design(src: str, m: ModelConfig, lo: LossConfig, s: SampleConfig) -> None:
+    """The checks of a Gaussian-path model's [model], [loss] and [sample] sections, shared by every task
+    that trains one (continuous, text_to_image): names, a grid that fits the path, flow = velocity."""
+    for key, value, names in (("model.path", m.path, PATHS), ("model.net", m.net, NETS),
+                              ("sample.sampler", s.sampler, SAMPLERS),
+                              ("sample.grid", s.grid, [*GRIDS, "optimized"])):
+        if value not in names:
+            raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(names)}")
+    if m.scheduler_config and ddpm_from_scheduler_config(m.scheduler_config).name != m.path:
+        table = ddpm_from_scheduler_config(m.scheduler_config).name
+        raise UserError(f"{src}: model.scheduler_config {m.scheduler_config} describes a {table!r} table; "
+                        f"set model.path = {table!r}")
+    if s.grid in TABLE_GRIDS and not issubclass(PATHS[m.path], DDPMDiscrete):
+        raise UserError(f"{src}: sample.grid = {s.grid!r} spaces the timesteps of a DDPM table; "
+                        f"model.path = {m.path!r} has none (use karras, logsnr or uniform_t)")
+    if lo.proposal == "table" and not issubclass(PATHS[m.path], DDPMDiscrete):
+        raise UserError(f"{src}: loss.proposal = 'table' draws a DDPM table's timesteps; model.path = "
+                        f"{m.path!r} has none")
+    if lo.objective == "flow" and m.parameterization != "velocity":
+        raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
+                        "model.parameterization = 'velocity'")
+    for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("model.sigma_data", m.sigma_data)]:
+        if value <= 0:
+            raise UserError(f"{src}: {key} must be positive, got {value}")
+    if not 0 <= m.p_uncond < 1:
+        raise UserError(f"{src}: model.p_uncond must be in [0, 1), got {m.p_uncond}")
+
+
 @dataclass
 class ContinuousConfig:
     task: str = choice("continuous", "continuous")
@@ -100,35 +129,14 @@ class ContinuousConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self, src: str) -> None:
-        m, lo, s = self.model, self.loss, self.sample
-        for key, value, names in (("model.path", m.path, PATHS), ("model.net", m.net, NETS),
-                                  ("data.name", self.data.name, DATA),
-                                  ("sample.sampler", s.sampler, SAMPLERS),
-                                  ("sample.grid", s.grid, [*GRIDS, "optimized"])):
-            if value not in names:
-                raise UserError(f"{src}: {key} = {value!r} is not one of {', '.join(names)}")
-        if m.scheduler_config and ddpm_from_scheduler_config(m.scheduler_config).name != m.path:
-            table = ddpm_from_scheduler_config(m.scheduler_config).name
-            raise UserError(f"{src}: model.scheduler_config {m.scheduler_config} describes a {table!r} "
-                            f"table; set model.path = {table!r}")
-        if s.grid in TABLE_GRIDS and not issubclass(PATHS[m.path], DDPMDiscrete):
-            raise UserError(f"{src}: sample.grid = {s.grid!r} spaces the timesteps of a DDPM table; "
-                            f"model.path = {m.path!r} has none (use karras, logsnr or uniform_t)")
-        if lo.proposal == "table" and not issubclass(PATHS[m.path], DDPMDiscrete):
-            raise UserError(f"{src}: loss.proposal = 'table' draws a DDPM table's timesteps; model.path = "
-                            f"{m.path!r} has none")
-        if lo.objective == "flow" and m.parameterization != "velocity":
-            raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
-                            "model.parameterization = 'velocity'")
-        for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("eval.n", self.eval.n),
-                           ("eval.featurenet_steps", self.eval.featurenet_steps),
-                           ("model.sigma_data", m.sigma_data)]:
+        if self.data.name not in DATA:
+            raise UserError(f"{src}: data.name = {self.data.name!r} is not one of {', '.join(DATA)}")
+        check_design(src, self.model, self.loss, self.sample)
+        for key, value in [("eval.n", self.eval.n), ("eval.featurenet_steps", self.eval.featurenet_steps)]:
             if value <= 0:
                 raise UserError(f"{src}: {key} must be positive, got {value}")
-        if not 0 <= m.p_uncond < 1:
-            raise UserError(f"{src}: model.p_uncond must be in [0, 1), got {m.p_uncond}")
-        if m.num_classes < 0:
-            raise UserError(f"{src}: model.num_classes must be >= 0, got {m.num_classes}")
+        if self.model.num_classes < 0:
+            raise UserError(f"{src}: model.num_classes must be >= 0, got {self.model.num_classes}")
 
     @property
     def images(self) -> bool:
@@ -143,10 +151,12 @@ def build_path(cfg: ContinuousConfig) -> GaussianPath:
     return PATHS[cfg.model.path]()
 
 
-def build_module(cfg: ContinuousConfig, shape: tuple[int, ...]) -> nn.Module:
-    """The trained module for examples of `shape`: a Denoiser, or for flow matching a VelocityField."""
+def build_module(cfg: ContinuousConfig, shape: tuple[int, ...], **net_kwargs) -> nn.Module:
+    """The trained module for examples of `shape`: a Denoiser, or for flow matching a VelocityField.
+    net_kwargs go to the network's constructor (text_dim, text_pooled_dim for text conditioning)."""
     m = cfg.model
-    net = make_net(cfg, shape)
+    net = make_net(cfg, shape, **net_kwargs)
+
     path = build_path(cfg)
     if cfg.loss.objective == "flow":
         return NetVelocity(net, path)
@@ -182,6 +192,26 @@ def _weight(cfg: ContinuousConfig, sigma: Tensor) -> Tensor:
     if name == "min_snr":
         return WEIGHTINGS[name](sigma, cfg.loss.min_snr_gamma)
     return WEIGHTINGS[name](sigma)
+
+
+def noise_draws(cfg: ContinuousConfig, path: GaussianPath, n: int, shape: tuple[int, ...], g: torch.Generator,
+                device: torch.device) -> dict[str, Tensor]:
+    """The draws of a training batch besides its data: sigma and t (n,) by the [loss] proposal and
+    eps (n, *shape)."""
+    sigma, t = _draw_sigma_t(cfg, path, n, g)
+    eps = torch.randn((n, *shape), generator=g)
+    return {"sigma": sigma.to(device), "t": t.to(device), "eps": eps.to(device)}
+
+
+def objective(cfg: ContinuousConfig, path: GaussianPath) -> Callable[[nn.Module, dict, dict], Tensor]:
+    """loss(model, batch, cond) -> per-example losses (B,) of the [loss] objective on a batch with x0 and
+    the `noise_draws`; cond is passed to the model (class labels, text features)."""
+    def loss(model: nn.Module, b: dict[str, Tensor], cond: dict[str, Tensor]) -> Tensor:
+        if cfg.loss.objective == "flow":
+            return flow_matching_loss(model, b["x0"], b["t"], path, eps=b["eps"], **cond)
+        return denoising_loss(model, b["x0"], b["sigma"], _weight(cfg, b["sigma"]), eps=b["eps"], **cond)
+
+    return loss
 
 
 def load_data(cfg: ContinuousConfig) -> dict:
@@ -228,25 +258,20 @@ def build_setup(cfg: ContinuousConfig, device: torch.device) -> tuple[TrainSetup
     y_train = data.get("y_train")
     y_train = None if y_train is None else y_train.to(device)
     module = build_module(cfg, tuple(x_train.shape[1:])).to(device)
-    path, m, lo = build_path(cfg), cfg.model, cfg.loss
+    path, m = build_path(cfg), cfg.model
     conditional = m.num_classes > 0
+    path_loss = objective(cfg, path)
 
     def batch(g: torch.Generator, n: int) -> dict[str, Tensor]:
         idx = torch.randint(len(x_train), (n,), generator=g).to(device)
-        sigma, t = _draw_sigma_t(cfg, path, n, g)
-        out = {"x0": x_train[idx], "sigma": sigma.to(device), "t": t.to(device),
-               "eps": torch.randn((n, *x_train.shape[1:]), generator=g).to(device)}
+        out = {"x0": x_train[idx], **noise_draws(cfg, path, n, tuple(x_train.shape[1:]), g, device)}
         if conditional:
             drop = torch.rand(n, generator=g).to(device) < m.p_uncond  # [CFG] label dropout
             out["class_labels"] = torch.where(drop, m.num_classes, y_train[idx])
         return out
 
     def loss(model: nn.Module, b: dict[str, Tensor]) -> Tensor:
-        cond = {"class_labels": b["class_labels"]} if conditional else {}
-        if lo.objective == "flow":
-            return flow_matching_loss(model, b["x0"], b["t"], path, eps=b["eps"], **cond)
-        weight = _weight(cfg, b["sigma"])
-        return denoising_loss(model, b["x0"], b["sigma"], weight, eps=b["eps"], **cond)
+        return path_loss(model, b, {"class_labels": b["class_labels"]} if conditional else {})
 
     return TrainSetup(module, batch, loss), {"data_shape": list(x_train.shape[1:]), **scale}
 

@@ -121,11 +121,11 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
                       opts.sigma_min, opts.sigma_max)
     labels = balanced_labels(n, K) if K > 0 else None
     shape = tuple(run.meta["data_shape"])
-    guided = guided_denoiser(run, w)
-    x = generate(guided, shape, n, sigmas, fn, opts.seed, run.device, labels)
+    guided, cond = guided_denoiser(run, w), None if labels is None else {"class_labels": labels}
+    x = generate(guided, shape, n, sigmas, fn, opts.seed, run.device, cond)
     plain = None
     if K > 0 and w != 1.0:
-        plain = generate(guided_denoiser(run, None), shape, n, sigmas, fn, opts.seed, run.device, labels)
+        plain = generate(guided_denoiser(run, None), shape, n, sigmas, fn, opts.seed, run.device, cond)
     if x is None:  # not rank 0: it only helped sample
         return None
     x, plain = x.clamp(-1, 1), None if plain is None else plain.clamp(-1, 1)

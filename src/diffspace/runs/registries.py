@@ -71,14 +71,18 @@ def load(cfg) -> dict:
         return DATA[cfg.data.name](cfg)
 
 
-def _mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
+def _mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+    if extra:
+        raise UserError(f"model.net = 'mlp' takes no {', '.join(extra)} (use unet or dit)")
     if len(shape) != 1:
         raise UserError(f"model.net = 'mlp' needs vector data, got examples of shape {shape}")
     c = cfg.model.mlp
     return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes, out_norm=c.out_norm)
 
 
-def _plain_mlp(cfg, shape: tuple[int, ...]) -> nn.Module:
+def _plain_mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+    if extra:
+        raise UserError(f"model.net = 'plain_mlp' takes no {', '.join(extra)} (use unet or dit)")
     if len(shape) != 1:
         raise UserError(f"model.net = 'plain_mlp' needs vector data, got examples of shape {shape}")
     if cfg.model.num_classes:
@@ -92,20 +96,22 @@ def _image_shape(name: str, shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], shape[1]
 
 
-def _unet(cfg, shape: tuple[int, ...]) -> nn.Module:
+def _unet(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
     return UNet(*_image_shape("unet", shape), **dataclasses.asdict(cfg.model.unet),
-                num_classes=cfg.model.num_classes)
+                num_classes=cfg.model.num_classes, **extra)
 
 
-def _dit(cfg, shape: tuple[int, ...]) -> nn.Module:
+def _dit(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
     return DiT(*_image_shape("dit", shape), **dataclasses.asdict(cfg.model.dit),
-               num_classes=cfg.model.num_classes)
+               num_classes=cfg.model.num_classes, **extra)
 
 
 NETS = {"mlp": _mlp, "plain_mlp": _plain_mlp, "unet": _unet, "dit": _dit}
 
 
-def make_net(cfg, shape: tuple[int, ...]) -> nn.Module:
+def make_net(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+    """The [model] network for examples of `shape`; extra keywords (text_dim, text_pooled_dim) go to its
+    constructor."""
     with config_errors(f"model.net = {cfg.model.net!r} with [model.{cfg.model.net}] for data of shape "
                        f"{tuple(shape)}"):
-        return NETS[cfg.model.net](cfg, shape)
+        return NETS[cfg.model.net](cfg, shape, **extra)

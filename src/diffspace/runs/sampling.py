@@ -19,7 +19,12 @@ from diffspace.runs.continuous import as_denoiser, build_path, to_data_units
 from diffspace.runs.options import Run, SampleOptions, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
-from diffspace.samplers.guidance import ClassifierFreeGuidance, ClassifierGuidance, EDMClassifier
+from diffspace.samplers.guidance import (
+    ClassifierFreeGuidance,
+    ClassifierGuidance,
+    EDMClassifier,
+    null_class,
+)
 from diffspace.samplers.optimize_grid import dp_schedule, optimize_sigmas, sample_schedule
 from diffspace.samplers.pas import PASCorrection, learn_pas, sample_euler_pas
 from diffspace.samplers.registry import SAMPLERS, check_sampler_options
@@ -94,12 +99,14 @@ def sample_chunk(denoiser, shape: tuple[int, ...], streams: Streams, sigmas: Ten
 
 
 def generate(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, seed: int,
-             device: torch.device, labels: Tensor | None = None, chunk: int = CHUNK) -> Tensor | None:
-    """n samples of `shape` (labels (n,) for a class-conditional denoiser). Under torchrun the chunks are
-    dealt to the ranks: rank 0 gets all n (the same as one process), the other ranks None."""
+             device: torch.device, cond: dict[str, Tensor] | None = None,
+             chunk: int = CHUNK) -> Tensor | None:
+    """n samples of `shape`; `cond` holds the per-sample conditions of a conditional denoiser (class_labels
+    (n,), text features (n, ...)), each sliced with its chunk. Under torchrun the chunks are dealt to the
+    ranks: rank 0 gets all n (the same as one process), the other ranks None."""
     def one(lo: int, hi: int, _seed: int) -> Tensor:
-        cond = {} if labels is None else {"class_labels": labels[lo:hi].to(device)}
-        return sample_chunk(denoiser, shape, Streams(seed, hi - lo, lo), sigmas, sampler, device, **cond)
+        part = {k: v[lo:hi].to(device) for k, v in (cond or {}).items()}
+        return sample_chunk(denoiser, shape, Streams(seed, hi - lo, lo), sigmas, sampler, device, **part)
 
     parts = map_chunks(one, n, seed, chunk)
     return None if parts is None else torch.cat(parts)
@@ -113,7 +120,7 @@ def guided_denoiser(run: Run, guidance: float | None):
         return den
     if K == 0:
         raise UserError("guidance (--cfg) needs a class-conditional run (model.num_classes > 0)")
-    return ClassifierFreeGuidance(den, guidance, K)
+    return ClassifierFreeGuidance(den, guidance, null_class(K))
 
 
 def classifier_guided(run: Run, denoiser, classifier: str | None, scale: float | None) -> tuple[object, int]:
@@ -163,7 +170,7 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
                                      opts.classifier_scale)
     labels = class_labels(run, n, opts.class_labels, classes)
     x = generate(den, tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
-                 run.device, labels)
+                 run.device, None if labels is None else {"class_labels": labels})
     return None if x is None else (x.clamp(-1, 1) if run.cfg.images else to_data_units(run.meta, x))
 
 
