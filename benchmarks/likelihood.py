@@ -155,6 +155,7 @@ def run_flow(data: str, seconds: float, args) -> dict:
 def run_images(run_dir: str, args) -> dict:
     """Bits/dim of a trained image run on its test split: dequantized PF-ODE NLL (Hutchinson) and the
     DDPM bound of the same Denoiser on the standard 1000-step schedule, with and without labels."""
+    from diffspace.data.quantized import Grid
     from diffspace.eval.bits import nll_report
     from diffspace.paths import DDPMDiscrete
 
@@ -169,7 +170,7 @@ def run_images(run_dir: str, args) -> dict:
     for name, lab in labels.items():
         t0 = time.perf_counter()
         with torch.no_grad():
-            out[name] = nll_report(den, path, x, levels=args.image_levels, bound_path=DDPMDiscrete(),
+            out[name] = nll_report(den, path, x, grid=Grid(args.image_levels), bound_path=DDPMDiscrete(),
                                    bound_n_t=args.bound_n_t, batch_size=len(x), rtol=1e-5, atol=1e-5,
                                    cond={} if lab is None else {"class_labels": lab})
         out[name]["seconds"] = time.perf_counter() - t0

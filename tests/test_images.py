@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from diffspace.data.images import (
-    dequantize,
     load_digits,
     load_image_data,
     load_image_folder,
@@ -14,6 +13,7 @@ from diffspace.data.images import (
     load_npz,
     random_hflip,
 )
+from diffspace.data.quantized import DIGITS
 from diffspace.eval.pictures import image_grid, save_grid
 from diffspace.types import UserError
 
@@ -127,15 +127,9 @@ def test_dispatch_errors_and_split(tmp_path):
     assert len(load_image_data("npz", "test", path=str(tmp_path / "d.npz"))[0]) == 2
 
 
-def test_dequantize_stays_in_its_bin():
+def test_digits_lie_on_their_grid():
     x, _ = load_digits("all")
-    g = torch.Generator().manual_seed(0)
-    d = dequantize(x, 17, g)
-    width = 2 / 17
-    k = torch.round((x + 1) / 2 * 16)
-    lo = k / 17 * 2 - 1
-    assert ((d >= lo) & (d < lo + width)).all() and d.min() >= -1 and d.max() <= 1
-    assert abs(float(((d - lo) / width).mean()) - 0.5) < 0.01  # uniform within the bin
+    assert torch.equal(DIGITS.quantize(x), x) and len(torch.unique(x)) == 17
 
 
 def test_random_hflip_flips_about_half():

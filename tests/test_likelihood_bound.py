@@ -6,13 +6,15 @@ import pytest
 import torch
 
 from diffspace.data.gmm import GaussianMixture
-from diffspace.eval.bits import bits_per_dim, dequantization_offset, dequantize, nll_report
+from diffspace.data.quantized import Grid
+from diffspace.eval.bits import bits_per_dim, dequantized_nll, nll_report
 from diffspace.losses.vlb import ddpm_bound, discretized_gaussian_log_prob
 from diffspace.param import NetDenoiser
 from diffspace.paths import EDM, DDPMDiscrete
 from diffspace.types import UserError
 
 LEVELS, STD, DIM = 256, 0.3, 2
+GRID = Grid(LEVELS)
 DELTA = 2 / (LEVELS - 1)  # bin width of the 256-level grid on [-1, 1]
 
 
@@ -102,7 +104,7 @@ def test_discretized_gaussian_is_a_distribution_over_the_grid():
 def test_bound_rejects_data_off_the_grid():
     gm, x0, _ = quantized_gaussian(8)
     with pytest.raises(UserError, match="grid"):
-        ddpm_bound(gm.denoiser, dequantize(x0, LEVELS), DDPMDiscrete())
+        ddpm_bound(gm.denoiser, GRID.dequantize(x0, torch.Generator()), DDPMDiscrete())
     with pytest.raises(UserError, match="DDPMDiscrete"):
         ddpm_bound(gm.denoiser, x0, "vp")
 
@@ -115,25 +117,36 @@ def test_dequantization_offset_recovers_discrete_entropy_exactly():
     g = torch.Generator().manual_seed(0)
     idx = torch.multinomial(probs, 3000 * DIM, replacement=True, generator=g).reshape(-1, DIM)
     x = levels[idx].double() * DELTA - 1
-    y = dequantize(x, LEVELS, seed=1)
-    assert ((y - x).abs() <= DELTA / 2).all()
-    k = ((y + 1) / DELTA).round().long()  # the bin each dequantized point fell in
     density = torch.zeros(LEVELS, dtype=torch.float64).index_put_((levels,), probs / DELTA)
-    nll = -torch.log(density[k]).sum(1)
-    bpd = bits_per_dim(nll + dequantization_offset(DIM, LEVELS), DIM)
+    seen = []
+
+    def density_nll(y):
+        seen.append(y)
+        return -torch.log(density[((y + 1) / DELTA).round().long()]).sum(1)  # the bin y fell in
+
+    bpd = bits_per_dim(dequantized_nll(density_nll, x, GRID, seed=1), DIM)
+    assert ((seen[0] - x).abs() <= DELTA / 2).all() and not torch.equal(seen[0], x)
     assert torch.allclose(bpd, -torch.log2(probs[idx]).sum(1) / DIM, atol=1e-12)
     entropy_bits = float(-(probs * probs.log2()).sum())
     assert abs(float(bpd.mean()) - entropy_bits) < 3 * float(bpd.std()) / math.sqrt(len(bpd))
 
 
-def test_dequantization_is_uniform_and_batch_independent():
-    x = torch.zeros(4000, 1, dtype=torch.float64)
-    u = (dequantize(x, LEVELS, seed=2) - x) / DELTA + 0.5
-    assert abs(float(u.mean()) - 0.5) < 3 * math.sqrt(1 / 12 / 4000)
-    assert abs(float(u.var()) - 1 / 12) < 0.005
-    split = torch.cat([dequantize(x[:10], LEVELS, seed=2),
-                       dequantize(x[10:20], LEVELS, seed=2, index_offset=10)])
-    assert torch.equal(split, dequantize(x[:20], LEVELS, seed=2))
+def test_dequantization_is_uniform_in_each_bin_and_batch_independent():
+    """Grid.dequantize fills each value's own bin uniformly (levels 17 on [-1, 1] and 5 on [-2, 3]);
+    the evaluation path draws per example, so shards give what one pass gives."""
+    for grid in (Grid(17), Grid(5, -2.0, 3.0)):
+        k = torch.arange(4000) % grid.levels
+        x = grid.value(k, torch.float64)[:, None]
+        u = (grid.dequantize(x, torch.Generator().manual_seed(2)) - x) / grid.delta + 0.5
+        assert grid.index(grid.dequantize(x, torch.Generator()))[:, 0].equal(k)  # stays in its bin
+        assert 0 <= float(u.min()) and float(u.max()) < 1
+        assert abs(float(u.mean()) - 0.5) < 3 * math.sqrt(1 / 12 / 4000)
+        assert abs(float(u.var()) - 1 / 12) < 0.005
+    x = torch.zeros(20, 3, dtype=torch.float64)
+    ident = lambda y: y.sum(1)
+    split = torch.cat([dequantized_nll(ident, x[:10], GRID, seed=2),
+                       dequantized_nll(ident, x[10:], GRID, seed=2, index_offset=10)])
+    assert torch.equal(split, dequantized_nll(ident, x, GRID, seed=2))
 
 
 def test_nll_report_on_continuous_and_8bit_data():
@@ -146,7 +159,7 @@ def test_nll_report_on_continuous_and_8bit_data():
     assert math.isclose(r["bits_per_dim"], r["nll_nats"] / (DIM * math.log(2)))
     assert r["nfe"] > 0 and "bound_bits_per_dim" not in r
     # 8-bit data: dequantized ODE NLL + offset, and the bound, both bound the same discrete NLL
-    q = nll_report(gm.denoiser, path, x0, levels=LEVELS, rtol=1e-6, atol=1e-6, bound_n_t=20)
+    q = nll_report(gm.denoiser, path, x0, grid=GRID, rtol=1e-6, atol=1e-6, bound_n_t=20)
     true_bpd = float(true_nll.mean()) / (DIM * math.log(2))
     assert abs(q["bits_per_dim"] - true_bpd) < 3 * q["bits_per_dim_stderr"] + 0.01
     assert q["bound_bits_per_dim"] > true_bpd - 3 * q["bound_bits_per_dim_stderr"]

@@ -76,3 +76,31 @@ def test_attention_and_group_norm_are_reported_as_global():
     traced = traced_layers(net, torch.randn(1, 8, 8, 8))
     assert any("scaled_dot_product" in op or "softmax" in op for op in traced.global_ops)
     assert "native_group_norm" in traced.global_ops
+
+
+def test_info_of_a_unet_run_reports_its_receptive_field(tmp_path):
+    """`runs.network_info` and `diffspace info` on a UNet run: parameters of the module, MACs of one
+    denoiser call, the recursion over the layers the call runs, and the gradient support (the whole 8x8
+    digit: GroupNorm and attention see every pixel)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from diffspace import runs
+    from diffspace.runs.continuous import as_denoiser
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "digits-edm.toml"
+    run = runs.train(config, ["train.steps=1", "model.unet.channels=8", f"run.dir={tmp_path / 'unet'}"])
+    info = runs.network_info(run)
+    assert info["parameters"] == parameter_count(run.module)
+    x, sigma = torch.randn(1, 1, 8, 8), torch.ones(1)
+    call = lambda v: as_denoiser(run.cfg, run.module)(v, sigma)
+    assert info["macs_per_sample"] == macs_per_sample(lambda: call(x), 1) > 0
+    assert info["receptive_field_px"] == receptive_field(traced_layers(call, x).layers) > 8
+    assert info["gradient_support_px"] == [8, 8] and info["input_px"] == [8, 8]
+    assert "native_group_norm" in info["global_ops"]
+    res = subprocess.run([sys.executable, "-m", "diffspace", "info", str(run.dir)], capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert f"receptive   {info['receptive_field_px']:g} px by the layer recursion" in res.stdout
+    assert f"parameters  {info['parameters']:,}" in res.stdout

@@ -106,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text runs: the text every sample continues (once); text_to_image runs: a caption, "
                         "repeatable (each gets --n samples, one row of the --out .png grid)")
     s.add_argument("--block", type=int, help="text runs: block size L' for block / semi-AR decoding")
-    s.add_argument("--temperature", type=float, help="text runs: sampling temperature")
+    s.add_argument("--temperature", type=float, help="text runs: sampling temperature; flow runs: x = "
+                                                     "f^-1(T z) (default: the run's sample.temperature)")
     s.add_argument("--top-k", type=int, help="text runs: keep the k most probable tokens (0: all)")
     s.add_argument("--top-p", type=float, help="text runs: nucleus sampling mass (1: all)")
     _add_sampling(s)
@@ -123,12 +124,37 @@ def build_parser() -> argparse.ArgumentParser:
                                         "safetensors, trained there on the run's data if missing)")
     e.add_argument("--nll", action="store_true",
                    help="continuous runs: also the PF-ODE NLL of the test split (nats, bits/dim, "
-                        "standard error, NFE) and, for 8-bit-style image data, the DDPM bound")
-    e.add_argument("--nll-n", type=int, help="continuous runs: test examples used by --nll (default 1000)")
+                        "standard error, NFE) and, for 8-bit-style image data, the DDPM bound; flow, vae "
+                        "and autoregressive runs: their exact NLL or bound (nll_kind) in the same units")
+    e.add_argument("--nll-n", type=int, help="test examples used by --nll (default: continuous runs 1000, "
+                                             "others the run's eval.nll_n)")
     e.add_argument("--ppl", action="store_true",
                    help="text runs: only bits/char and perplexity on the validation split")
+    e.add_argument("--nfe", help="continuous runs: the quality-against-NFE curve at these numbers of network "
+                                 "evaluations per sample, e.g. 1,2,4,8,35 (RUN/nfe.json, RUN/nfe.png)")
+    e.add_argument("--compare", nargs="+", default=[], metavar="RUN",
+                   help="with --nfe: more runs, each curve a line of RUN/nfe.png (and its own nfe.json)")
     _add_sampling(e)
     _add_device(e)
+
+    d = sub.add_parser("distill", formatter_class=_Formatter, help="few-step students of a trained run",
+                       description="Progressive distillation, consistency distillation or reflow from a "
+                                   "trained continuous run; each round is a run directory OUT/round_K whose "
+                                   "config names its teacher, evaluated after training; OUT/distill.json "
+                                   "lists the rounds (see docs/fewstep.md).")
+    d.add_argument("teacher", help="the teacher's run directory (a continuous run)")
+    d.add_argument("--method", required=True, choices=["progressive", "consistency", "reflow"])
+    d.add_argument("--rounds", type=int, help="progressive: halvings (default: down to one step); reflow: "
+                                              "k of the k-rectified flow (default 1); consistency: 1")
+    d.add_argument("--steps", type=int, default=16,
+                   help="progressive: the first student's steps (its teacher takes twice as many)")
+    d.add_argument("--out", help="folder of the rounds (default: TEACHER-METHOD beside the teacher)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value of every student's config, e.g. --set train.steps=800")
+    d.add_argument("--overwrite", action="store_true", help="replace round directories diffspace made")
+    d.add_argument("--featurenet", help="image runs: the feature net the rounds are evaluated with")
+    d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_device(d)
 
     o = sub.add_parser("optimize-grid", formatter_class=_Formatter,
                        help="fit a sampler's noise grid to a trained run",
@@ -191,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "its number of network evaluations for n steps.")
 
     i = sub.add_parser("info", formatter_class=_Formatter, help="describe a run or checkpoint",
-                       description="Print a run's config, progress and metrics.")
+                       description="Print a run's config, progress and metrics, its network's parameters "
+                                   "and multiply-accumulates per example and, for convolutional nets, "
+                                   "the receptive field (layer recursion and input-gradient support).")
     i.add_argument("run", help="run directory or checkpoint (.safetensors)")
 
     r = sub.add_parser("report", formatter_class=_Formatter, help="write a run's HTML report",
@@ -312,12 +340,13 @@ def cmd_sample(args) -> None:
         _write_array(samples, out, [p for p in opts.prompts for _ in range(per_row)] if rows else None)
         if samples.ndim == 4:
             save_grid(samples if rows else samples[:100], out.with_suffix(".png"), ncols=per_row)
-        elif samples.ndim == 2 and samples.shape[1] >= 2:
-            from diffspace.runs.continuous import load_data
+        elif samples.ndim == 2 and samples.shape[1] >= 2:  # vector data: continuous and family runs
+            from diffspace.runs import registries
 
             sc = run.cfg.sample
-            scatter_2d(samples, load_data(run.cfg)["x_test"], out.with_suffix(".png"),
-                       f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps")
+            what = (f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps" if hasattr(sc, "sampler")
+                    else f"{run.task}, step {run.step}")
+            scatter_2d(samples, registries.load(run.cfg)["x_test"], out.with_suffix(".png"), what)
     print(f"wrote {len(samples)} samples to {out}")
 
 
@@ -325,6 +354,8 @@ def cmd_eval(args) -> None:
     from diffspace import runs
     from diffspace.train.distributed import is_main, peer_guard
 
+    if args.nfe or args.compare:
+        return _eval_nfe(args)
     run = _load(args)
     opts = runs.EvalOptions(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
@@ -344,6 +375,46 @@ def cmd_eval(args) -> None:
     print(f"evaluation of {run.dir} (step {run.step})")
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.5g}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+
+
+def _eval_nfe(args) -> None:
+    from diffspace.runs.nfe import nfe_curves
+    from diffspace.train.distributed import is_main, peer_guard
+
+    if not args.nfe:
+        raise UserError("--compare draws NFE curves: give --nfe too, e.g. --nfe 1,2,4,8,35")
+    try:
+        nfes = [int(v) for v in args.nfe.split(",")]
+    except ValueError:
+        raise UserError(f"--nfe takes integers like 1,2,4,8,35; got {args.nfe!r}") from None
+    given = [flag for flag, value in (("--steps", args.steps), ("--cfg", args.cfg), ("--nll", args.nll),
+                                      ("--sigma-min", args.sigma_min), ("--sigma-max", args.sigma_max),
+                                      ("--json", args.json)) if value]
+    given += ["--" + k.replace("_", "-") for k in _given_sampler_options(args)]
+    if given:
+        raise UserError(f"--nfe sets the steps and samples unguided over each run's range; drop {given[0]}")
+    runs_ = [_load(args)] + [_load(argparse.Namespace(run=r, device=args.device)) for r in args.compare]
+    with peer_guard("no NFE curve was written"):
+        curves = nfe_curves(runs_, nfes, args.sampler, args.grid, args.n, args.seed, args.featurenet)
+    if not is_main():
+        return
+    for label, rows in curves.items():
+        key = "sw2_ratio" if "sw2_ratio" in rows[0] else "fid_ratio"
+        print(f"{label}: {key} (1 = data baseline)" + (", cas" if "cas" in rows[0] else ""))
+        for r in rows:
+            extra = f"  cas {r['cas']:.3f}" if "cas" in r else ""
+            print(f"  NFE {r['nfe']:>4} ({r['steps']} steps)  {r[key]:.4g}{extra}")
+    print(f"wrote {runs_[0].dir / 'nfe.png'} and nfe.json in each run directory")
+
+
+def cmd_distill(args) -> None:
+    from diffspace.runs.distill import DistillOptions, distill
+
+    opts = DistillOptions(args.method, args.out, args.rounds, args.steps, tuple(args.set), args.overwrite,
+                          args.featurenet)
+    for run in distill(args.teacher, opts, args.device, progress=not args.no_progress):
+        print(f"{run.dir}: {run.cfg.sample.sampler}, {run.cfg.sample.steps} steps, trained {run.step} steps "
+              f"in {run.meta['elapsed']:.0f} s")
 
 
 def cmd_optimize_grid(args) -> None:
@@ -395,27 +466,34 @@ def cmd_samplers(args) -> None:
 
 
 def cmd_info(args) -> None:
+    from diffspace import runs
     from diffspace.config import to_toml
-    from diffspace.runs.loading import read_run
-    from diffspace.runs.rundir import run_dir_of
-    from diffspace.train.checkpoint import WEIGHTS_FORMAT
+    from diffspace.runs.rundir import checkpoint_of
 
-    ckpt, tensors, meta = read_run(args.run)
-    weights_only = meta["format"] == WEIGHTS_FORMAT  # one set of weights under the module's own keys
-    n_params = sum(v.numel() for k, v in tensors.items() if weights_only or k.startswith("model."))
-    run_dir = run_dir_of(ckpt)
-    print(f"checkpoint  {ckpt}\nstep        {meta['step']} of {meta['config']['train']['steps']}")
-    print(f"elapsed     {meta['elapsed']:.0f} s\nparameters  {n_params:,}")
-    log = run_dir / "log.jsonl"
+    ckpt = checkpoint_of(args.run)
+    run = runs.load_run(ckpt)
+    print(f"checkpoint  {ckpt}\ntask        {run.task}\nstep        {run.step} of "
+          f"{run.meta['config']['train']['steps']}\nelapsed     {run.meta['elapsed']:.0f} s")
+    net = runs.network_info(run)
+    print(f"parameters  {net['parameters']:,}")
+    if "macs_per_sample" in net:
+        print(f"MACs        {net['macs_per_sample']:,} per example ({net['macs_of']})")
+    if "receptive_field_px" in net:
+        H, W = net["input_px"]
+        rows, cols = net["gradient_support_px"]
+        whole = f"; {', '.join(net['global_ops'])} see the whole image" if net["global_ops"] else ""
+        print(f"receptive   {net['receptive_field_px']:g} px by the layer recursion; the centre output "
+              f"pixel's input gradient spans {rows} x {cols} of the {H} x {W} input{whole}")
+    log = run.dir / "log.jsonl"
     if log.is_file() and log.read_text().strip():
         last = json.loads(log.read_text().strip().splitlines()[-1])
         print(f"last loss   {last['loss']:.5g} at step {last['step']}")
-    metrics = run_dir / "metrics.json"
+    metrics = run.dir / "metrics.json"
     if metrics.is_file():
         m = json.loads(metrics.read_text())
-        stale = "" if m.get("step") == meta["step"] else f" (stale: from step {m.get('step')})"
+        stale = "" if m.get("step") == run.step else f" (stale: from step {m.get('step')})"
         print(f"metrics{stale}  " + json.dumps(m))
-    print("\n" + to_toml(meta["config"]))
+    print("\n" + to_toml(run.meta["config"]))
 
 
 def cmd_report(args) -> None:
@@ -427,7 +505,7 @@ def cmd_report(args) -> None:
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": cmd_info,
             "optimize-grid": cmd_optimize_grid, "samplers": cmd_samplers, "export": cmd_export,
             "train-featurenet": cmd_train_images_classifier, "train-classifier": cmd_train_images_classifier,
-            "report": cmd_report}
+            "report": cmd_report, "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

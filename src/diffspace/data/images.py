@@ -222,13 +222,6 @@ def _layout(a: np.ndarray, path: Path) -> Tensor:
     return x
 
 
-def dequantize(x: Tensor, levels: int, generator: torch.Generator | None = None) -> Tensor:
-    """Uniform dequantization: level k of `levels` becomes (k + U) / levels, rescaled to [-1, 1]."""
-    k = torch.round((x + 1) / 2 * (levels - 1))
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return (k + u) / levels * 2 - 1
-
-
 def random_hflip(x: Tensor, generator: torch.Generator | None = None, p: float = 0.5) -> Tensor:
     """Mirror each image left-right with probability p."""
     flip = torch.rand(x.shape[0], generator=generator, device=x.device) < p

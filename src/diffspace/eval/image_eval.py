@@ -27,3 +27,15 @@ def score_samples(net, x: Tensor, labels: Tensor | None, ref_stats, ref_feats: T
     if labels is not None:
         out["cas"] = float((predict(net, x) == labels).double().mean())
     return out
+
+
+def image_report(net, x: Tensor, data: dict, labels: Tensor | None = None) -> dict:
+    """Scores of images x (N, C, H, W) on `net`'s features against the training split's (data: x_train,
+    x_test, y_test), beside the real baseline (the test split scored the same way) and their ratio."""
+    ref_feats = features(net, data["x_train"])
+    ref_stats = feature_stats(ref_feats)
+    base = score_samples(net, data["x_test"], data["y_test"], ref_stats, ref_feats)
+    out = {**{f"{k}_real_baseline": base[k] for k in ("fid", "kid", "precision", "recall")},
+           "fid_real_baseline_se": base["fid_se"], **score_samples(net, x, labels, ref_stats, ref_feats)}
+    out["fid_ratio"] = out["fid"] / out["fid_real_baseline"]
+    return out

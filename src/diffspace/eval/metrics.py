@@ -20,7 +20,8 @@ def sliced_w2(a: Tensor, b: Tensor, n_proj: int = 512, seed: int = 0) -> float:
     a, b = a.double().flatten(1), b.double().flatten(1)
     dirs = torch.randn(a.shape[1], n_proj, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    pa, pb = (a @ dirs).sort(0).values, (b @ dirs).sort(0).values
+    # why: sorting each projection as a contiguous row is about 4x faster than sorting columns in place
+    pa, pb = ((v @ dirs).T.contiguous().sort(1).values.T for v in (a, b))
     m = max(len(a), len(b))
     q = (torch.arange(m, dtype=torch.float64) + 0.5) / m
     qa = torch.quantile(pa, q, dim=0, interpolation="nearest") if len(a) != m else pa
@@ -50,3 +51,15 @@ def bootstrap_se(stat: Callable[..., float], *sets: Tensor, reps: int = BOOTSTRA
     g = torch.Generator().manual_seed(seed)
     values = [stat(*(s[torch.randint(len(s), (len(s),), generator=g)] for s in sets)) for _ in range(reps)]
     return float(torch.tensor(values, dtype=torch.float64).std())
+
+
+def vector_report(x: Tensor, x_test: Tensor, x_train: Tensor) -> dict:
+    """Samples x (N, D) against held-out x_test: sliced W2 and MMD, each beside the baseline of as many
+    training points as test points (a fixed seeded subset) against x_test, with bootstrap errors."""
+    base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]
+    out = {"sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),
+           "mmd": mmd_rbf(x, x_test), "mmd_data_baseline": mmd_rbf(base, x_test)}
+    out["sw2_ratio"] = out["sw2"] / out["sw2_data_baseline"]
+    out["sw2_se"] = bootstrap_se(sliced_w2, x, x_test)
+    out["sw2_data_baseline_se"] = bootstrap_se(sliced_w2, base, x_test)
+    return out

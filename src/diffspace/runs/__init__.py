@@ -7,8 +7,9 @@
 
 from diffspace.runs.api import evaluate, load_config, load_run, log_likelihood, optimize_grid, sample, train
 from diffspace.runs.diffusers_io import export_diffusers
+from diffspace.runs.info import network_info
 from diffspace.runs.loading import export_weights
 from diffspace.runs.options import EvalOptions, Run, SampleOptions
 
 __all__ = ["load_config", "train", "load_run", "sample", "evaluate", "log_likelihood", "optimize_grid",
-           "export_weights", "export_diffusers", "Run", "SampleOptions", "EvalOptions"]
+           "export_weights", "export_diffusers", "network_info", "Run", "SampleOptions", "EvalOptions"]

@@ -19,9 +19,11 @@ from diffspace.nets.dit import DiTConfig
 from diffspace.nets.mlp import MLPConfig
 from diffspace.nets.unet import UNetConfig
 from diffspace.param import PREDICTIONS, DenoiserFromVelocity, EDMPrecond, NetDenoiser, NetVelocity
+from diffspace.param.maps import ConsistencyPrecond, MapDenoiser, NetAverageVelocity
 from diffspace.paths import PATHS, DDPMDiscrete, GaussianPath
 from diffspace.paths.ddpm import ddpm_from_scheduler_config
 from diffspace.runs import registries
+from diffspace.runs.fewstep_config import FEWSTEP_OBJECTIVES, FewStepConfig, check_fewstep
 from diffspace.runs.registries import DATA, IMAGE_DATA, NETS, make_net
 from diffspace.runs.schema import RunConfig
 from diffspace.samplers.grids import GRIDS
@@ -54,8 +56,9 @@ class ModelConfig:
     scheduler_config: str = ""
     # how the network's output is read: "edm" = [EDM] preconditioning (the network predicts x0 through
     # c_skip, c_out, c_in, c_noise; the path then sets only the sampling range), or a raw prediction on
-    # the path: x0, eps, v, score, velocity
-    parameterization: str = choice("edm", "edm", *PREDICTIONS)
+    # the path: x0, eps, v, score, velocity; few-step (docs/fewstep.md): "average_velocity" (a two-time
+    # map u(x_t, r, t), [MEANFLOW]) or "consistency" ([CM]'s f(x, sigma) with f(x, sigma_min) = x)
+    parameterization: str = choice("edm", "edm", *PREDICTIONS, "average_velocity", "consistency")
     sigma_data: float = 0.5  # [EDM] preconditioning's data scale
     num_classes: int = 0  # > 0: class-conditional, with a null class for guidance
     p_uncond: float = 0.1  # label dropout probability during training (conditional models)
@@ -66,7 +69,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    objective: str = choice("denoising", "denoising", "flow")
+    objective: str = choice("denoising", "denoising", "flow", *FEWSTEP_OBJECTIVES)  # few-step: see [fewstep]
     weighting: str = choice("edm", *WEIGHTINGS)
     min_snr_gamma: float = 5.0
     # sigma or t draws: lognormal ([EDM]), t-space proposals, or "table" (a DDPM table's integer timesteps)
@@ -127,11 +130,13 @@ class ContinuousConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    fewstep: FewStepConfig = field(default_factory=FewStepConfig)
 
     def validate(self, src: str) -> None:
         if self.data.name not in DATA:
             raise UserError(f"{src}: data.name = {self.data.name!r} is not one of {', '.join(DATA)}")
         check_design(src, self.model, self.loss, self.sample)
+        check_fewstep(src, self.model, self.loss, self.sample, self.fewstep)
         for key, value in [("eval.n", self.eval.n), ("eval.featurenet_steps", self.eval.featurenet_steps)]:
             if value <= 0:
                 raise UserError(f"{src}: {key} must be positive, got {value}")
@@ -156,10 +161,13 @@ def build_module(cfg: ContinuousConfig, shape: tuple[int, ...], **net_kwargs) ->
     net_kwargs go to the network's constructor (text_dim, text_pooled_dim for text conditioning)."""
     m = cfg.model
     net = make_net(cfg, shape, **net_kwargs)
-
     path = build_path(cfg)
     if cfg.loss.objective == "flow":
         return NetVelocity(net, path)
+    if m.parameterization == "average_velocity":
+        return NetAverageVelocity(net)
+    if m.parameterization == "consistency":
+        return ConsistencyPrecond(net, m.sigma_data, path.sigma_min)
     if m.parameterization == "edm":
         return EDMPrecond(net, m.sigma_data)
     return NetDenoiser(net, path, m.parameterization)
@@ -169,6 +177,8 @@ def as_denoiser(cfg: ContinuousConfig, module: nn.Module):
     """The sigma-space Denoiser of a trained module (for sampling and evaluation)."""
     if cfg.loss.objective == "flow":
         return DenoiserFromVelocity(module, build_path(cfg))
+    if cfg.model.parameterization == "average_velocity":
+        return MapDenoiser(module, build_path(cfg))
     return module
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from diffspace.data.quantized import DIGITS
 from diffspace.eval.bits import bits_per_dim, nll_report
 from diffspace.eval.featurenet import FEATURENET_MIN_ACCURACY, features, load_classifier, train_featurenet
 from diffspace.eval.image_eval import balanced_labels, score_samples
@@ -32,7 +33,6 @@ from diffspace.train.distributed import is_main
 from diffspace.types import UserError
 
 log = logging.getLogger("diffspace")
-DIGITS_LEVELS = 17  # sklearn's digits take 17 grey values (0..16)
 
 
 def _protocol(run: Run, opts: EvalOptions) -> dict:
@@ -51,8 +51,8 @@ def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
     x = to_model_units(run.meta, data["x_test"][:n]).to(run.device)
     y = data.get("y_test")
     cond = {"class_labels": y[:n].to(run.device)} if y is not None and cfg.model.num_classes else None
-    levels = DIGITS_LEVELS if cfg.data.name == "digits" else None
-    report = nll_report(as_denoiser(cfg, run.module), build_path(cfg), x, levels=levels, cond=cond,
+    grid = DIGITS if cfg.data.name == "digits" else None
+    report = nll_report(as_denoiser(cfg, run.module), build_path(cfg), x, grid=grid, cond=cond,
                         seed=opts.seed)
     if "data_std" in run.meta:  # change of variables: -log p(x) = -log p(z) + sum_d log std_d
         report["nll_nats"] += float(torch.tensor(run.meta["data_std"], dtype=torch.float64).log().sum())

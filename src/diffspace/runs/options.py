@@ -30,6 +30,8 @@ class Task:
     sample_options: frozenset[str]  # SampleOptions fields the task honours
     eval_options: frozenset[str]  # EvalOptions fields the task honours
     after_train: Callable[[Path], None] | None = None  # (run_dir) -> None: pictures after training
+    # (Run) -> (fn, example input x (1, ...), what fn computes): the network `runs.network_info` measures
+    network: Callable | None = None
 
 
 @dataclass
@@ -66,7 +68,7 @@ class SampleOptions:
     classifier_scale: float | None = None  # its guidance scale s (default 1; 0 = none)
     prompts: tuple[str, ...] | None = None  # text: the one text samples continue; text_to_image: captions
     block: int | None = None  # text runs: block size for block / semi-autoregressive decoding
-    temperature: float | None = None  # text runs
+    temperature: float | None = None  # text runs; flow runs: x = f^-1(T z)
     top_k: int | None = None  # text runs
     top_p: float | None = None  # text runs
 
@@ -85,8 +87,8 @@ class EvalOptions:
     sigma_max: float | None = None
     guidance: float | None = None  # image runs: classifier-free guidance scale w
     featurenet: str | None = None  # image runs: feature-net artifact (default: RUN/featurenet.safetensors)
-    nll: bool = False  # continuous runs: also the PF-ODE NLL of the test split
-    nll_n: int | None = None  # continuous runs: test examples for nll (default 1000)
+    nll: bool = False  # also the test split's NLL: PF-ODE (continuous), exact or bound (flow, vae, AR)
+    nll_n: int | None = None  # test examples for nll (default: 1000, family runs eval.nll_n)
     ppl_only: bool = False  # text runs: only bits/char on the validation split
 
 

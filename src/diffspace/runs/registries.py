@@ -77,7 +77,7 @@ def _mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
     if len(shape) != 1:
         raise UserError(f"model.net = 'mlp' needs vector data, got examples of shape {shape}")
     c = cfg.model.mlp
-    return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes, out_norm=c.out_norm)
+    return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes, c.second_cond, c.out_norm)
 
 
 def _plain_mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
