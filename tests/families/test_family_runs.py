@@ -5,8 +5,6 @@ does not depend on how the test set is chunked; the histogram density of an auto
 -log P(bin) + D log delta and zero outside its range; bad input is one line with exit 2."""
 
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from diffspace.runs.autoregressive import _nll as ar_nll
 from diffspace.runs.autoregressive import model_grid
 from diffspace.runs.flow import build_setup as flow_setup
 from diffspace.types import UserError
+from test_cli import assert_one_line_error, cli
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 TOY = ["data.n_train=600", "data.n_test=300", "train.steps=3", "train.batch_size=32", "train.warmup_steps=1",
@@ -133,18 +132,11 @@ def test_actnorm_initializes_on_the_seeded_global_batch():
     assert float(norms[0].log_scale.abs().min()) > 0 and float(norms[0].bias.abs().min()) > 0  # data-set
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "diffspace", *map(str, args)], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
-
-
 def test_bad_input_is_one_line_with_exit_2(tmp_path):
     run = _train(tmp_path, "8gaussians-gan", "gan")
-    res = _cli("eval", run.dir, "--nll")
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "defines no likelihood" in res.stderr
+    assert_one_line_error(cli("eval", run.dir, "--nll"), "defines no likelihood")
     (tmp_path / "one.csv").write_text("\n".join(str(v) for v in torch.randn(50).tolist()) + "\n")
-    res = _cli("train", CONFIGS / "checkerboard-realnvp.toml", "--set", "data.name=file", "--set",
-               f"data.file={tmp_path / 'one.csv'}", "--set", f"run.dir={tmp_path / 'r'}")
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "(1,)" in res.stderr and not (tmp_path / "r").exists()
+    res = cli("train", CONFIGS / "checkerboard-realnvp.toml", "--set", "data.name=file", "--set",
+              f"data.file={tmp_path / 'one.csv'}", "--set", f"run.dir={tmp_path / 'r'}")
+    assert_one_line_error(res, "(1,)")
+    assert not (tmp_path / "r").exists()

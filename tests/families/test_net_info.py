@@ -16,6 +16,7 @@ from diffspace.nets.info import (
     traced_layers,
 )
 from diffspace.nets.unet import Attention
+from test_cli import cli
 
 
 def test_parameters_and_macs_of_linear_and_conv():
@@ -82,8 +83,6 @@ def test_info_of_a_unet_run_reports_its_receptive_field(tmp_path):
     """`runs.network_info` and `diffspace info` on a UNet run: parameters of the module, MACs of one
     denoiser call, the recursion over the layers the call runs, and the gradient support (the whole 8x8
     digit: GroupNorm and attention see every pixel)."""
-    import subprocess
-    import sys
     from pathlib import Path
 
     from diffspace import runs
@@ -99,8 +98,7 @@ def test_info_of_a_unet_run_reports_its_receptive_field(tmp_path):
     assert info["receptive_field_px"] == receptive_field(traced_layers(call, x).layers) > 8
     assert info["gradient_support_px"] == [8, 8] and info["input_px"] == [8, 8]
     assert "native_group_norm" in info["global_ops"]
-    res = subprocess.run([sys.executable, "-m", "diffspace", "info", str(run.dir)], capture_output=True,
-                         text=True, timeout=120)
+    res = cli("info", run.dir)
     assert res.returncode == 0, res.stderr
     assert f"receptive   {info['receptive_field_px']:g} px by the layer recursion" in res.stdout
     assert f"parameters  {info['parameters']:,}" in res.stdout
