@@ -13,49 +13,43 @@ from t2i_configs import encoder_config
 
 from diffspace import runs
 from diffspace.cli.main import main
+from test_cli import assert_one_line_error
+from test_cli_images import in_process
 
 RED, BLUE = "a small red circle at the top left", "a large blue square at the center"
 
 
-def one_line_error(capsys, argv, *words):
-    capsys.readouterr()
-    assert main([str(a) for a in argv]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("diffspace: error:"), err
-    for w in words:
-        assert w in err, (w, err)
-
-
 def test_sample_writes_a_grid_with_a_row_per_prompt_and_the_arrays(t2i_runs, tmp_path):
     out = tmp_path / "grid.png"
-    argv = ["sample", t2i_runs["latent"], "--prompt", RED, "--prompt", BLUE, "--cfg", 3, "--n", 3,
+    argv = ["sample", t2i_runs["latent"], "--prompt", RED, "--prompt", BLUE, "--cfg", 4, "--n", 4,
             "--out", out]
     assert main([str(a) for a in argv]) == 0
     side = 16 * 4  # 16-pixel images shown 4x
-    assert Image.open(out).size == (3 * (side + 4) + 4, 2 * (side + 4) + 4)  # 3 columns, 2 rows, 1-pixel gaps
+    assert Image.open(out).size == (4 * (side + 4) + 4, 2 * (side + 4) + 4)  # 4 columns, 2 rows, 1-pixel gaps
     arrays = np.load(out.with_suffix(".npz"))
-    assert arrays["samples"].shape == (6, 3, 16, 16) and list(arrays["prompts"]) == [RED] * 3 + [BLUE] * 3
+    assert arrays["samples"].shape == (8, 3, 16, 16) and list(arrays["prompts"]) == [RED] * 4 + [BLUE] * 4
     expected = runs.sample(runs.load_run(t2i_runs["latent"]),
-                           runs.SampleOptions(n=3, prompts=(RED, BLUE), guidance=3.0))
+                           runs.SampleOptions(n=4, prompts=(RED, BLUE), guidance=4.0))
     np.testing.assert_allclose(arrays["samples"], expected.numpy(), atol=1e-5)
 
 
 def test_bad_prompts_through_the_cli(t2i_runs, capsys):
     run = t2i_runs["pixel"]
-    one_line_error(capsys, ["sample", run, "--prompt", ""], "prompt 1 (--prompt) is empty")
-    one_line_error(capsys, ["sample", run, "--prompt", RED, "--prompt", "  "], "prompt 2 (--prompt) is empty")
-    one_line_error(capsys, ["sample", run, "--prompt", RED * 4], "tokens long", "the text context holds")
-    one_line_error(capsys, ["sample", run, "--cfg", "2"], "needs a prompt (--prompt)")
-    one_line_error(capsys, ["sample", t2i_runs["encoder"], "--prompt", RED],
-                   "contrastive runs cannot use the option 'prompts' (--prompt)")
+    for args, words in ((["--prompt", ""], ["prompt 1 (--prompt) is empty"]),
+                        (["--prompt", RED, "--prompt", "  "], ["prompt 2 (--prompt) is empty"]),
+                        (["--prompt", RED * 4], ["tokens long", "the text context holds"]),
+                        (["--cfg", "2"], ["needs a prompt (--prompt)"])):
+        assert_one_line_error(in_process(capsys, "sample", run, *args), *words)
+    assert_one_line_error(in_process(capsys, "sample", t2i_runs["encoder"], "--prompt", RED),
+                          "contrastive runs cannot use the option 'prompts' (--prompt)")
 
 
 def test_prompt_on_an_unconditional_run_is_refused(tmp_path, capsys):
     run = tmp_path / "vectors"
     runs.train({"run": {"dir": str(run)}, "data": {"name": "checkerboard", "n_train": 200, "n_test": 50},
                 "model": {"mlp": {"hidden": 8, "depth": 1}}, "train": {"steps": 2, "batch_size": 16}})
-    one_line_error(capsys, ["sample", run, "--prompt", RED],
-                   "continuous runs cannot use the option 'prompts' (--prompt)")
+    assert_one_line_error(in_process(capsys, "sample", run, "--prompt", RED),
+                          "continuous runs cannot use the option 'prompts' (--prompt)")
 
 
 def test_a_text_run_takes_exactly_one_prompt(tmp_path, capsys):
@@ -65,8 +59,8 @@ def test_a_text_run_takes_exactly_one_prompt(tmp_path, capsys):
                 "data": {"corpus": str(tmp_path / "corpus.txt"), "tokenizer": "char", "seq_len": 16},
                 "model": {"kind": "ar", "dim": 16, "depth": 1, "heads": 2},
                 "train": {"steps": 2, "batch_size": 8}})
-    one_line_error(capsys, ["sample", run, "--prompt", "the", "--prompt", "a"],
-                   "text runs continue one prompt")
+    assert_one_line_error(in_process(capsys, "sample", run, "--prompt", "the", "--prompt", "a"),
+                          "text runs continue one prompt")
     assert main(["sample", str(run), "--prompt", "the ", "--n", "2", "--out", str(tmp_path / "s.txt")]) == 0
     assert (tmp_path / "s.txt").read_text().count("=== sample") == 2
 
@@ -82,8 +76,8 @@ def test_a_caption_file_naming_a_missing_image_stops_training(tmp_path, capsys):
     toml = (f'task = "contrastive"\n[run]\ndir = "{tmp_path / "run"}"\n[data]\nname = "folder"\n'
             f'file = "{folder}"\n[train]\nsteps = {cfg["train"]["steps"]}\n')
     (tmp_path / "c.toml").write_text(toml)
-    one_line_error(capsys, ["train", tmp_path / "c.toml", "--no-progress"], "names image 'gone.png'",
-                   "does not exist")
+    assert_one_line_error(in_process(capsys, "train", tmp_path / "c.toml", "--no-progress"),
+                          "names image 'gone.png'", "does not exist")
     assert not (tmp_path / "run").exists()
 
 
