@@ -152,14 +152,18 @@ def one_line_error(capsys, *words):
 
 def test_what_a_diffusers_folder_cannot_do_is_refused(folders, tmp_path, capsys):
     folder = str(folders["sample"])
+    before = sorted(p.name for p in folders["sample"].rglob("*"))
     for argv, words in ((["train", folder], ["diffusers model", "not train"]),
+                        (["sample", folder], ["not a diffspace run directory", "--out"]),
                         (["train", folder, "--resume"], ["diffusers model", "not train"]),
-                        (["eval", folder], ["no data set"]),
+                        (["eval", folder], ["not a diffspace run directory", "metrics.json"]),
                         (["optimize-grid", folder], ["continuous run"]),
-                        (["sample", folder, "--class", "1"], ["class-conditional"]),
+                        (["sample", folder, "--class", "1", "--out", str(tmp_path / "s.npz")],
+                         ["class-conditional"]),
                         (["export", folder, "--out", str(tmp_path / "w.safetensors")], ["already holds"])):
         assert main(argv) == 2, argv
         one_line_error(capsys, *words)
+    assert sorted(p.name for p in folders["sample"].rglob("*")) == before  # nothing written into it
     edm = tmp_path / "edm"
     tiny_unet().save_pretrained(edm)
     diffusers.EDMEulerScheduler().save_pretrained(edm)

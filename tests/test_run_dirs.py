@@ -124,3 +124,21 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
     assert not (run / "metrics.json").exists() and not (run / "grids.json").exists()
     res = cli("sample", run, "--grid", "optimized", "--steps", 2, "--sampler", "dpmpp_2m", "--n", 5)
     assert_one_line_error(res, "no optimized grid")
+
+
+def test_nothing_is_written_beside_weights_in_a_users_folder(tmp_path, trained):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    shutil.copy(trained / "checkpoints" / "last.safetensors", folder / "weights.safetensors")
+    (folder / "samples.npz").write_bytes(b"my own samples")
+    (folder / "metrics.json").write_text("{}")
+    before = snapshot(folder)
+    for argv, what in ((("sample", folder / "weights.safetensors", "--n", 4), "samples"),
+                       (("eval", folder / "weights.safetensors", "--n", 20), "metrics.json"),
+                       (("optimize-grid", folder / "weights.safetensors", "--steps", 2), "grids.json"),
+                       (("report", folder / "weights.safetensors"), "report.html")):
+        assert_one_line_error(cli(*argv), "not a diffspace run directory", what)
+    assert snapshot(folder) == before
+    out = tmp_path / "elsewhere" / "s.npz"
+    assert cli("sample", folder / "weights.safetensors", "--n", 4, "--out", out).returncode == 0
+    assert out.is_file() and snapshot(folder) == before

@@ -306,7 +306,7 @@ def cmd_sample(args) -> None:
     from diffspace import runs
     from diffspace.eval.pictures import save_grid
     from diffspace.eval.plots import scatter_2d
-    from diffspace.runs.rundir import write_atomic
+    from diffspace.runs.rundir import check_run_dir, write_atomic
     from diffspace.train.distributed import peer_guard
 
     run = _load(args)
@@ -321,6 +321,8 @@ def cmd_sample(args) -> None:
     suffixes = (".txt",) if run.task == "text" else (".npz", ".npy", ".csv", ".png")
     if args.out and Path(args.out).suffix not in suffixes:
         raise UserError(f"--out {args.out}: use a {', '.join(suffixes)} file name")
+    if not args.out:
+        check_run_dir(run.dir, "samples", "; give --out FILE")
     with peer_guard("nothing was written"):
         samples = runs.sample(run, opts)
     if samples is None:  # a torchrun rank other than 0: it only helped

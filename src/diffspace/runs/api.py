@@ -149,9 +149,11 @@ def sample(run: Run, options: SampleOptions | None = None):
 
 def evaluate(run: Run, options: EvalOptions | None = None) -> dict:
     """The run's metrics beside their data baselines, with the protocol (seed, n, sampler, steps);
-    also written to RUN/metrics.json by rank 0. {} on other torchrun ranks."""
+    also written to RUN/metrics.json by rank 0. {} on other torchrun ranks. UserError if RUN is not a
+    run directory diffspace created (rundir.check_run_dir)."""
     task, options = TASKS[run.task], options or EvalOptions()
     check_options(options, task.eval_options, run.task)
+    rundir.check_run_dir(run.dir, "metrics.json")
     return task.evaluate(run, options)
 
 
@@ -172,5 +174,6 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     see runs.sampling.optimize_grid."""
     if run.task != "continuous":
         raise UserError(f"optimize-grid needs a continuous run; {run.dir} is a {run.task} run")
+    rundir.check_run_dir(run.dir, "grids.json")
     return sampling.optimize_grid(run, sampler, steps, n_calib, seed, sigma_min, sigma_max, method, budget,
                                   orders, candidates, pas, pas_k, pas_tol)

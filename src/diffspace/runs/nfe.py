@@ -21,7 +21,7 @@ from diffspace.eval.nfe import nfe_plot
 from diffspace.runs.continuous import as_denoiser, load_data, to_data_units
 from diffspace.runs.evaluation import featurenet_for
 from diffspace.runs.options import Run, check_positive
-from diffspace.runs.rundir import write_atomic
+from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.runs.sampling import generate, plan
 from diffspace.samplers.registry import SAMPLERS
 from diffspace.train.distributed import is_main
@@ -128,6 +128,8 @@ def nfe_curves(runs: list[Run], nfes, sampler: str | None = None, grid: str | No
                n: int | None = None, seed: int = 0, featurenet: str | None = None) -> dict[str, list[dict]]:
     """`nfe_curve` of each run (each writes its RUN/nfe.json) and their plot, one line per run, in the first
     run's RUN/nfe.png. Returns {label: rows}, the label being the run directory's name and sampler."""
+    for run in runs:
+        check_run_dir(run.dir, NFE_FILE)
     curves = {}
     for run in runs:
         rows = nfe_curve(run, nfes, sampler, grid, n, seed, featurenet)

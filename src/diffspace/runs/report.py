@@ -19,7 +19,7 @@ from pathlib import Path
 from diffspace.config import to_toml
 from diffspace.eval.plots import learning_curves, read_log, sigma_grids
 from diffspace.runs.loading import read_run
-from diffspace.runs.rundir import write_atomic
+from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.samplers.registry import SAMPLERS
 
 REPORT = "report.html"
@@ -158,6 +158,7 @@ def write_report(path: str | Path) -> Path:
     """Write RUN/report.html for a run directory (or checkpoint file) and return its path."""
     ckpt, tensors, meta = read_run(path)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    check_run_dir(run_dir, REPORT)
     params = sum(v.numel() for k, v in tensors.items() if k.startswith("model."))
     cfg = meta["config"]
     title = f"diffspace report: {run_dir.name}"

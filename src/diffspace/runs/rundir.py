@@ -10,6 +10,8 @@ commands compute from its weights. The rules, all checked before anything is wri
   nothing but diffspace's own files, and never the current directory, one of its parents, the home
   directory or the file-system root; it removes those files one by one, never the folder wholesale;
 - `resume` works on the directory it is given, wherever it was copied or moved to;
+- files computed from a run's weights (metrics, grids, samples, reports) go only into a run directory
+  diffspace created, never beside weights in a user's folder (a diffusers folder, an exported file);
 - files computed from older weights (metrics, grids, samples, pictures) are moved to
   `stale/step_<N>/` when training continues, so no later command reads them as current.
 Every file is written atomically (temp file, fsync, rename).
@@ -46,6 +48,16 @@ def checkpoint_of(path: str | Path) -> Path:
 
 def run_dir_of(ckpt: Path) -> Path:
     return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+
+
+def check_run_dir(run_dir: Path, what: str, hint: str = "") -> None:
+    """Refuse (UserError) to write `what` into a folder diffspace did not create: one without the marker
+    (or, for runs made before the marker, without checkpoints/last.safetensors) — a diffusers folder, or
+    the folder of a checkpoint file among a user's own files, where it could replace one of them."""
+    run_dir = Path(run_dir)
+    if not ((run_dir / MARKER).is_file() or (run_dir / CHECKPOINT).is_file()):
+        raise UserError(f"{run_dir} is not a diffspace run directory (no {MARKER}), so {what} is not "
+                        f"written there{hint}")
 
 
 def write_atomic(path: Path, text: str) -> None:
