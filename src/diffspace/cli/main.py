@@ -304,8 +304,7 @@ def _write_array(x, out: Path, prompts: list[str] | None = None) -> None:
 
 def cmd_sample(args) -> None:
     from diffspace import runs
-    from diffspace.eval.pictures import save_grid
-    from diffspace.eval.plots import scatter_2d
+    from diffspace.eval.plots import labelled_grid, scatter_2d
     from diffspace.runs.rundir import check_run_dir, write_atomic
     from diffspace.train.distributed import peer_guard
 
@@ -340,14 +339,18 @@ def cmd_sample(args) -> None:
         if out.suffix == ".png":  # the grid, with the arrays beside it
             out = out.with_suffix(".npz")
         _write_array(samples, out, [p for p in opts.prompts for _ in range(per_row)] if rows else None)
-        if samples.ndim == 4:
-            save_grid(samples if rows else samples[:100], out.with_suffix(".png"), ncols=per_row)
+        sc = run.cfg.sample
+        what = (f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps" if hasattr(sc, "sampler")
+                else f"{run.task}, step {run.step}")
+        if samples.ndim == 4:  # a titled grid: ten per row, or one row per prompt labelled with it
+            title = (f"{run.dir.name} (step {run.step}): {what}, seed {opts.seed}"
+                     + (f", cfg {opts.guidance:g}" if opts.guidance is not None else ""))
+            labels = [p if len(p) <= 40 else p[:39] + "…" for p in opts.prompts] if rows else None
+            labelled_grid((samples if rows else samples[:100]).clamp(-1, 1), out.with_suffix(".png"), per_row,
+                          title, labels, cell_inches=max(0.45, samples.shape[-1] * 0.04))  # >= 4 px per pixel
         elif samples.ndim == 2 and samples.shape[1] >= 2:  # vector data: continuous and family runs
             from diffspace.runs import registries
 
-            sc = run.cfg.sample
-            what = (f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps" if hasattr(sc, "sampler")
-                    else f"{run.task}, step {run.step}")
             scatter_2d(samples, registries.load(run.cfg)["x_test"], out.with_suffix(".png"), what)
     print(f"wrote {len(samples)} samples to {out}")
 

@@ -136,8 +136,8 @@ def labelled_grid(x: Tensor, out, ncols: int, title: str = "", row_labels: list[
         spine.set_visible(False)
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100, format="png")
+    # why: a canvas sized for the images alone; "tight" grows it to the labels and the title
+    fig.savefig(out, dpi=100, format="png", bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
 
 
