@@ -97,6 +97,14 @@ def test_a_classifier_of_other_images_is_refused(tmp_path, capsys):
     assert_one_line_error(res, "needs a class-conditional run")
 
 
+def test_a_net_that_cannot_be_built_is_one_line_and_leaves_no_run(tmp_path, capsys):
+    """Issue 11 item 5: DiT heads that do not divide its width once ended in a ValueError traceback."""
+    res = in_process(capsys, "train", ROOT / "configs/digits-edm.toml", "--set", f"run.dir={tmp_path / 'r'}",
+                     "--set", "model.net=dit", "--set", "model.dit.heads=3", "--no-progress")
+    assert_one_line_error(res, "model.net = 'dit'", "hidden % heads == 0", "heads=3")
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
 def test_samplers_lists_the_text_samplers_too(capsys):
     res = in_process(capsys, "samplers")
     assert res.returncode == 0
