@@ -30,8 +30,15 @@ def shared_level(level: Tensor) -> Tensor:
     `sigma_batch` makes, so no value is read (no device sync). The result broadcasts against (B, ...)
     through `bcast`, and a wrapper computes its per-level coefficients once instead of B times."""
     if level.ndim == 1 and level.shape[0] > 1 and level.stride(0) == 0:
-        return level[:1]
+        base = level._base  # why: the (1,) tensor a sampler expanded, without a slicing op per call
+        return base if base is not None and base.shape == (1,) else level[:1]
     return level
+
+
+def in_dtype_of(t: Tensor, x: Tensor) -> Tensor:
+    """t in x's dtype. why: `Tensor.to` costs a dispatcher round trip even when it returns t itself, a
+    visible share of a sampler step's host time on the CPU."""
+    return t if t.dtype == x.dtype else t.to(x.dtype)
 
 
 class LevelMemo:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from diffspace.param.predictions import NEEDS_DERIVATIVES, SKIP_IS_ONE, x0_eps
 from diffspace.paths.base import Coeffs, GaussianPath
-from diffspace.utils import LevelMemo, bcast, shared_level
+from diffspace.utils import LevelMemo, bcast, in_dtype_of, shared_level
 
 
 def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
@@ -60,7 +60,7 @@ class NetDenoiser(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_in, c_skip, c_out, c_noise = self._memo(self.level, shared_level(sigma), x)
-        f = self.net(c_in * x, c_noise, **cond).to(x.dtype)
+        f = in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
         # why: where c_skip is 1 by construction, one pass over the batch instead of two
         return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
 
@@ -84,7 +84,7 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_skip, c_out, c_in, c_noise = self._memo(self.level, shared_level(sigma), x)
-        return torch.addcmul(c_skip * x, c_out, self.net(c_in * x, c_noise, **cond).to(x.dtype))
+        return torch.addcmul(c_skip * x, c_out, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
 
 
 class VelocityFromDenoiser(nn.Module):
@@ -139,4 +139,4 @@ class NetVelocity(nn.Module):
         return self.path.noise_cond(t.double()).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        return self.net(x_t, self._memo(self.level, shared_level(t), x_t), **cond).to(x_t.dtype)
+        return in_dtype_of(self.net(x_t, self._memo(self.level, shared_level(t), x_t), **cond), x_t)
