@@ -86,7 +86,7 @@ def meanflow(args, x_train, g):
     noise = torch.randn(args.n, 2, generator=torch.Generator().manual_seed(args.seed + 1))
     with torch.no_grad():
         samples = {f"{n} NFE": sample_flow_map(ema, noise, uniform_times(n)) for n in NFES}
-        # the CLI's range for a linear path: Karras levels over [0.002, 80] of its [1e-4, 1e4]
+        # Karras levels over [0.002, 80], EDM's range, not the linear path's own [1e-4, 1e4] (docs/fewstep.md)
         heun = sample_heun(DenoiserFromVelocity(InstantVelocity(ema), path), noise * 80.0,
                            karras_sigmas(18, 0.002, 80.0))
     samples["heun 35 NFE (r = t velocity)"] = heun

@@ -1,0 +1,290 @@
+"""Few-step generation against its teacher (issue 14): every method of docs/fewstep.md at 1, 2 and 4
+network evaluations per sample beside the EDM teacher sampled with Heun at 35 NFE, on the 2-D
+checkerboard, everything trained and sampled through the runs layer (`runs.train`, `distill`,
+`nfe_curve`) exactly as `diffspace train / distill / eval --nfe` do.
+
+Rows: the teacher (configs/demo.toml; Heun 18 steps = 35 NFE, and Euler at 1/2/4 NFE for scale),
+MeanFlow and iCT from scratch (configs/checkerboard-meanflow.toml, checkerboard-ict.toml), and from the
+teacher: progressive distillation (16 -> 8 -> 4 -> 2 -> 1 DDIM steps, the round with N steps is the row
+at N NFE), consistency distillation and reflow (1-rectified flow, Euler in uniform t). Figure of merit:
+sliced W2 of 5000 samples against 5000 held-out points over the data baseline (5000 training
+points against the same held-out ones), for the teacher and each method; the issue's targets are the
+best method within 2x / 1.5x / 1.2x the teacher's 35-NFE ratio at 1 / 2 / 4 NFE. Beside each row: the
+CPU-minutes of its training (this process's CPU time on one thread, time.process_time; distillation
+rows count the student only, the teacher's own minutes are on its row) and its learning curve.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py            # about 20 CPU-minutes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --quick    # the pipeline in about 2 minutes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --digits-teacher RUN
+    .venv/bin/python benchmarks/fewstep.py --table                      # .md and .png from the .json
+
+Writes benchmarks/results/fewstep.json, fewstep.md and fewstep.png (quality against NFE, one line per
+method, and the learning curves). `--digits-teacher RUN` (a trained configs/digits-edm.toml run, copied)
+writes fewstep_digits.*: MeanFlow (configs/digits-meanflow.toml) and consistency distillation against
+it, feature FID over its real baseline on the digits feature net of benchmarks/families.py (CAS in the
+JSON), each training capped at 8 wall-clock minutes (train.minutes; the row gives the steps reached).
+One seed: read differences of less than about 20 % as noise (two runs of one iCT command differed 2.4
+against 3.9 in benchmarks/fewstep_feasibility.py).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+from diffspace import runs  # noqa: E402
+from diffspace.runs.distill import DistillOptions, distill  # noqa: E402
+from diffspace.runs.nfe import nfe_curve  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = ROOT / "benchmarks" / "cache" / "fewstep"
+NFES = (1, 2, 4)
+TARGETS = {1: 2.0, 2: 1.5, 4: 1.2}  # issue 14, must-show 2: best method / teacher at 35 NFE
+C = lambda name: str(ROOT / "configs" / f"{name}.toml")  # noqa: E731
+
+# training steps of each row (full run); --quick divides them by QUICK
+STEPS = {"teacher": 3000, "MeanFlow": 2500, "iCT": 5000, "progressive": 500, "consistency distillation": 2000,
+         "reflow": 2500}
+QUICK = 40
+METHODS = {"progressive": "progressive", "consistency distillation": "consistency", "reflow": "reflow"}
+PD_STEPS = 16  # progressive distillation's first student (its teacher: DDIM on 32 levels)
+DIGITS_STEPS = {"MeanFlow": 1500, "consistency distillation": 1000}  # and train.minutes = 8 (wall) each
+FEATURENET = str(ROOT / "benchmarks" / "cache" / "families" / "featurenet-digits.safetensors")
+N_EVAL = 5000  # samples and held-out points per row (--quick: 1000); the students inherit the teacher's
+
+
+def _cpu(fn):
+    start = time.process_time()
+    out = fn()
+    return out, (time.process_time() - start) / 60
+
+
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines() if line]
+    return [(r["step"], r["loss"]) for r in rows if "loss" in r]
+
+
+def _rows(run, nfes, sampler=None, grid=None) -> list[dict]:
+    drop = ("nfe_asked", "seed", "step")
+    n = None if run.cfg.images else run.cfg.eval.n  # images: the test split
+    return [{k: v for k, v in r.items() if k not in drop}
+            for r in nfe_curve(run, nfes, sampler, grid, n, featurenet=FEATURENET if n is None else None)]
+
+
+def _entry(method, run, cpu_min, rows, curve, **extra) -> dict:
+    return {"method": method, "run": os.path.relpath(run.dir, ROOT), "train_steps": run.step,
+            "cpu_min": None if cpu_min is None else round(cpu_min, 2), "rows": rows, "curve": curve, **extra}
+
+
+def teacher(steps: dict, n: int) -> tuple[dict, object]:
+    cfg = runs.load_config(C("demo"), [f"run.dir={RUNS / 'teacher'}", f"train.steps={steps['teacher']}",
+                                       "sample.steps=18", f"eval.n={n}"])
+    run, cpu = _cpu(lambda: runs.train(cfg, overwrite=True))
+    rows = _rows(run, [35], "heun", "karras") + _rows(run, NFES, "euler", "karras")
+    return _entry("teacher (EDM)", run, cpu, rows, _curve(run.dir)), run
+
+
+def digits_teacher(source: Path) -> tuple[dict, object]:
+    """A trained configs/digits-edm.toml run, copied (its nfe.json is written here, not in `source`)."""
+    shutil.copytree(source, RUNS / "digits-teacher", dirs_exist_ok=True)
+    run = runs.load_run(RUNS / "digits-teacher")
+    rows = _rows(run, [35], "heun", "karras") + _rows(run, NFES, "euler", "karras")
+    return _entry("teacher (EDM, not trained here)", run, None, rows, _curve(run.dir)), run
+
+
+def scratch(method: str, config: str, steps: dict, n: int | None) -> dict:
+    sets = [f"run.dir={RUNS / config}", f"train.steps={steps[method]}"] + ([f"eval.n={n}"] if n else [])
+    cfg = runs.load_config(C(config), sets + (["train.minutes=8"] if config.startswith("digits") else []))
+    run, cpu = _cpu(lambda: runs.train(cfg, overwrite=True))
+    return _entry(method, run, cpu, _rows(run, NFES), _curve(run.dir))
+
+
+def distilled(method: str, teacher_run, steps: dict, out: str = "") -> list[dict]:
+    """The method's students; progressive: one entry per round (each at its own N), else the last round."""
+    name, images = METHODS[method], teacher_run.cfg.images
+    sets = [f"train.steps={steps[method]}", f"train.batch_size={64 if images else 256}"]
+    sets += ["train.minutes=8"] if images else []
+    if name == "progressive":  # fine-tuning the teacher's network: a smaller step ([PD] Sec. 4)
+        sets += ["train.lr=5e-4", "train.warmup_steps=50"]
+    opts = DistillOptions(name, str(RUNS / (out or name)), steps=PD_STEPS, overrides=tuple(sets),
+                          overwrite=True, featurenet=FEATURENET if images else None)
+    students, cpu = _cpu(lambda: distill(teacher_run.dir, opts))
+    record = json.loads((RUNS / (out or name) / "distill.json").read_text())["rounds"]
+    if name != "progressive":
+        s = students[-1]
+        extra = {"straightness": [r["straightness"] for r in record]} if name == "reflow" else {}
+        return [_entry(method, s, cpu, _rows(s, NFES), _curve(s.dir), **extra)]
+    per_round = cpu / len(students)
+    return [_entry(f"{method} (round {k + 1})", s, per_round * (k + 1), _rows(s, [s.cfg.sample.steps]),
+                   _curve(s.dir)) for k, s in enumerate(students)]
+
+
+def must_show(entries: list[dict], key: str) -> dict:
+    """At each N of NFES: the best method's ratio, the teacher's 35-NFE ratio, their quotient, the target."""
+    ref = next(r for r in entries[0]["rows"] if r["nfe"] == 35)[key]
+    out = {}
+    for n, target in TARGETS.items():
+        cands = [(r[key], e["method"]) for e in entries[1:] for r in e["rows"] if r["nfe"] == n]
+        best, who = min(cands)
+        out[n] = {"best": who, "ratio": best, "teacher_35": ref, "factor": best / ref, "target": target,
+                  "holds": best / ref <= target}
+    return out
+
+
+def _metric_line(result: dict) -> str:
+    first = result["entries"][0]["rows"][0]
+    if result["metric"] == "sw2_ratio":
+        return (f"Sliced W2 of {first['n']} samples over the data baseline "
+                f"({first['sw2_data_baseline']:.4f}, as many training points against the same held-out ones)")
+    return (f"Feature FID of {first['n']} samples (the test split's size, balanced over the classes, "
+            "unguided) "
+            f"over the real baseline ({first['fid_real_baseline']:.3f}: the test split against the training "
+            "statistics), on benchmarks/cache/families/featurenet-digits.safetensors; CAS in the JSON")
+
+
+def write_table(result: dict, stem: str) -> None:
+    key, data = result["metric"], result["data"]
+    lines = [f"# Few-step generation against the 35-NFE teacher ({data})", "",
+             f"Written by `benchmarks/fewstep.py` ({result['mode']}); torch {result['torch']}, one thread, "
+             f"load average after {result['load_average_after']}. {_metric_line(result)}; one seed.", "",
+             "| method | sampler | train steps | CPU-min | 1 NFE | 2 NFE | 4 NFE | 35 NFE | other NFE |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e in result["entries"]:
+        by = {r["nfe"]: r for r in e["rows"]}
+        cells = [f"{by[n][key]:.2f}" if n in by else "" for n in (*NFES, 35)]
+        cells.append(", ".join(f"{n}: {r[key]:.2f}" for n, r in by.items() if n not in (*NFES, 35)))
+        samplers = ", ".join(sorted({r["sampler"] for r in e["rows"]}))
+        cpu = "n/a" if e["cpu_min"] is None else f"{e['cpu_min']:.1f}"
+        lines.append(f"| {e['method']} | {samplers} | {e['train_steps']} | {cpu} | {' | '.join(cells)} |")
+    lines += ["", "CPU-min: this process's CPU time (one thread) for the row's training and the evaluation "
+              "`distill` runs after each round; distillation rows count the student only (the teacher's "
+              "minutes are on its row). Progressive round k: rounds 1..k, the method's total split evenly "
+              "over its rounds (equal steps each). Teacher rows at 1/2/4 NFE: Euler on its Karras grid "
+              "(Heun's 2n - 1 calls cannot make 2 or 4; that grid's last step goes from sigma_min to 0, so "
+              f"Euler's 2 NFE is about its 1 NFE). Learning curves: {stem}.png.",
+              "", "Must-show 2 (best method's ratio / the teacher's at 35 NFE):", "",
+              "| NFE | best method | ratio | teacher 35 NFE | factor | target | holds |",
+              "|---|---|---|---|---|---|---|"]
+    for n, m in result["must_show"].items():
+        lines.append(f"| {n} | {m['best']} | {m['ratio']:.2f} | {m['teacher_35']:.2f} | {m['factor']:.2f}x | "
+                     f"{m['target']}x | {'yes' if m['holds'] else '**no**'} |")
+    straight = [e for e in result["entries"] if "straightness" in e]
+    if straight:
+        s = straight[0]["straightness"]
+        lines += ["", f"Reflow straightness ([RF] S, 500 trajectories): teacher {s[0]:.4f} -> 1-rectified "
+                      f"{s[1]:.4f}."]
+    lines.append("")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+
+
+def _curve_panels(entries: list[dict]) -> list[tuple[str, list[list]]]:
+    """(title, curves) per method; progressive distillation's rounds share a panel, one after another."""
+    pd = [e for e in entries if e["method"].startswith("prog")]
+    panels = [(e["method"], e["cpu_min"], [e["curve"]]) for e in entries if e not in pd]
+    if pd:
+        offsets = [sum(e["train_steps"] for e in pd[:k]) for k in range(len(pd))]
+        curves = [[(step + off, loss) for step, loss in e["curve"]]
+                  for e, off in zip(pd, offsets, strict=True)]
+        panels.append((f"progressive, {len(pd)} rounds", pd[-1]["cpu_min"], curves))
+    return [(f"{m}\n{'CPU-min n/a' if c is None else f'{c:.1f} CPU-min'}", cs) for m, c, cs in panels]
+
+
+def write_plot(result: dict, stem: str) -> None:
+    entries, cols = result["entries"], 4
+    panels = _curve_panels(entries)
+    rows_of_panels = -(-len(panels) // cols)
+    fig = plt.figure(figsize=(13, 5 + 2.6 * rows_of_panels))
+    grid = fig.add_gridspec(1 + rows_of_panels, cols, height_ratios=[2.2] + [1] * rows_of_panels)
+    ax = fig.add_subplot(grid[0, :])
+    pd = [e for e in entries if e["method"].startswith("progressive")]
+    lines = [e for e in entries if not e["method"].startswith("progressive")]
+    if pd:
+        lines.append({"method": "progressive distillation (one round per N)",
+                      "rows": [r for e in pd for r in e["rows"]]})
+    for e in lines:
+        rows = sorted((r for r in e["rows"] if r["nfe"] in NFES), key=lambda r: r["nfe"])
+        label = e["method"] + (", Euler" if e["method"].startswith("teacher") else "")
+        ax.plot([r["nfe"] for r in rows], [r[result["metric"]] for r in rows], marker="o", label=label)
+    ref = next(iter(result["must_show"].values()))["teacher_35"]
+    ax.axhline(ref, color="black", linestyle=":", label=f"teacher, Heun 35 NFE ({ref:.2f})")
+    for n, target in TARGETS.items():
+        ax.plot([n], [ref * target], marker="_", markersize=22, markeredgewidth=2, color="red")
+    base = "data baseline" if result["metric"] == "sw2_ratio" else "real baseline"
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label=base)
+    ax.set(xscale="log", yscale="log", xlabel="network evaluations per sample (NFE)",
+           ylabel="sliced W2 / data baseline" if result["metric"] == "sw2_ratio" else "FID / real baseline",
+           title=f"{result['data']}: quality against NFE (red ticks: the issue's targets, 2x / 1.5x / 1.2x "
+                 "the teacher at 35 NFE)")
+    ax.set_xticks(NFES, [str(n) for n in NFES])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    for i, (title, curves) in enumerate(panels):
+        a = fig.add_subplot(grid[1 + i // cols, i % cols])
+        for curve in curves:
+            if curve:
+                a.plot(*zip(*curve, strict=True), linewidth=1)
+        a.set_yscale("log")
+        a.set_title(title, fontsize=8)
+        a.set_xlabel("step", fontsize=8)
+        a.set_ylabel("training loss", fontsize=8)
+        a.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"{stem}.png", dpi=100)
+    plt.close(fig)
+
+
+def checkerboard(quick: bool) -> list[dict]:
+    steps = {k: max(20, v // QUICK) if quick else v for k, v in STEPS.items()}
+    n = 1000 if quick else N_EVAL
+    first, teacher_run = teacher(steps, n)
+    entries = [first, scratch("MeanFlow", "checkerboard-meanflow", steps, n),
+               scratch("iCT", "checkerboard-ict", steps, n)]
+    for method in ("progressive", "consistency distillation", "reflow"):
+        entries += distilled(method, teacher_run, steps)
+    return entries
+
+
+def digits(source: Path) -> list[dict]:
+    first, teacher_run = digits_teacher(source)
+    return [first, scratch("MeanFlow", "digits-meanflow", DIGITS_STEPS, None),
+            *distilled("consistency distillation", teacher_run, DIGITS_STEPS, "digits-consistency")]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help=f"steps / {QUICK}: check the pipeline, not a result")
+    p.add_argument("--digits-teacher", type=Path, help="digits: this trained digits-edm run as the teacher")
+    p.add_argument("--table", action="store_true", help="only rewrite the .md and .png from the .json")
+    args = p.parse_args()
+    stem = "fewstep_digits" if args.digits_teacher else "fewstep_quick" if args.quick else "fewstep"
+    out = RESULTS / f"{stem}.json"
+    if args.table:
+        result = json.loads(out.read_text())
+    else:
+        torch.set_num_threads(1)
+        entries = digits(args.digits_teacher) if args.digits_teacher else checkerboard(args.quick)
+        key = "fid_ratio" if args.digits_teacher else "sw2_ratio"
+        result = {"data": "digits" if args.digits_teacher else "checkerboard", "metric": key,
+                  "mode": "quick" if args.quick else "full", "torch": torch.__version__,
+                  "machine": platform.machine(), "load_average_after": [round(v, 1) for v in os.getloadavg()],
+                  "entries": entries, "must_show": must_show(entries, key)}
+        out.write_text(json.dumps(result, indent=1) + "\n")
+    write_table(result, stem)
+    write_plot(result, stem)
+    print(json.dumps(result["must_show"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
