@@ -201,9 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", formatter_class=_Formatter, help="export weights or a diffusers folder",
                        description="Write a run's weights without training state to one .safetensors file "
-                                   "(its metadata in the header; `diffspace sample FILE` reads it), or with "
-                                   "--format diffusers a folder that diffusers loads (UNet / DiT runs of the "
-                                   "ddpm path, EDM preconditioning or linear flow; see docs/diffusers.md).")
+                                   "(its metadata in the header; `diffspace sample FILE --out S.npz` reads "
+                                   "it), or with --format diffusers a folder that diffusers loads (UNet / "
+                                   "DiT runs of the ddpm path, EDM preconditioning or linear flow; see "
+                                   "docs/diffusers.md).")
     x.add_argument("run", help="run directory or checkpoint (.safetensors)")
     x.add_argument("--out", required=True, help="the .safetensors file, or the folder for --format diffusers "
                                                 "(never replaced: it must not exist)")
