@@ -153,6 +153,14 @@ def _metric_line(result: dict) -> str:
             "statistics), on benchmarks/cache/families/featurenet-digits.safetensors; CAS in the JSON")
 
 
+def _se_line(result: dict) -> str:
+    vectors = result["metric"] == "sw2_ratio"
+    se, base = ("sw2_se", "sw2_data_baseline") if vectors else ("fid_se", "fid_real_baseline")
+    ses = [r[se] / r[base] for e in result["entries"] for r in e["rows"]]
+    return (f"Bootstrap standard errors of the rows, in the table's units: {min(ses):.2f} to {max(ses):.2f} "
+            "(differences smaller than about twice that are noise).")
+
+
 def write_table(result: dict, stem: str) -> None:
     key, data = result["metric"], result["data"]
     lines = [f"# Few-step generation against the 35-NFE teacher ({data})", "",
@@ -173,7 +181,7 @@ def write_table(result: dict, stem: str) -> None:
               "over its rounds (equal steps each). Teacher rows at 1/2/4 NFE: Euler on its Karras grid "
               "(Heun's 2n - 1 calls cannot make 2 or 4; that grid's last step goes from sigma_min to 0, so "
               f"Euler's 2 NFE is about its 1 NFE). Learning curves: {stem}.png.",
-              "", "Must-show 2 (best method's ratio / the teacher's at 35 NFE):", "",
+              "", _se_line(result), "", "Must-show 2 (best method's ratio / the teacher's at 35 NFE):", "",
               "| NFE | best method | ratio | teacher 35 NFE | factor | target | holds |",
               "|---|---|---|---|---|---|---|"]
     for n, m in result["must_show"].items():
