@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test wheel-check bench bench-samplers bench-likelihood bench-guidance bench-text bench-scaling lint venv clean
+.PHONY: demo test wheel-check bench bench-samplers bench-likelihood bench-guidance bench-text bench-scaling \
+	bench-families bench-fewstep bench-text-to-image lint venv clean
 
 venv: $(STAMP)
 
@@ -32,7 +33,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
 # Slow benchmarks (not part of `make test`); each writes benchmarks/results/<name>.json and .md.
-bench: bench-samplers bench-likelihood bench-guidance bench-text bench-scaling
+bench: bench-samplers bench-likelihood bench-guidance bench-text bench-scaling bench-families bench-fewstep \
+	bench-text-to-image
 
 $(VENV)/.bench: $(STAMP)
 	$(BIN)/pip install -q -e ".[dev,bench,text]"
@@ -52,6 +54,16 @@ bench-text: $(VENV)/.bench
 
 bench-scaling: $(VENV)/.bench
 	$(BIN)/python benchmarks/scaling.py
+
+bench-families: $(VENV)/.bench
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/families.py
+
+bench-fewstep: $(VENV)/.bench
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/fewstep.py
+
+bench-text-to-image: $(VENV)/.bench
+	for stage in encoders batch autoencoder diffusion report; do \
+		OMP_NUM_THREADS=1 $(BIN)/python benchmarks/text_to_image.py $$stage || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
