@@ -42,6 +42,8 @@ def test_options_a_run_cannot_honour_are_refused(ddpm_run):
         runs.sample(ddpm_run, runs.SampleOptions(n=2, prompts=("hello",)))
     with pytest.raises(UserError, match="class-conditional"):
         runs.sample(ddpm_run, runs.SampleOptions(n=2, guidance=2.0))
+    with pytest.raises(UserError, match="class-conditional"):  # eval once ran and ignored it
+        runs.evaluate(ddpm_run, runs.EvalOptions(n=4, steps=2, guidance=2.0))
     with pytest.raises(UserError, match="has no option 'eta'"):
         runs.sample(ddpm_run, runs.SampleOptions(n=2, sampler="heun", sampler_options={"eta": 0.5}))
     with pytest.raises(UserError, match=r"n \(--n\) must be positive"):

@@ -15,8 +15,8 @@ EPILOG = "Run `diffspace COMMAND --help` for the options of each command."
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    def _get_help_string(self, action):  # why: "None" defaults mean "the run's own", said in the help
-        return action.help if action.default is None else super()._get_help_string(action)
+    def _get_help_string(self, action):  # why: empty defaults mean "the run's own", said in the help
+        return action.help if action.default in (None, "", []) else super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     # why --num-samples: torchrun's own parser rejects "--n" as an ambiguous prefix of its options
     s.add_argument("--n", "--num-samples", dest="n", type=int,
                    help="number of samples; default: the run's [sample] n")
-    s.add_argument("--out", help="output .npz/.npy/.csv (default: RUN/samples.npz; text runs: "
-                                 "RUN/samples.txt)")
+    s.add_argument("--out", help="output .npz/.npy/.csv, or .png for the picture with the .npz beside it "
+                                 "(default: RUN/samples.npz; text runs: RUN/samples.txt)")
     s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
                    help="class-conditional runs: the class of the samples (several are cycled)")
     s.add_argument("--classifier", metavar="FILE",
@@ -353,6 +353,9 @@ def cmd_sample(args) -> None:
             from diffspace.runs import registries
 
             scatter_2d(samples, registries.load(run.cfg)["x_test"], out.with_suffix(".png"), what)
+        if samples.ndim == 4 or (samples.ndim == 2 and samples.shape[1] >= 2):
+            print(f"wrote {len(samples)} samples to {out} and the picture {out.with_suffix('.png')}")
+            return
     print(f"wrote {len(samples)} samples to {out}")
 
 
@@ -409,7 +412,10 @@ def _eval_nfe(args) -> None:
         print(f"{label}: {key} (1 = data baseline)" + (", cas" if "cas" in rows[0] else ""))
         for r in rows:
             extra = f"  cas {r['cas']:.3f}" if "cas" in r else ""
-            print(f"  NFE {r['nfe']:>4} ({r['steps']} steps)  {r[key]:.4g}{extra}")
+            asked = f", asked {r['nfe_asked']}" if r["nfe_asked"] != r["nfe"] else ""
+            print(f"  NFE {r['nfe']:>4} ({r['steps']} steps{asked})  {r[key]:.4g}{extra}")
+        if any(r["nfe_asked"] != r["nfe"] for r in rows):
+            print(f"  ({rows[0]['sampler']} cannot take every NFE asked; --sampler euler does)")
     print(f"wrote {runs_[0].dir / 'nfe.png'} and nfe.json in each run directory")
 
 

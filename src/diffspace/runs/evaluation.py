@@ -65,8 +65,8 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
     check_positive(n=n)
     fn, sigmas = plan(run, protocol["sampler"], protocol["steps"], protocol["grid"], opts.sampler_options,
                       opts.sigma_min, opts.sigma_max)
-    x = generate(as_denoiser(run.cfg, run.module), tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed,
-                 run.device)
+    guided = guided_denoiser(run, opts.guidance)  # UserError for --cfg on an unconditional run
+    x = generate(guided, tuple(run.meta["data_shape"]), n, sigmas, fn, opts.seed, run.device)
     if x is None:  # not rank 0: metrics are computed once, there
         return None
     x = to_data_units(run.meta, x)  # metrics in the data's own units
