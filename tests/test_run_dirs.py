@@ -142,3 +142,44 @@ def test_nothing_is_written_beside_weights_in_a_users_folder(tmp_path, trained):
     out = tmp_path / "elsewhere" / "s.npz"
     assert cli("sample", folder / "weights.safetensors", "--n", 4, "--out", out).returncode == 0
     assert out.is_file() and snapshot(folder) == before
+
+
+def test_overwrite_refuses_a_users_file_inside_checkpoints(tmp_path, trained):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    (run / "checkpoints" / "mybackup.safetensors").write_text("mine")
+    before = snapshot(run)
+    assert_one_line_error(train(run, "--overwrite"), "did not write", "checkpoints/mybackup.safetensors")
+    assert snapshot(run) == before
+
+
+def test_out_and_json_never_replace_a_users_file(tmp_path, trained):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("s.npz", "p.png", "m.json"):
+        (mine / name).write_text("my own")
+    before = snapshot(mine)
+    # the file named; the arrays beside a .png; the picture beside the arrays; --json
+    for argv, name in ((("sample", trained, "--n", 4, "--out", mine / "s.npz"), "s.npz"),
+                       (("sample", trained, "--n", 4, "--out", mine / "s.png"), "s.npz"),
+                       (("sample", trained, "--n", 4, "--out", mine / "p.npz"), "p.png"),
+                       (("eval", trained, "--n", 20, "--json", mine / "m.json"), "m.json")):
+        assert_one_line_error(cli(*argv), str(mine / name), "exists")
+    assert snapshot(mine) == before
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("sample", "--seed", -1), ["seed", ">= 0"]),
+    (("sample", "--n", 0), ["n (--n) must be positive", "0"]),
+    (("sample", "--steps", 0), ["steps", "positive"]),
+    (("eval", "--n", 0), ["n (--n) must be positive"]),
+])
+def test_zero_and_negative_values_are_refused_not_defaulted(trained, argv, words):
+    assert_one_line_error(cli(argv[0], trained, *argv[1:]), *words)
+
+
+def test_bad_config_shapes_and_data_files_are_one_line(tmp_path):
+    assert_one_line_error(train(tmp_path / "a", "--set", "model=1"), "[model] must be a table")
+    (tmp_path / "one.csv").write_text("1.0,2.0\n")
+    res = train(tmp_path / "b", "--set", 'data.name="file"', "--set", f'data.file="{tmp_path / "one.csv"}"')
+    assert_one_line_error(res, "1 row", "at least 2")

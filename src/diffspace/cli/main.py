@@ -282,6 +282,14 @@ def _load(args):
     return runs.load_run(args.run, init_distributed(resolve_device(args.device)))
 
 
+def _new_files(*paths: Path) -> None:
+    """Refuse, before any work, to replace a file the user already has (--out, what is written beside it,
+    --json): diffspace replaces only files it created, in its run directories."""
+    for p in paths:
+        if p.exists():
+            raise UserError(f"{p} exists; choose a new file name (diffspace never replaces a file there)")
+
+
 def _write_array(x, out: Path, prompts: list[str] | None = None) -> None:
     """Samples to .npy, .npz (with the prompt of each sample, if any) or .csv."""
     import numpy as np
@@ -323,6 +331,9 @@ def cmd_sample(args) -> None:
         raise UserError(f"--out {args.out}: use a {', '.join(suffixes)} file name")
     if not args.out:
         check_run_dir(run.dir, "samples", "; give --out FILE")
+    else:  # the file named, the arrays beside a .png, the picture beside the arrays: none may exist
+        arrays = Path(args.out).with_suffix(".npz") if args.out.endswith(".png") else Path(args.out)
+        _new_files(arrays, *([] if run.task == "text" else [arrays.with_suffix(".png")]))
     with peer_guard("nothing was written"):
         samples = runs.sample(run, opts)
     if samples is None:  # a torchrun rank other than 0: it only helped
@@ -366,6 +377,8 @@ def cmd_eval(args) -> None:
     if args.nfe or args.compare:
         return _eval_nfe(args)
     run = _load(args)
+    if args.json:
+        _new_files(Path(args.json))
     opts = runs.EvalOptions(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
         sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,

@@ -48,7 +48,10 @@ def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
         raise UserError(f"{p}: expected a non-empty numeric array of shape (N, D), got {arr.shape}")
     if not np.isfinite(arr).all():
         raise UserError(f"{p}: data contains NaN or Inf")
-    return torch.from_numpy(arr.astype(np.float32))
+    x = arr.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise UserError(f"{p}: values beyond float32's range (|x| > 3.4e38)")
+    return torch.from_numpy(x)
 
 
 def _numbers(fields: list[str]) -> bool:

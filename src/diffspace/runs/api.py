@@ -41,7 +41,8 @@ def _absolute_files(data: dict) -> dict:
     out = copy.deepcopy(data)
     for section, key in (("data", "file"), ("data", "corpus"), ("eval", "ar_run"),
                          ("model", "scheduler_config"), ("sources", "encoder"), ("sources", "autoencoder")):
-        value = out.get(section, {}).get(key)
+        table = out.get(section)
+        value = table.get(key) if isinstance(table, dict) else None  # a non-table is refused by validation
         if isinstance(value, str) and value and Path(value).exists():
             out[section][key] = str(Path(value).resolve())
     return out

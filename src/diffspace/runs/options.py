@@ -7,6 +7,7 @@ ever silently ignored.
 """
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,16 +106,24 @@ FLAGS = {"n": "--n", "guidance": "--cfg", "class_labels": "--class", "ppl_only":
 
 
 def check_options(options, honoured: frozenset[str], task: str) -> None:
-    """UserError naming the first option given that a `task` run cannot honour."""
+    """UserError naming the first option given that a `task` run cannot honour, or a value out of its
+    range (counts > 0, seed >= 0, temperature >= 0, top_p in (0, 1]; 0 never stands for a default)."""
     for name in given_fields(options):
         if name not in honoured:
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UserError(f"{task} runs cannot use the option {name!r} ({flag})")
+    check_positive(**{k: getattr(options, k, None) for k in ("n", "steps", "nll_n", "block")})
+    for name, ok, want in (("seed", lambda v: v >= 0, ">= 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+                           ("top_k", lambda v: v >= 0, ">= 0 (0: all tokens)"),
+                           ("temperature", lambda v: 0 <= v < math.inf, "finite and >= 0 (0: greedy)")):
+        v, flag = getattr(options, name, None), FLAGS.get(name, "--" + name.replace("_", "-"))
+        if v is not None and not ok(v):
+            raise UserError(f"{name} ({flag}) must be {want}, got {v}")
 
 
 def check_positive(**values) -> None:
     """UserError naming the option (and its CLI flag) of the first value <= 0."""
     for name, v in values.items():
-        if v is not None and v <= 0:
+        if v is not None and not v > 0:  # why: `not v > 0` also refuses NaN
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UserError(f"{name} ({flag}) must be positive, got {v}")

@@ -50,6 +50,8 @@ def _file(cfg) -> dict:
         raise UserError("data.name = 'file' needs data.file = PATH (.npy, .npz, .csv, .tsv or .txt)")
     x = load_vectors(cfg.data.file, cfg.data.key or None)
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(cfg.run.seed))
+    if len(x) < 2:
+        raise UserError(f"{cfg.data.file}: {len(x)} row; a train/test split needs at least 2")
     n_test = max(1, len(x) // 10)
     return {"x_train": x[perm[n_test:]], "x_test": x[perm[:n_test]]}
 

@@ -19,6 +19,7 @@ Every file is written atomically (temp file, fsync, rename).
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -83,10 +84,24 @@ def _protected(run_dir: Path) -> str | None:
     return None
 
 
+# what diffspace writes inside its own folders (paths relative to the folder)
+_INSIDE = {"checkpoints": re.compile(r"(last|step_\d{8})\.safetensors"),
+           "tensorboard": re.compile(r"events\.out\.tfevents\..*"),
+           "stale": re.compile(r"step_\d+/(" + "|".join(map(re.escape, DERIVED)) + ")")}
+
+
 def _foreign(run_dir: Path) -> list[str]:
-    """Names in run_dir that diffspace did not write (its own temp files start with '.' and end in .tmp)."""
+    """Paths in run_dir that diffspace did not write, its own folders searched too (its temp files start
+    with '.' and end in .tmp)."""
     tmp = lambda name: name.startswith(".") and name.endswith(".tmp")
-    return sorted(p.name for p in run_dir.iterdir() if p.name not in OWN and not tmp(p.name))
+    out = []
+    for p in run_dir.iterdir():
+        if p.name not in OWN and not tmp(p.name):
+            out.append(p.name)
+        elif p.name in _INSIDE and p.is_dir() and not p.is_symlink():
+            inside = (q.relative_to(p).as_posix() for q in p.rglob("*") if not q.is_dir() and not tmp(q.name))
+            out += [f"{p.name}/{rel}" for rel in inside if not _INSIDE[p.name].fullmatch(rel)]
+    return sorted(out)
 
 
 def plan_start(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
