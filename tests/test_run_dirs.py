@@ -183,3 +183,11 @@ def test_bad_config_shapes_and_data_files_are_one_line(tmp_path):
     (tmp_path / "one.csv").write_text("1.0,2.0\n")
     res = train(tmp_path / "b", "--set", 'data.name="file"', "--set", f'data.file="{tmp_path / "one.csv"}"')
     assert_one_line_error(res, "1 row", "at least 2")
+
+
+@pytest.mark.parametrize("setting", ["train.lr=inf", "model.sigma_data=nan", "loss.p_mean=nan",
+                                     "train.grad_clip=nan"])
+def test_non_finite_config_values_are_refused_at_load(tmp_path, setting):
+    """They once passed validation and stopped training with a NaN loss (exit 1), leaving a run behind."""
+    res = cli("train", CONFIG, "--set", setting, "--set", f"run.dir={tmp_path / 'r'}", "--dry-run")
+    assert_one_line_error(res, setting.split("=")[0], "finite")

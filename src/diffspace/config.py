@@ -7,6 +7,7 @@ across fields; `key=value` overrides (the CLI's `--set`) are parsed as TOML valu
 
 import copy
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -44,6 +45,8 @@ def _check_value(value: Any, tp, key: str, src: str):
         return [_check_value(v, item, key, src) for v in value]
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{src}: {key} must be a finite number, got {value!r}")
     if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         return value
     raise UserError(f"{src}: {key} must be {_type_name(tp)}, got {value!r}")
