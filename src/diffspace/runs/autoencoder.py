@@ -21,7 +21,7 @@ from diffspace.families.autoencoder import (
 )
 from diffspace.nets.autoencoder import KLAutoencoder
 from diffspace.runs import captioned
-from diffspace.runs.captioned import CaptionDataConfig
+from diffspace.runs.captioned import CaptionDataConfig, CaptionEvalConfig
 from diffspace.runs.continuous_task import after_train
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, Task, check_positive
 from diffspace.runs.registries import config_errors
@@ -42,10 +42,6 @@ class AutoencoderModelConfig:
     kl_weight: float = KL_WEIGHT
 
 
-@dataclass
-class AutoencoderEvalConfig:
-    n: int = 1000  # images per evaluation set
-
 
 @dataclass
 class AutoencoderConfig:
@@ -54,7 +50,7 @@ class AutoencoderConfig:
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
     model: AutoencoderModelConfig = field(default_factory=AutoencoderModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: AutoencoderEvalConfig = field(default_factory=AutoencoderEvalConfig)
+    eval: CaptionEvalConfig = field(default_factory=CaptionEvalConfig)
 
     def validate(self, src: str) -> None:
         m = self.model

@@ -35,6 +35,13 @@ class CaptionDataConfig:
                             f"n_train = {self.n_train}, size = {self.size}, p_two = {self.p_two}")
 
 
+@dataclass
+class CaptionEvalConfig:
+    """[eval] of the encoder and autoencoder tasks on captioned images."""
+
+    n: int = 1000  # images per evaluation set
+
+
 # (attribute, number of values) per column of a source's `attrs` that evaluation reads
 ATTRIBUTE_GROUPS = {
     "shapes": (("shape", len(SHAPES)), ("colour", len(COLOURS)), ("size", len(SIZES)),

@@ -26,7 +26,7 @@ from diffspace.eval.text_image import first_caption_pairs, retrieval, zero_shot_
 from diffspace.families.contrastive import CLIP_INIT, SIGLIP_INIT, ContrastiveEncoder, clip_loss, siglip_loss
 from diffspace.nets.towers import ImageTower, TextTower
 from diffspace.runs import captioned
-from diffspace.runs.captioned import CaptionDataConfig
+from diffspace.runs.captioned import CaptionDataConfig, CaptionEvalConfig
 from diffspace.runs.continuous_task import after_train
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, Task, check_positive
 from diffspace.runs.rundir import write_atomic
@@ -52,10 +52,6 @@ class ContrastiveModelConfig:
     text_heads: int = 4
 
 
-@dataclass
-class ContrastiveEvalConfig:
-    n: int = 1000  # images per evaluation set
-
 
 @dataclass
 class ContrastiveConfig:
@@ -64,7 +60,7 @@ class ContrastiveConfig:
     data: CaptionDataConfig = field(default_factory=CaptionDataConfig)
     model: ContrastiveModelConfig = field(default_factory=ContrastiveModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: ContrastiveEvalConfig = field(default_factory=ContrastiveEvalConfig)
+    eval: CaptionEvalConfig = field(default_factory=CaptionEvalConfig)
 
     def validate(self, src: str) -> None:
         m = self.model
