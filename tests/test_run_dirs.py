@@ -180,6 +180,8 @@ def test_zero_and_negative_values_are_refused_not_defaulted(trained, argv, words
 
 def test_bad_config_shapes_and_data_files_are_one_line(tmp_path):
     assert_one_line_error(train(tmp_path / "a", "--set", "model=1"), "[model] must be a table")
+    res = train(tmp_path / "h", "--set", "model.mlp.hidden=0")
+    assert_one_line_error(res, "model.mlp.hidden", "positive")
     (tmp_path / "one.csv").write_text("1.0,2.0\n")
     res = train(tmp_path / "b", "--set", 'data.name="file"', "--set", f'data.file="{tmp_path / "one.csv"}"')
     assert_one_line_error(res, "1 row", "at least 2")

@@ -73,20 +73,25 @@ def load(cfg) -> dict:
         return DATA[cfg.data.name](cfg)
 
 
-def _mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+def _check_vector_net(cfg, shape: tuple[int, ...], extra: dict) -> None:
+    """The checks both MLPs share: vector data, no text conditioning, positive width and depth."""
+    name, c = cfg.model.net, cfg.model.mlp
     if extra:
-        raise UserError(f"model.net = 'mlp' takes no {', '.join(extra)} (use unet or dit)")
+        raise UserError(f"model.net = {name!r} takes no {', '.join(extra)} (use unet or dit)")
     if len(shape) != 1:
-        raise UserError(f"model.net = 'mlp' needs vector data, got examples of shape {shape}")
+        raise UserError(f"model.net = {name!r} needs vector data, got examples of shape {shape}")
+    if c.hidden <= 0 or c.depth <= 0:
+        raise UserError(f"model.mlp.hidden and model.mlp.depth must be positive, got {c.hidden}, {c.depth}")
+
+
+def _mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
+    _check_vector_net(cfg, shape, extra)
     c = cfg.model.mlp
     return MLP(shape[0], c.hidden, c.depth, c.dropout, cfg.model.num_classes, c.second_cond, c.out_norm)
 
 
 def _plain_mlp(cfg, shape: tuple[int, ...], **extra) -> nn.Module:
-    if extra:
-        raise UserError(f"model.net = 'plain_mlp' takes no {', '.join(extra)} (use unet or dit)")
-    if len(shape) != 1:
-        raise UserError(f"model.net = 'plain_mlp' needs vector data, got examples of shape {shape}")
+    _check_vector_net(cfg, shape, extra)
     if cfg.model.num_classes:
         raise UserError("model.net = 'plain_mlp' takes no class labels (use 'mlp' with model.num_classes)")
     return PlainMLP(shape[0], cfg.model.mlp.hidden, cfg.model.mlp.depth)
