@@ -105,7 +105,7 @@ def run_entry(data: str, label: str, config: str, overrides: list[str]) -> tuple
     run, cpu, load = measured(lambda: runs.train(config, [*overrides, f"run.dir={out_dir}"], overwrite=True))
     likelihood = run.task != "gan"
     opts = runs.EvalOptions(n=None if data == "digits" else TOY_N, nll=likelihood,
-                            nll_n=DIGITS_NLL_N if data == "digits" else NLL_N,
+                            nll_n=(DIGITS_NLL_N if data == "digits" else NLL_N) if likelihood else None,
                             featurenet=featurenet() if data == "digits" else None)
     metrics, eval_cpu, _ = measured(lambda: runs.evaluate(run, opts))
     n = 400 if data == "digits" else TOY_N

@@ -193,3 +193,13 @@ def test_non_finite_config_values_are_refused_at_load(tmp_path, setting):
     """They once passed validation and stopped training with a NaN loss (exit 1), leaving a run behind."""
     res = cli("train", CONFIG, "--set", setting, "--set", f"run.dir={tmp_path / 'r'}", "--dry-run")
     assert_one_line_error(res, setting.split("=")[0], "finite")
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("eval", "--featurenet", "fn.safetensors"), ["--featurenet fn.safetensors", "image runs only"]),
+    (("eval", "--nll-n", 10), ["--nll-n 10 needs --nll"]),
+    (("eval", "--nfe", "1,2", "--nll-n", 10), ["drop --nll-n"]),
+])
+def test_eval_options_a_vector_run_would_ignore_are_refused(trained, argv, words):
+    """The break-it review: each ran and silently ignored the option."""
+    assert_one_line_error(cli(argv[0], trained, *argv[1:]), *words)

@@ -410,6 +410,7 @@ def _eval_nfe(args) -> None:
     except ValueError:
         raise UserError(f"--nfe takes integers like 1,2,4,8,35; got {args.nfe!r}") from None
     given = [flag for flag, value in (("--steps", args.steps), ("--cfg", args.cfg), ("--nll", args.nll),
+                                      ("--nll-n", args.nll_n),
                                       ("--sigma-min", args.sigma_min), ("--sigma-max", args.sigma_max),
                                       ("--json", args.json)) if value]
     given += ["--" + k.replace("_", "-") for k in _given_sampler_options(args)]

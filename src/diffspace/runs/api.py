@@ -153,7 +153,7 @@ def evaluate(run: Run, options: EvalOptions | None = None) -> dict:
     also written to RUN/metrics.json by rank 0. {} on other torchrun ranks. UserError if RUN is not a
     run directory diffspace created (rundir.check_run_dir)."""
     task, options = TASKS[run.task], options or EvalOptions()
-    check_options(options, task.eval_options, run.task)
+    check_options(options, task.eval_options, run.task, vectors=len(run.meta.get("data_shape", ())) == 1)
     rundir.check_run_dir(run.dir, "metrics.json")
     return task.evaluate(run, options)
 

@@ -105,13 +105,19 @@ FLAGS = {"n": "--n", "guidance": "--cfg", "class_labels": "--class", "ppl_only":
          "prompts": "--prompt", "sampler_options": "--eta/--s-churn/--snr/--order/..."}
 
 
-def check_options(options, honoured: frozenset[str], task: str) -> None:
-    """UserError naming the first option given that a `task` run cannot honour, or a value out of its
-    range (counts > 0, seed >= 0, temperature >= 0, top_p in (0, 1]; 0 never stands for a default)."""
+def check_options(options, honoured: frozenset[str], task: str, vectors: bool = False) -> None:
+    """UserError naming the first option given that a `task` run cannot honour (featurenet on a run of
+    `vectors`, nll_n without nll), or a value out of its range (counts > 0, seed >= 0, temperature >= 0,
+    top_p in (0, 1]; 0 never stands for a default)."""
     for name in given_fields(options):
         if name not in honoured:
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UserError(f"{task} runs cannot use the option {name!r} ({flag})")
+    if vectors and getattr(options, "featurenet", None) is not None:
+        raise UserError(f"--featurenet {options.featurenet}: feature nets apply to image runs only; this "
+                        f"{task} run is of vectors")
+    if getattr(options, "nll_n", None) is not None and not options.nll:
+        raise UserError(f"--nll-n {options.nll_n} needs --nll (it sets how many test examples the NLL uses)")
     check_positive(**{k: getattr(options, k, None) for k in ("n", "steps", "nll_n", "block")})
     for name, ok, want in (("seed", lambda v: v >= 0, ">= 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                            ("top_k", lambda v: v >= 0, ">= 0 (0: all tokens)"),
