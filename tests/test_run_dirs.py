@@ -203,3 +203,16 @@ def test_non_finite_config_values_are_refused_at_load(tmp_path, setting):
 def test_eval_options_a_vector_run_would_ignore_are_refused(trained, argv, words):
     """The break-it review: each ran and silently ignored the option."""
     assert_one_line_error(cli(argv[0], trained, *argv[1:]), *words)
+
+
+def test_a_config_naming_a_few_step_sampler_for_a_plain_run_is_refused(tmp_path):
+    res = cli("train", CONFIG, "--set", 'sample.sampler="flow_map"', "--set", f"run.dir={tmp_path / 'r'}",
+              "--dry-run")
+    assert_one_line_error(res, str(CONFIG), "sampler 'flow_map' needs", "'average_velocity'")
+
+
+@pytest.mark.parametrize("value", ["0.0", "-1.2"])
+def test_a_non_positive_lognormal_width_is_refused_at_load(tmp_path, value):
+    res = cli("train", CONFIG, "--set", f"loss.p_std={value}", "--set", f"run.dir={tmp_path / 'r'}",
+              "--dry-run")
+    assert_one_line_error(res, f"loss.p_std must be positive, got {value}")

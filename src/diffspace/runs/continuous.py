@@ -32,6 +32,8 @@ from diffspace.train.loop import TrainConfig, TrainSetup
 from diffspace.types import UserError
 
 TABLE_GRIDS = ("leading", "trailing", "linspace")  # spacings of a DDPM table's integer timesteps
+# the few-step samplers of a map run and the model.parameterization they need (samplers/fewstep.py)
+MAP_SAMPLERS = {"flow_map": "average_velocity", "consistency": "consistency"}
 
 
 @dataclass
@@ -92,6 +94,14 @@ class EvalConfig:
     featurenet_steps: int = 1500  # images: training steps of the feature net trained into the run
 
 
+def check_sampler_fits(sampler: str, m: ModelConfig, what: str) -> None:
+    """UserError if `sampler` is a few-step sampler (MAP_SAMPLERS) and the model is not the map it needs."""
+    need = MAP_SAMPLERS.get(sampler, m.parameterization)
+    if m.parameterization != need:
+        raise UserError(f"{what}: sampler {sampler!r} needs a run with model.parameterization = {need!r}, "
+                        f"this one has {m.parameterization!r}")
+
+
 def check_design(src: str, m: ModelConfig, lo: LossConfig, s: SampleConfig) -> None:
     """The checks of a Gaussian-path model's [model], [loss] and [sample] sections, shared by every task
     that trains one (continuous, text_to_image): names, a grid that fits the path, flow = velocity."""
@@ -110,6 +120,7 @@ def check_design(src: str, m: ModelConfig, lo: LossConfig, s: SampleConfig) -> N
     if lo.proposal == "table" and not issubclass(PATHS[m.path], DDPMDiscrete):
         raise UserError(f"{src}: loss.proposal = 'table' draws a DDPM table's timesteps; model.path = "
                         f"{m.path!r} has none")
+    check_sampler_fits(s.sampler, m, src)
     if lo.objective == "flow" and m.parameterization != "velocity":
         raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
                         "model.parameterization = 'velocity'")

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffspace.eval.featurenet import load_classifier
 from diffspace.rng import Streams
-from diffspace.runs.continuous import as_denoiser, build_path, to_data_units
+from diffspace.runs.continuous import as_denoiser, build_path, check_sampler_fits, to_data_units
 from diffspace.runs.options import Run, SampleOptions, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
@@ -46,8 +46,10 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
                sigma_max: float | None = None) -> Tensor:
     """The float64 grid named `grid` for this run, over the path's own noise range unless sigma_min /
     sigma_max narrow it (a DDPM table starts at timestep 999, sigma ~ 157, like diffusers); "optimized"
-    reads the one `optimize_grid` stored, refusing a grid fitted to the weights of another step."""
+    reads the one `optimize_grid` stored, refusing a grid fitted to the weights of another step, and a
+    few-step sampler on a run that is not its kind of map (`check_sampler_fits`)."""
     check_positive(steps=steps)
+    check_sampler_fits(sampler, run.cfg.model, str(run.dir))
     path = build_path(run.cfg)
     if grid == "optimized":
         sigmas = stored_plan(run, sampler, steps)["sigmas"]

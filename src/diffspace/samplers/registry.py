@@ -98,11 +98,11 @@ SAMPLERS: dict[str, SamplerSpec] = {
                       (SamplerOption("snr", float, 0.16, "signal-to-noise ratio of the Langevin corrector "
                                      "step", 0.0),)),
     "flow_map": SamplerSpec(fewstep.sample_map_jumps, 1, False, _per_step(1, 1),
-                            "N jumps of an average-velocity map [MEANFLOW] (model.parameterization = "
-                            "average_velocity; other runs: Euler steps); grid uniform_t_jumps"),
+                            "N jumps of an average-velocity map [MEANFLOW] (runs of model.parameterization = "
+                            "average_velocity; a Denoiser without jump: Euler steps); grid uniform_t_jumps"),
     "consistency": SamplerSpec(fewstep.sample_consistency, 1, True, _per_step(1, 1),
-                               "multistep consistency sampling, [CM] Alg. 1 (stochastic beyond one step); "
-                               "grid karras_jumps",
+                               "multistep consistency sampling, [CM] Alg. 1 (stochastic beyond one step; "
+                               "runs of model.parameterization = consistency); grid karras_jumps",
                                (SamplerOption("boundary", float, 0.002, "[CM]'s epsilon, the consistency "
                                               "function's sigma_min (f(x, epsilon) = x)", 0.0),)),
 }
