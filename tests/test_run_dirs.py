@@ -216,3 +216,10 @@ def test_a_non_positive_lognormal_width_is_refused_at_load(tmp_path, value):
     res = cli("train", CONFIG, "--set", f"loss.p_std={value}", "--set", f"run.dir={tmp_path / 'r'}",
               "--dry-run")
     assert_one_line_error(res, f"loss.p_std must be positive, got {value}")
+
+
+@pytest.mark.parametrize("value", ["0.0", "-1.2"])
+def test_a_non_positive_lognormal_width_is_refused_at_load(tmp_path, value):
+    res = cli("train", CONFIG, "--set", f"loss.p_std={value}", "--set", f"run.dir={tmp_path / 'r'}",
+              "--dry-run")
+    assert_one_line_error(res, f"loss.p_std must be positive, got {value}")

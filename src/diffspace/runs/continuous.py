@@ -124,7 +124,8 @@ def check_design(src: str, m: ModelConfig, lo: LossConfig, s: SampleConfig) -> N
     if lo.objective == "flow" and m.parameterization != "velocity":
         raise UserError(f"{src}: loss.objective = 'flow' trains a velocity: set "
                         "model.parameterization = 'velocity'")
-    for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("model.sigma_data", m.sigma_data)]:
+    for key, value in [("sample.steps", s.steps), ("sample.n", s.n), ("model.sigma_data", m.sigma_data),
+                       ("loss.p_std", lo.p_std)]:
         if value <= 0:
             raise UserError(f"{src}: {key} must be positive, got {value}")
     if not 0 <= m.p_uncond < 1:
