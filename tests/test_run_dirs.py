@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from test_cli import ROOT, TINY, assert_one_line_error, cli
@@ -223,3 +224,13 @@ def test_a_non_positive_lognormal_width_is_refused_at_load(tmp_path, value):
     res = cli("train", CONFIG, "--set", f"loss.p_std={value}", "--set", f"run.dir={tmp_path / 'r'}",
               "--dry-run")
     assert_one_line_error(res, f"loss.p_std must be positive, got {value}")
+
+
+def test_a_text_file_named_npy_and_a_complex_array_are_one_line(tmp_path):
+    (tmp_path / "text.npy").write_text("1.0,2.0\n3.0,4.0\n")
+    np.save(tmp_path / "complex.npy", np.ones((10, 2)) * (1 + 2j))
+    for name, words in (("text.npy", ["not a valid .npy array file"]),
+                        ("complex.npy", ["complex arrays are not supported", "complex128"])):
+        res = train(tmp_path / "r", "--set", 'data.name="file"', "--set", f'data.file="{tmp_path / name}"')
+        assert_one_line_error(res, str(tmp_path / name), *words)
+        assert not (tmp_path / "r").exists()

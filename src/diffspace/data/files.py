@@ -25,6 +25,10 @@ def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"data file not found: {p}")
+    if p.suffix == ".npy":
+        with p.open("rb") as f:  # why: np.load reads a file without the .npy header as a pickle
+            if f.read(len(np.lib.format.MAGIC_PREFIX)) != np.lib.format.MAGIC_PREFIX:
+                raise UserError(f"{p}: not a valid .npy array file (no .npy header; numpy.save writes one)")
     try:
         if p.suffix == ".npy":
             arr = np.load(p, allow_pickle=False)
@@ -46,6 +50,8 @@ def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
     arr = np.asarray(arr)
     if arr.ndim != 2 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.number):
         raise UserError(f"{p}: expected a non-empty numeric array of shape (N, D), got {arr.shape}")
+    if np.iscomplexobj(arr):
+        raise UserError(f"{p}: complex arrays are not supported (dtype {arr.dtype}); give real values")
     if not np.isfinite(arr).all():
         raise UserError(f"{p}: data contains NaN or Inf")
     x = arr.astype(np.float32)
