@@ -120,3 +120,11 @@ def test_checkpoint_of_another_model_and_corrupt_checkpoint(run, tmp_path):
     bad.write_bytes(b"\x00garbage" * 10)
     assert_one_line_error(cli("sample", bad), "not a readable diffspace checkpoint")
     assert_one_line_error(cli("info", bad), "not a readable diffspace checkpoint")
+
+
+@pytest.mark.parametrize("what,words", [("folder", ["is a directory, expected a TOML config file"]),
+                                        (os.devnull, ["is not a regular file"])])
+def test_a_config_that_is_not_a_regular_file_says_what_it_is(tmp_path, what, words):
+    """The break-it review: a folder or /dev/null given as the config once said "not found"."""
+    path = tmp_path if what == "folder" else what
+    assert_one_line_error(cli("train", path, "--dry-run"), f"config file {path} ", *words)

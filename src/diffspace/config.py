@@ -124,8 +124,12 @@ def config_file(name: str | Path) -> Path:
 
 def load_toml(path: str | Path, overrides: list[str] = ()) -> dict:
     """Read a TOML file (or a shipped config by name, `config_file`) into a dict and apply overrides;
-    UserError if missing or malformed."""
+    UserError if missing, not a regular file (a directory, /dev/null) or malformed."""
     p = config_file(path)
+    if p.is_dir():
+        raise UserError(f"config file {p} is a directory, expected a TOML config file")
+    if p.exists() and not p.is_file():
+        raise UserError(f"config file {p} is not a regular file, expected a TOML config file")
     if not p.is_file():
         raise UserError(f"config file not found: {p} (shipped configs: {', '.join(shipped_configs())})")
     try:
