@@ -206,17 +206,22 @@ def test_eval_options_a_vector_run_would_ignore_are_refused(trained, argv, words
     assert_one_line_error(cli(argv[0], trained, *argv[1:]), *words)
 
 
+@pytest.mark.parametrize("argv, need", [
+    (("sample", "--sampler", "flow_map", "--n", 4), "'average_velocity'"),
+    (("sample", "--sampler", "consistency", "--n", 4), "'consistency'"),
+    (("eval", "--sampler", "consistency", "--n", 20), "'consistency'"),
+])
+def test_few_step_samplers_refuse_a_plain_edm_run(trained, argv, need):
+    """They once sampled an EDM run (flow_map as Euler steps, consistency on x0_hat) without a word."""
+    res = cli(argv[0], trained, *argv[1:])
+    assert_one_line_error(res, f"sampler {argv[2]!r} needs a run with model.parameterization = {need}",
+                          "this one has 'edm'")
+
+
 def test_a_config_naming_a_few_step_sampler_for_a_plain_run_is_refused(tmp_path):
     res = cli("train", CONFIG, "--set", 'sample.sampler="flow_map"', "--set", f"run.dir={tmp_path / 'r'}",
               "--dry-run")
     assert_one_line_error(res, str(CONFIG), "sampler 'flow_map' needs", "'average_velocity'")
-
-
-@pytest.mark.parametrize("value", ["0.0", "-1.2"])
-def test_a_non_positive_lognormal_width_is_refused_at_load(tmp_path, value):
-    res = cli("train", CONFIG, "--set", f"loss.p_std={value}", "--set", f"run.dir={tmp_path / 'r'}",
-              "--dry-run")
-    assert_one_line_error(res, f"loss.p_std must be positive, got {value}")
 
 
 @pytest.mark.parametrize("value", ["0.0", "-1.2"])
