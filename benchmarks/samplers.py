@@ -19,7 +19,10 @@ grids, and plans fitted on a disjoint calibration batch (budgets in network eval
   euler_or_heun   the DP plan that picks Euler or Heun per step at the same NFE (`sample_schedule`);
   euler+pas       Euler on the DP grid with PAS coordinates (`learn_pas`, `sample_euler_pas`; same NFE);
   @nelder-mead    `optimize_sigmas` for 2M, 3M and UniPC, started from the best of Karras, logSNR,
-                  trailing, uniform_t and the DP grid, with evals_per_step * (n - 1) + 400 solver runs.
+                  trailing, uniform_t and the DP grid, with evals_per_step * (n - 1) + 400 solver runs;
+  learned@fit     DPM-Solver++(2M)'s weights, a corrector weight per step and the levels learned by Adam
+                  through the solver ([S4S], `learn_solver`, `sample_learned`; same NFE), started from
+                  the four fixed grids, on a calibration batch of its own (learn_calib noises).
 Everything is seeded and runs on one thread, so a rerun gives the same numbers.
 
 Time: "outside the network" is a loop's time minus the network's own, per network call; for each pair
@@ -58,6 +61,7 @@ from diffspace.data.toy import make_toy
 from diffspace.eval.metrics import sliced_w2
 from diffspace.param import NetDenoiser
 from diffspace.samplers.grids import GRIDS, sampling_range
+from diffspace.samplers.learned import learn_solver, sample_learned
 from diffspace.samplers.ode import CountingDenoiser, sample_adaptive
 from diffspace.samplers.optimize_grid import (
     candidate_sigmas,
@@ -79,7 +83,7 @@ NELDER_MEAD = ("dpmpp_2m", "dpmpp_3m", "unipc")  # samplers that also get a Neld
 # timed pairs: diffspace row -> the diffusers scheduler of the same method
 SAME_METHOD = {"ddim": "DDIM", "euler": "Euler", "heun": "Heun", "dpmpp_2m": "DPM++2M", "dpmpp_3m": "DPM++3M",
                "unipc": "UniPC", "deis": "DEIS"}
-FITTED_TIMED = {"euler+pas@dp": "Euler", "euler_or_heun@dp": "Heun"}
+FITTED_TIMED = {"euler+pas@dp": "Euler", "euler_or_heun@dp": "Heun", "learned@fit": "DPM++2M"}
 GOAL_RMSE, GOAL_TIME, NET_TOL, REPRO_TOL = 0.5, 0.5, 0.05, 0.10  # issue 13's must-show
 
 
@@ -93,13 +97,16 @@ class Setup:
     evals_per_step: int = 200  # Nelder-Mead budget: evals_per_step * (n - 1) + 400 solver runs
     dp_candidates: int = 64  # DP candidate levels, uniform in log sigma
     pas_k: int = 4  # PAS basis vectors per corrected step
+    learn_calib: int = 1024  # calibration noises of the learned solver (another seed)
+    learn_iters: int = 800  # its Adam steps
     repeats: int = 15  # interleaved timing repeats
     timing_nfe: int = 20
     out: str = "samplers"
 
 
 FULL = Setup()
-QUICK = Setup(n=2000, n_calib=256, train_steps=1000, evals_per_step=40, repeats=5, out="samplers_quick")
+QUICK = Setup(n=2000, n_calib=256, train_steps=1000, evals_per_step=40, learn_calib=256, learn_iters=100,
+              repeats=5, out="samplers_quick")
 
 
 class Plan(NamedTuple):
@@ -163,12 +170,14 @@ def fixed_plans(path, budget: int) -> dict[str, Plan]:
 class Calibration(NamedTuple):
     """The calibration noises x (B, 2) at sigma_max, their adaptive PF-ODE solution (Nelder-Mead's
     reference) and the adaptive trajectory at the DP's candidate levels (the DP's and PAS's reference),
-    each computed once and shared by the fitted plans."""
+    each computed once and shared by the fitted plans; the learned solver's own noises and their solution."""
 
     x: torch.Tensor
     final: torch.Tensor
     levels: torch.Tensor
     trajectory: torch.Tensor
+    x_learn: torch.Tensor
+    final_learn: torch.Tensor
 
 
 def fitted_plans(model, path, cal: Calibration, budget: int, setup: Setup) -> dict[str, Plan]:
@@ -185,6 +194,11 @@ def fitted_plans(model, path, cal: Calibration, budget: int, setup: Setup) -> di
     pas, cost = fitted(lambda d: learn_pas(d, cal.x, dp.sigmas, k=setup.pas_k, reference=on_grid), model)
     out["euler+pas@dp"] = Plan(partial(sample_euler_pas, pas=pas), dp.sigmas, budget,
                                {k: v + dp_cost[k] for k, v in cost.items()} | {"pas": pas.to_json()})
+    starts = [GRIDS[g](budget, lo, hi, path=path) for g in GRID_NAMES]
+    solver, cost = fitted(lambda d: learn_solver(d, cal.x_learn, starts, lo, iters=setup.learn_iters,
+                                                 reference=cal.final_learn), model)
+    out["learned@fit"] = Plan(partial(sample_learned, solver=solver), solver.sigmas, budget,
+                              cost | {"learned": solver.to_json()})
     for name in NELDER_MEAD:
         spec = SAMPLERS[name]
         n = steps_for(spec.nfe, budget)
@@ -265,10 +279,13 @@ def accuracy(dataset: str, model, path, setup: Setup) -> tuple[dict, dict]:
     calib = torch.randn(setup.n_calib, 2, generator=torch.Generator().manual_seed(1)) * scale
     ref, ref_nfe, ref_seconds = adaptive(model, noise * scale, hi, lo)
     final, calib_nfe, _ = adaptive(model, calib, hi, lo)
+    calib_learn = torch.randn(setup.learn_calib, 2, generator=torch.Generator().manual_seed(3)) * scale
+    final_learn = adaptive(model, calib_learn, hi, lo)[0]
     levels = candidate_sigmas(setup.dp_candidates, lo, hi)
     with torch.no_grad():
         trajectory, trajectory_cost = fitted(lambda d: reference_trajectory(d, calib, levels), model)
-    plans = {b: fitted_plans(model, path, Calibration(calib, final, levels, trajectory), b, setup)
+    cal = Calibration(calib, final, levels, trajectory, calib_learn, final_learn)
+    plans = {b: fitted_plans(model, path, cal, b, setup)
              for b in setup.nfes}
     rows = {}
     with torch.no_grad():
@@ -402,7 +419,8 @@ def must_show(result: dict) -> list[str]:
                          f"{verdict(r1 / r2 <= GOAL_RMSE)} |")
     t = result["timing"]["us_per_call"]
     groups = (("the 7 samplers", [k for k in t if k in SAME_METHOD]),
-              ("fitted plans (PAS, Euler or Heun per step)", [k for k in t if k not in SAME_METHOD]))
+              ("fitted plans (PAS, Euler or Heun per step, learned 2M)",
+               [k for k in t if k not in SAME_METHOD]))
     for what, keys in groups:
         out = [t[k]["ours"] / t[k]["theirs"] for k in keys]
         lines.append(f"| time outside the network per call, diffspace / diffusers, {what} | <= {GOAL_TIME} "
@@ -460,7 +478,10 @@ def write_markdown(result: dict, out: Path) -> None:
                   f"reference) and the adaptive trajectory at the {s['dp_candidates']} DP candidates "
                   f"({tc['calls']} / {tc['examples']} / {tc['seconds']:.1f}, the DP's and PAS's reference). "
                   "The DP grid for Euler also serves the other samplers of one call per step "
-                  "(`ddim@dp`, `dpmpp_2m@dp`, ...) at no further cost; PAS's cost includes the DP's.", "",
+                  "(`ddim@dp`, `dpmpp_2m@dp`, ...) at no further cost; PAS's cost includes the DP's. The "
+                  f"learned solver fits on {s['learn_calib']} noises of its own: {s['learn_iters']} // 4 "
+                  "Adam steps from each of four starts, the rest from the best; its calls are forward calls, "
+                  "each also backpropagated through.", "",
                   "| plan | " + " | ".join(f"NFE {b}" for b in budgets) + " |",
                   "|---" * (len(budgets) + 1) + "|"]
         for key in [k for k in acc["fitted"][budgets[0]] if not k.endswith("@dp") or k.startswith("euler")]:

@@ -87,6 +87,36 @@ def test_optimize_grid_methods_store_a_plan_that_sampling_uses(ddpm_run, method,
     assert x.shape == (5, 2) and torch.isfinite(x).all()
 
 
+def test_a_learned_solver_is_stored_and_sampling_uses_it(ddpm_run):
+    """optimize-grid --method learned: dpmpp_2m's weights and levels learned from the run's fixed grids,
+    stored with the run; --grid optimized samples with them at the same NFE, and they lower the
+    calibration batch's error below 2M's on its best start grid."""
+    from diffspace.runs.continuous import as_denoiser, build_path
+    from diffspace.runs.sampling import learn_starts, plan, stored_plan
+    from diffspace.samplers.grids import sampling_range
+    from diffspace.samplers.multistep import sample_dpmpp_2m
+    from diffspace.samplers.ode import CountingDenoiser, sample_adaptive
+
+    sigmas = runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=4, n_calib=64, method="learned", budget=60)
+    entry = stored_plan(ddpm_run, "dpmpp_2m", 4)
+    assert entry["method"] == "learned" and entry["learned"]["sigmas"] == entry["sigmas"] == sigmas.tolist()
+    fn, grid = plan(ddpm_run, "dpmpp_2m", 4, "optimized")
+    den, (lo, hi) = CountingDenoiser(as_denoiser(ddpm_run.cfg, ddpm_run.module)), \
+        sampling_range(build_path(ddpm_run.cfg))
+    g = torch.Generator().manual_seed(7919)  # the calibration noise of optimize_grid (seed 0)
+    x = torch.randn((64, *ddpm_run.meta["data_shape"]), generator=g) * hi
+    with torch.no_grad():
+        ref = sample_adaptive(den.denoiser, x, hi, lo)
+        err = lambda out: float((out - ref).pow(2).sum(1).mean().sqrt())
+        learned = err(fn(den, x, grid))
+        assert den.nfe == 4
+        starts = learn_starts(ddpm_run, 4, lo, hi)
+        assert [len(g) for g in starts] == [5, 5, 5, 5]  # trailing too: the run's path is a DDPM table
+        assert learned < min(err(sample_dpmpp_2m(den.denoiser, x, s)) for s in starts)
+    out = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="dpmpp_2m", steps=4, grid="optimized"))
+    assert out.shape == (5, 2) and torch.isfinite(out).all()
+
+
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)
@@ -94,6 +124,8 @@ def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
         runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, method="dp")
     with pytest.raises(UserError, match="PAS corrects Euler"):
         runs.optimize_grid(ddpm_run, "heun", steps=3, pas=True)
+    with pytest.raises(UserError, match="learns the weights of dpmpp_2m"):
+        runs.optimize_grid(ddpm_run, "unipc", steps=3, method="learned")
 
 
 def test_the_diffusers_style_eps_config_builds():

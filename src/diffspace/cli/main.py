@@ -166,10 +166,12 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--steps", type=int, default=5, help="number of steps of the grid")
     o.add_argument("--n-calib", type=int, default=512, help="calibration batch size")
     o.add_argument("--seed", type=int, default=0, help="calibration seed")
-    o.add_argument("--method", default="nelder-mead", choices=["nelder-mead", "dp"],
+    o.add_argument("--method", default="nelder-mead", choices=["nelder-mead", "dp", "learned"],
                    help="nelder-mead: search the grid for any deterministic sampler (budget in sampler "
-                        "runs); dp: dynamic programming over candidate levels for euler/heun, --steps = NFE")
-    o.add_argument("--budget", type=int, default=600, help="nelder-mead: runs of the sampler")
+                        "runs); dp: dynamic programming over candidate levels for euler/heun, --steps = NFE; "
+                        "learned: learn dpmpp_2m's weights and levels (S4S), same NFE")
+    o.add_argument("--budget", type=int, default=600, help="nelder-mead: runs of the sampler; learned: "
+                                                           "Adam steps")
     o.add_argument("--orders", default="", help="dp: solver orders to choose from per step, e.g. 1,2 "
                                                 "(default: the sampler's own)")
     o.add_argument("--candidates", type=int, default=64, help="dp: candidate noise levels")

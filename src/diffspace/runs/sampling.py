@@ -25,6 +25,7 @@ from diffspace.samplers.guidance import (
     EDMClassifier,
     null_class,
 )
+from diffspace.samplers.learned import LearnedSolver, learn_solver, sample_learned
 from diffspace.samplers.optimize_grid import dp_schedule, optimize_sigmas, sample_schedule
 from diffspace.samplers.pas import PASCorrection, learn_pas, sample_euler_pas
 from diffspace.samplers.registry import SAMPLERS, check_sampler_options
@@ -61,8 +62,8 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
 
 def stored_plan(run: Run, sampler: str, steps: int) -> dict:
     """The entry `optimize_grid` stored for (sampler, steps): {"step", "method", "sigmas"} and, for a DP
-    plan with several solver orders, "orders", for a PAS-corrected Euler grid, "pas". UserError if there
-    is none or it was fitted to the weights of another step."""
+    plan with several solver orders, "orders", for a PAS-corrected Euler grid, "pas", for a learned solver,
+    "learned". UserError if there is none or it was fitted to the weights of another step."""
     stored = run.dir / GRIDS_FILE
     table = json.loads(stored.read_text()) if stored.is_file() else {}
     key = f"{sampler}:{steps}"
@@ -79,11 +80,14 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
 def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = None,
          sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[Callable, Tensor]:
     """The sampler function and float64 grid of a sampling protocol. A stored optimized plan may bring its
-    own step rule (per-step solver orders of a DP plan, or PAS coordinates for Euler): same NFE as asked."""
+    own step rule (per-step solver orders of a DP plan, PAS coordinates for Euler, a learned solver's
+    weights): same NFE as asked."""
     sigmas = run_sigmas(run, grid, steps, sampler, sigma_min, sigma_max)
     entry = stored_plan(run, sampler, steps) if grid == "optimized" else {}
-    if ("orders" in entry or "pas" in entry) and options:
+    if {"orders", "pas", "learned"} & entry.keys() and options:
         raise UserError(f"the optimized {sampler} plan takes no sampler options, got {sorted(options)}")
+    if "learned" in entry:
+        return partial(sample_learned, solver=LearnedSolver.from_json(entry["learned"])), sigmas
     if "pas" in entry:
         return partial(sample_euler_pas, pas=PASCorrection.from_json(entry["pas"])), sigmas
     if "orders" in entry:
@@ -176,6 +180,20 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
     return None if x is None else (x.clamp(-1, 1) if run.cfg.images else to_data_units(run.meta, x))
 
 
+def learn_starts(run: Run, steps: int, lo: float, hi: float) -> list[Tensor]:
+    """The fixed grids of `steps` steps that this run's path has from exactly sigma = hi down to lo (Karras,
+    logSNR, uniform t; trailing on a DDPM table when hi is its top): the learned solver's starts."""
+    path, starts = build_path(run.cfg), []
+    for name in ("karras", "logsnr", "trailing", "uniform_t"):
+        try:
+            grid = GRIDS[name](steps, lo, hi, path=path)
+        except UserError:  # why: trailing spaces a DDPM table's timesteps; other paths have none
+            continue
+        if float(grid[0]) == hi and float(grid[-2]) >= lo:
+            starts.append(grid)
+    return starts
+
+
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
                   sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
                   budget: int = 600, orders: tuple[int, ...] | None = None, candidates: int = 64,
@@ -186,13 +204,17 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     method "nelder-mead": any deterministic sampler, `budget` runs of it (samplers/optimize_grid.py).
     method "dp": dynamic programming over `candidates` levels ([GITS]) for euler (orders (1,)) or heun
     ((2,)), or with orders (1, 2) a plan that picks Euler or Heun per step; `steps` is then the NFE.
+    method "learned": dpmpp_2m's weights and levels learned with `budget` Adam steps from the fixed grids
+    of this range ([S4S], samplers/learned.py); same NFE, sampled by --grid optimized.
     `pas`: learn PAS coordinates ([PAS]) for the Euler grid (no extra network calls when sampling)."""
     check_positive(steps=steps, n_calib=n_calib, budget=budget, candidates=candidates)
     fn = sampler_fn(sampler)
     if SAMPLERS[sampler].stochastic:
         raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
-    if method not in ("nelder-mead", "dp"):
-        raise UserError(f"method must be 'nelder-mead' or 'dp', got {method!r}")
+    if method not in ("nelder-mead", "dp", "learned"):
+        raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
+    if method == "learned" and sampler != "dpmpp_2m":
+        raise UserError(f"method 'learned' learns the weights of dpmpp_2m, got sampler {sampler!r}")
     if method == "dp" and sampler not in ("euler", "heun"):
         raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
     if pas and sampler != "euler":
@@ -208,6 +230,9 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         sigmas = schedule.sigmas
         if len(set(schedule.orders)) > 1 or schedule.orders[0] != (1 if sampler == "euler" else 2):
             entry["orders"] = list(schedule.orders)
+    elif method == "learned":
+        solver = learn_solver(den, x, learn_starts(run, steps, lo, hi), lo, iters=budget)
+        sigmas, entry["learned"] = solver.sigmas, solver.to_json()
     else:
         sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, max_evals=budget)
     if pas:
