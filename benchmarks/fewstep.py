@@ -16,6 +16,7 @@ rows count the student only, the teacher's own minutes are on its row) and its l
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py            # about 20 CPU-minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --quick    # the pipeline in about 2 minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --digits-teacher RUN
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --rescore  # digits, no training, 6 CPU-min
     .venv/bin/python benchmarks/fewstep.py --table                      # .md and .png from the .json
 
 Writes benchmarks/results/fewstep.json, fewstep.md and fewstep.png (quality against NFE, one line per
@@ -25,6 +26,18 @@ it, feature FID over its real baseline on the digits feature net of benchmarks/f
 JSON), each training capped at 8 wall-clock minutes (train.minutes; the row gives the steps reached).
 One seed: read differences of less than about 20 % as noise (two runs of one iCT command differed 2.4
 against 3.9 in benchmarks/fewstep_feasibility.py).
+
+`--rescore` (digits, no training) scores every row of fewstep_digits.json again from its cached run under
+benchmarks/cache/fewstep on DRAWS independent draws of as many samples as the test split (so each
+draw's FID carries the same small-sample bias as the real baseline): one seeded call of DRAWS x 359
+samples, draw k its samples k x 359 .. (k + 1) x 359 - 1 (draw 0 is the one `--digits-teacher`
+scores), each row the mean over the draws with its standard error; beside FID the unbiased KID (MMD^2
+against all training features), precision/recall and CAS, and the FID of all the draws pooled (a
+check on the small-sample bias). Must-show 2 then holds at an NFE only if the best method's factor is
+below its target by more than two standard errors (delta method over the paired draws: draw k of every
+row shares its seeds), fails if above it by as much, and is undecided otherwise; the table gives every
+method's factor too. The CPU-minutes and learning curves stay those of training; `--rescore --table`
+rewrites the digits .md and .png from the .json.
 """
 
 import argparse
@@ -43,6 +56,12 @@ import torch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 from diffspace import runs  # noqa: E402
+from diffspace.discrete.evaluate import mean_stderr  # noqa: E402
+from diffspace.eval.featurenet import features, load_classifier, predict  # noqa: E402
+from diffspace.eval.image_eval import balanced_labels  # noqa: E402
+from diffspace.eval.image_metrics import feature_stats, frechet_distance, mmd2_unbiased, precision_recall  # noqa: E402
+from diffspace.eval.metrics import bootstrap_se  # noqa: E402
+from diffspace.runs.continuous import load_data  # noqa: E402
 from diffspace.runs.distill import DistillOptions, distill  # noqa: E402
 from diffspace.runs.nfe import nfe_curve  # noqa: E402
 
@@ -62,6 +81,8 @@ PD_STEPS = 16  # progressive distillation's first student (its teacher: DDIM on 
 DIGITS_STEPS = {"MeanFlow": 1500, "consistency distillation": 1000}  # and train.minutes = 8 (wall) each
 FEATURENET = str(ROOT / "benchmarks" / "cache" / "families" / "featurenet-digits.safetensors")
 N_EVAL = 5000  # samples and held-out points per row (--quick: 1000); the students inherit the teacher's
+DRAWS = 40  # --rescore: independent draws of the test split's size per row
+METRICS = ("fid", "kid", "precision", "recall", "cas")  # --rescore: each a mean and a standard error
 
 
 def _cpu(fn):
@@ -130,15 +151,76 @@ def distilled(method: str, teacher_run, steps: dict, out: str = "") -> list[dict
                    _curve(s.dir)) for k, s in enumerate(students)]
 
 
+def _draw_scores(f, hits, ref_feats, ref_stats) -> dict:
+    """One draw's features f (n, D) and CAS hits (n,): feature FID against the training statistics, the
+    unbiased KID ([KID] MMD^2 against all training features), precision/recall against them, CAS."""
+    precision, recall = precision_recall(ref_feats, f)
+    return {"fid": frechet_distance(*ref_stats, *feature_stats(f)), "kid": mmd2_unbiased(f, ref_feats),
+            "precision": precision, "recall": recall, "cas": float(hits.double().mean())}
+
+
+def rescore(result: dict, draws: int) -> None:
+    """--rescore: each row of the digits result again from its cached run on `draws` draws of the test
+    split's size (one seeded call, sample i from stream i, draw k = samples k n .. (k + 1) n - 1), and the
+    FID of all the draws together (fid_all: less small-sample bias, no real baseline of that size)."""
+    net, meta = load_classifier(FEATURENET, "featurenet")
+    teacher_run = runs.load_run(ROOT / result["entries"][0]["run"])
+    data = load_data(teacher_run.cfg)
+    n, K = len(data["x_test"]), teacher_run.cfg.model.num_classes
+    ref_feats = features(net, data["x_train"])
+    ref_stats = feature_stats(ref_feats)
+    fid = lambda f: frechet_distance(*ref_stats, *feature_stats(f))  # noqa: E731
+    labels = balanced_labels(n * draws, K)  # runs.sample's labels
+    base = _draw_scores(features(net, data["x_test"]), predict(net, data["x_test"]) == data["y_test"],
+                        ref_feats, ref_stats)
+    for e in result["entries"]:
+        run = runs.load_run(ROOT / e["run"])
+        for i, r in enumerate(e["rows"]):
+            x = runs.sample(run, runs.SampleOptions(n=n * draws, sampler=r["sampler"], steps=r["steps"],
+                                                    grid=r["grid"]))
+            f, hits = features(net, x), predict(net, x) == labels
+            per = [_draw_scores(f[k * n:(k + 1) * n], hits[k * n:(k + 1) * n], ref_feats, ref_stats)
+                   for k in range(draws)]
+            row = {k: r[k] for k in ("nfe", "sampler", "steps", "grid")} | {"n": n, "draws": draws}
+            for m in METRICS:
+                row[m], row[f"{m}_se"] = mean_stderr(torch.tensor([p[m] for p in per]))
+                row[f"{m}_real_baseline"] = base[m]
+            row |= {"fid_ratio": row["fid"] / base["fid"], "fid_ratio_se": row["fid_se"] / base["fid"],
+                    "fid_draws": [p["fid"] for p in per], "kid_draws": [p["kid"] for p in per],
+                    "fid_all": fid(f), "fid_all_se": bootstrap_se(fid, f),
+                    "featurenet_test_accuracy": meta["test_accuracy"]}
+            e["rows"][i] = row
+    half = len(ref_feats) // 2  # two halves of the training split: a KID of expectation 0 on fixed sets
+    result |= {"mode": f"full, rescored on {draws} draws", "draws": draws,
+               "kid_train_halves": mmd2_unbiased(ref_feats[:half], ref_feats[half:])}
+
+
+def _factor_se(best: list[float], ref: list[float]) -> float:
+    """Standard error of mean(best) / mean(ref) over paired draws (delta method: the quotient's relative
+    error is the mean of best_k / mean(best) - ref_k / mean(ref), which keeps their covariance)."""
+    b, r = torch.tensor(best, dtype=torch.float64), torch.tensor(ref, dtype=torch.float64)
+    return float(b.mean() / r.mean()) * mean_stderr(b / b.mean() - r / r.mean())[1]
+
+
 def must_show(entries: list[dict], key: str) -> dict:
-    """At each N of NFES: the best method's ratio, the teacher's 35-NFE ratio, their quotient, the target."""
-    ref = next(r for r in entries[0]["rows"] if r["nfe"] == 35)[key]
-    out = {}
+    """At each N of NFES: the best method's ratio, the teacher's 35-NFE ratio, their quotient, the target.
+    Rows scored on draws (--rescore) add the quotient's standard error; "holds" is then True only below
+    the target by more than two of them, False above it by as much, None (undecided) in between."""
+    ref_row = next(r for r in entries[0]["rows"] if r["nfe"] == 35)
+    ref, out = ref_row[key], {}
     for n, target in TARGETS.items():
-        cands = [(r[key], e["method"]) for e in entries[1:] for r in e["rows"] if r["nfe"] == n]
-        best, who = min(cands)
+        cands = [(r[key], e["method"], r) for e in entries[1:] for r in e["rows"] if r["nfe"] == n]
+        best, who, row = min(cands, key=lambda c: c[0])
         out[n] = {"best": who, "ratio": best, "teacher_35": ref, "factor": best / ref, "target": target,
                   "holds": best / ref <= target}
+        if "fid_draws" in row:
+            se = _factor_se(row["fid_draws"], ref_row["fid_draws"])
+            margin = (target - best / ref) / se
+            out[n] |= {"ratio_se": row[f"{key}_se"], "teacher_35_se": ref_row[f"{key}_se"], "factor_se": se,
+                       "holds": True if margin > 2 else False if margin < -2 else None}
+            pooled = row["fid_all"] / ref_row["fid_all"]  # the same quotient with less small-sample bias
+            rel = [(r["fid_all_se"] / r["fid_all"]) ** 2 for r in (row, ref_row)]
+            out[n] |= {"factor_all": pooled, "factor_all_se": pooled * sum(rel) ** 0.5}
     return out
 
 
@@ -147,18 +229,70 @@ def _metric_line(result: dict) -> str:
     if result["metric"] == "sw2_ratio":
         return (f"Sliced W2 of {first['n']} samples over the data baseline "
                 f"({first['sw2_data_baseline']:.4f}, as many training points against the same held-out ones)")
-    return (f"Feature FID of {first['n']} samples (the test split's size, balanced over the classes, "
-            "unguided) "
+    draws = (f"mean +- standard error over {result['draws']} independent draws of {first['n']} samples, "
+             "draw k the samples k n .. (k + 1) n - 1 of one seeded call" if "draws" in result
+             else f"{first['n']} samples")
+    return (f"Feature FID ({draws}; the test split's size, balanced over the classes, unguided) "
             f"over the real baseline ({first['fid_real_baseline']:.3f}: the test split against the training "
-            "statistics), on benchmarks/cache/families/featurenet-digits.safetensors; CAS in the JSON")
+            "statistics), on benchmarks/cache/families/featurenet-digits.safetensors"
+            + ("" if "draws" in result else "; CAS in the JSON"))
 
 
 def _se_line(result: dict) -> str:
+    if "draws" in result:
+        return ("Standard errors: the standard deviation over the draws / sqrt(draws); the factor's by the "
+                "delta method over the paired draws (draw k of every row uses the same seeds). A target "
+                "holds only if the factor is below it by more than two standard errors, fails if above it by "
+                "as much, and is undecided otherwise.")
     vectors = result["metric"] == "sw2_ratio"
     se, base = ("sw2_se", "sw2_data_baseline") if vectors else ("fid_se", "fid_real_baseline")
     ses = [r[se] / r[base] for e in result["entries"] for r in e["rows"]]
     return (f"Bootstrap standard errors of the rows, in the table's units: {min(ses):.2f} to {max(ses):.2f} "
             "(differences smaller than about twice that are noise).")
+
+
+VERDICT = {True: "yes", False: "**no**", None: "undecided"}
+
+
+def _cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
+    """The value, with its standard error where the row has one (--rescore)."""
+    se = f" +- {scale * row[key + '_se']:.{digits}f}" if key + "_se" in row else ""
+    return f"{scale * row[key]:.{digits}f}{se}"
+
+
+def _draws_lines(result: dict) -> list[str]:
+    """--rescore: every method's quotient at 1 / 2 / 4 NFE, and the best's again on the FID of each row's
+    draws pooled (less small-sample bias)."""
+    ref = next(r for r in result["entries"][0]["rows"] if r["nfe"] == 35)
+    each = "; ".join(e["method"] + " " + " / ".join(
+        f"{r['fid'] / ref['fid']:.2f}x +- {_factor_se(r['fid_draws'], ref['fid_draws']):.2f}"
+        for r in e["rows"] if r["nfe"] in NFES) for e in result["entries"][1:])
+    pooled = "; ".join(f"{n} NFE {m['factor_all']:.2f}x +- {m['factor_all_se']:.2f}"
+                       for n, m in result["must_show"].items())
+    return [f"Each method's quotient over the teacher's 35-NFE FID at 1 / 2 / 4 NFE: {each}.", "",
+            f"Small-sample bias check: the FID of all {ref['n'] * result['draws']} samples of a row together "
+            f"(bootstrap standard errors; no real baseline of that size, the quotient needs none): the "
+            f"teacher's at 35 NFE {ref['fid_all']:.3f} +- {ref['fid_all_se']:.3f} (against "
+            f"{ref['fid']:.3f} on {ref['n']}); the best method's quotient over it: {pooled}."]
+
+
+def _other_metrics(result: dict) -> list[str]:
+    """--rescore: KID, precision, recall and CAS of each row (means over the draws, standard errors)."""
+    base = result["entries"][0]["rows"][0]
+    lines = [f"Other metrics of the same draws (real baseline, the test split: KID x 1000 "
+             f"{1000 * base['kid_real_baseline']:.2f}, precision {base['precision_real_baseline']:.2f}, "
+             f"recall {base['recall_real_baseline']:.2f}, CAS {base['cas_real_baseline']:.3f}). KID: the "
+             "unbiased MMD^2 against all training features, free of the FID's sample-size bias, but not a "
+             "ratio to its baseline: on one fixed reference set it carries that set's offset (the two "
+             f"halves of the training split against each other: {1000 * result['kid_train_halves']:.2f}, "
+             "expectation 0), so read only differences between rows (lower: nearer the training "
+             "features). Precision/recall: k = 3 manifolds of the training features.", "",
+             "| method | NFE | KID x 1000 | precision | recall | CAS |", "|---|---|---|---|---|---|"]
+    for e in result["entries"]:
+        for r in e["rows"]:
+            lines.append(f"| {e['method']} | {r['nfe']} | {_cell(r, 'kid', 1000)} | "
+                         f"{_cell(r, 'precision')} | {_cell(r, 'recall')} | {_cell(r, 'cas', digits=3)} |")
+    return lines
 
 
 def write_table(result: dict, stem: str) -> None:
@@ -168,10 +302,12 @@ def write_table(result: dict, stem: str) -> None:
              f"load average after {result['load_average_after']}. {_metric_line(result)}; one seed.", "",
              "| method | sampler | train steps | CPU-min | 1 NFE | 2 NFE | 4 NFE | 35 NFE | other NFE |",
              "|---|---|---|---|---|---|---|---|---|"]
+    places = 3 if "draws" in result else 2  # why: the standard errors over draws are below 0.01
     for e in result["entries"]:
         by = {r["nfe"]: r for r in e["rows"]}
-        cells = [f"{by[n][key]:.2f}" if n in by else "" for n in (*NFES, 35)]
-        cells.append(", ".join(f"{n}: {r[key]:.2f}" for n, r in by.items() if n not in (*NFES, 35)))
+        cells = [_cell(by[n], key, digits=places) if n in by else "" for n in (*NFES, 35)]
+        cells.append(", ".join(f"{n}: {_cell(r, key, digits=places)}" for n, r in by.items()
+                               if n not in (*NFES, 35)))
         samplers = ", ".join(sorted({r["sampler"] for r in e["rows"]}))
         cpu = "n/a" if e["cpu_min"] is None else f"{e['cpu_min']:.1f}"
         lines.append(f"| {e['method']} | {samplers} | {e['train_steps']} | {cpu} | {' | '.join(cells)} |")
@@ -185,8 +321,12 @@ def write_table(result: dict, stem: str) -> None:
               "| NFE | best method | ratio | teacher 35 NFE | factor | target | holds |",
               "|---|---|---|---|---|---|---|"]
     for n, m in result["must_show"].items():
-        lines.append(f"| {n} | {m['best']} | {m['ratio']:.2f} | {m['teacher_35']:.2f} | {m['factor']:.2f}x | "
-                     f"{m['target']}x | {'yes' if m['holds'] else '**no**'} |")
+        factor = f"{m['factor']:.2f}x" + (f" +- {m['factor_se']:.2f}" if "factor_se" in m else "")
+        ratio, teacher_35 = _cell(m, "ratio", digits=places), _cell(m, "teacher_35", digits=places)
+        lines.append(f"| {n} | {m['best']} | {ratio} | {teacher_35} | {factor} | "
+                     f"{m['target']}x | {VERDICT[m['holds']]} |")
+    if "draws" in result:
+        lines += ["", *_draws_lines(result), "", *_other_metrics(result)]
     straight = [e for e in result["entries"] if "straightness" in e]
     if straight:
         s = straight[0]["straightness"]
@@ -223,7 +363,9 @@ def write_plot(result: dict, stem: str) -> None:
     for e in lines:
         rows = sorted((r for r in e["rows"] if r["nfe"] in NFES), key=lambda r: r["nfe"])
         label = e["method"] + (", Euler" if e["method"].startswith("teacher") else "")
-        ax.plot([r["nfe"] for r in rows], [r[result["metric"]] for r in rows], marker="o", label=label)
+        key = result["metric"]
+        ax.errorbar([r["nfe"] for r in rows], [r[key] for r in rows], [r.get(f"{key}_se", 0) for r in rows],
+                    marker="o", capsize=3, label=label)
     ref = next(iter(result["must_show"].values()))["teacher_35"]
     ax.axhline(ref, color="black", linestyle=":", label=f"teacher, Heun 35 NFE ({ref:.2f})")
     for n, target in TARGETS.items():
@@ -273,13 +415,24 @@ def digits(source: Path) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help=f"steps / {QUICK}: check the pipeline, not a result")
-    p.add_argument("--digits-teacher", type=Path, help="digits: this trained digits-edm run as the teacher")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--digits-teacher", type=Path, help="digits: this trained digits-edm run, the teacher")
+    which.add_argument("--rescore", action="store_true",
+                       help=f"digits: score the cached runs on {DRAWS} draws each, no training")
     p.add_argument("--table", action="store_true", help="only rewrite the .md and .png from the .json")
     args = p.parse_args()
-    stem = "fewstep_digits" if args.digits_teacher else "fewstep_quick" if args.quick else "fewstep"
+    digits_ = args.digits_teacher or args.rescore
+    stem = "fewstep_digits" if digits_ else "fewstep_quick" if args.quick else "fewstep"
     out = RESULTS / f"{stem}.json"
     if args.table:
         result = json.loads(out.read_text())
+    elif args.rescore:
+        torch.set_num_threads(1)
+        result = json.loads(out.read_text())
+        rescore(result, DRAWS)
+        result |= {"torch": torch.__version__, "load_average_after": [round(v, 1) for v in os.getloadavg()],
+                   "must_show": must_show(result["entries"], result["metric"])}
+        out.write_text(json.dumps(result, indent=1) + "\n")
     else:
         torch.set_num_threads(1)
         entries = digits(args.digits_teacher) if args.digits_teacher else checkerboard(args.quick)
