@@ -200,6 +200,8 @@ def test_non_finite_config_values_are_refused_at_load(tmp_path, setting):
     (("eval", "--featurenet", "fn.safetensors"), ["--featurenet fn.safetensors", "image runs only"]),
     (("eval", "--nll-n", 10), ["--nll-n 10 needs --nll"]),
     (("eval", "--nfe", "1,2", "--nll-n", 10), ["drop --nll-n"]),
+    (("eval", "--nfe", "1,2", "--featurenet", "fn.safetensors"), ["--featurenet fn.safetensors",
+                                                                  "image runs only"]),
 ])
 def test_eval_options_a_vector_run_would_ignore_are_refused(trained, argv, words):
     """The break-it review: each ran and silently ignored the option."""

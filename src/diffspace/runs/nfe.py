@@ -88,6 +88,16 @@ def _image_scorer(run: Run, data: dict, labels, featurenet: str | None):
     return score
 
 
+def _check_fits(run: Run, featurenet: str | None) -> None:
+    """UserError for a run the NFE curve cannot score as asked: not continuous, or a feature net given for
+    a run of vectors (scored by sliced W2, so the net would be ignored)."""
+    if run.task != "continuous":
+        raise UserError(f"the NFE curve needs a continuous run; {run.dir} is a {run.task} run")
+    if featurenet is not None and not run.cfg.images:
+        raise UserError(f"--featurenet {featurenet}: feature nets apply to image runs only; {run.dir} is a "
+                        "run of vectors (scored by sliced W2)")
+
+
 def nfe_curve(run: Run, nfes, sampler: str | None = None, grid: str | None = None, n: int | None = None,
               seed: int = 0, featurenet: str | None = None) -> list[dict]:
     """Rows {"nfe", "nfe_asked", "sampler", "steps", "grid", metrics...} of a continuous run at each NFE of
@@ -95,8 +105,7 @@ def nfe_curve(run: Run, nfes, sampler: str | None = None, grid: str | None = Non
     the test split) and one seed; rank 0 writes them to RUN/nfe.json. Vectors: sliced W2 (with its
     standard error) over the data baseline of `runs.evaluate`; images: FID over the real baseline, KID,
     precision/recall and, for a class-conditional run (samples balanced over the classes), CAS."""
-    if run.task != "continuous":
-        raise UserError(f"the NFE curve needs a continuous run; {run.dir} is a {run.task} run")
+    _check_fits(run, featurenet)
     nfes, sc = check_nfes(nfes), run.cfg.sample
     sampler, grid = sampler or sc.sampler, grid or sc.grid
     data = load_data(run.cfg)
@@ -128,7 +137,8 @@ def nfe_curves(runs: list[Run], nfes, sampler: str | None = None, grid: str | No
                n: int | None = None, seed: int = 0, featurenet: str | None = None) -> dict[str, list[dict]]:
     """`nfe_curve` of each run (each writes its RUN/nfe.json) and their plot, one line per run, in the first
     run's RUN/nfe.png. Returns {label: rows}, the label being the run directory's name and sampler."""
-    for run in runs:
+    for run in runs:  # every refusal before any work
+        _check_fits(run, featurenet)
         check_run_dir(run.dir, NFE_FILE)
     curves = {}
     for run in runs:
