@@ -1,7 +1,8 @@
 """The text-image scores against their definitions on constructed inputs: attribute accuracy, zero-shot
 reading with embeddings that name their attributes exactly, CLIP score = 100 max(cos, 0), retrieval
-pairs of distinct captions; the attribute reader's groups and its refusal of another data set; the
-contrastive evaluation of a run."""
+pairs of distinct captions; the attribute reader's groups, its refusal of another data set, its
+colour-blind shape (exactly invariant to the object's colour) and its reading of real held-out
+shape-colour pairs; the contrastive evaluation of a run."""
 
 import math
 
@@ -10,8 +11,14 @@ import torch
 from torch import nn
 
 from diffspace import runs
-from diffspace.data.shapes import single_object_prompts
-from diffspace.eval.attributes import load_attribute_reader, read_attributes, train_attribute_reader
+from diffspace.data.shapes import COLOURS, make_shapes, single_object_prompts
+from diffspace.eval.attributes import (
+    AttributeReader,
+    foreground,
+    load_attribute_reader,
+    read_attributes,
+    train_attribute_reader,
+)
 from diffspace.eval.plots import guidance_tradeoff
 from diffspace.eval.text_image import (
     attribute_accuracy,
@@ -20,6 +27,7 @@ from diffspace.eval.text_image import (
     retrieval,
     zero_shot_attributes,
 )
+from diffspace.runs.captioned import ATTRIBUTE_GROUPS, CaptionDataConfig, colour_blind
 from diffspace.types import UserError
 
 NAMES = ("shape", "colour", "size", "place")
@@ -99,6 +107,49 @@ def test_reader_learns_an_attribute_and_refuses_another_data_set(tmp_path):
         load_attribute_reader(tmp_path / "r.safetensors", (("shape", 4),), (1, 8, 8))
     with pytest.raises(UserError, match="known attributes"):
         train_attribute_reader(x, -torch.ones(256, 1, dtype=torch.long), groups, tmp_path / "bad", steps=1)
+
+
+def test_shape_is_read_colour_blind():
+    """One coverage map a (N, 1, H, W) drawn in each colour c over the background b, x = b + a (c - b):
+    the foreground mask is a / max a whatever c, so the shape logits of a reader (untrained, float64)
+    are the same for every colour, while the colour logits, read from the image, are not."""
+    g = torch.Generator().manual_seed(0)
+    blind, background = colour_blind(CaptionDataConfig())
+    bg = torch.tensor(background, dtype=torch.float64)
+    a = torch.rand(5, 1, 16, 16, generator=g, dtype=torch.float64) ** 4
+    reader = AttributeReader(ATTRIBUTE_GROUPS["shapes"], 3, blind, background, width=8).double().eval()
+    shape_logits, colour_logits = [], []
+    for c in COLOURS.values():
+        c = 2 * torch.tensor(c, dtype=torch.float64) - 1  # in [-1, 1], as the images
+        x = bg[:, None, None] + a * (c - bg)[:, None, None]
+        mask = a / a.amax(dim=(2, 3), keepdim=True)
+        torch.testing.assert_close(foreground(x, bg), mask, rtol=1e-12, atol=1e-12)
+        with torch.no_grad():
+            shape_logits.append(reader(x)[:, :4])
+            colour_logits.append(reader(x)[:, 4:10])
+    for s, c in zip(shape_logits[1:], colour_logits[1:], strict=True):
+        torch.testing.assert_close(s, shape_logits[0], rtol=1e-12, atol=1e-12)
+        assert (c - colour_logits[0]).abs().max() > 1e-3
+
+
+def test_reader_reads_held_out_shape_colour_pairs(tmp_path):
+    """Trained on one-object images of seen shape-colour pairs only (16 px, 400 steps), the reader reads
+    real images of the held-out pairs: every attribute >= 0.95, all four >= 0.93 (measured 0.987, 1,
+    0.977, 1 and 0.963 at seed 0, and at least 0.963 per attribute over seeds 0-2). A reader of the RGB
+    image alone, as before, read 0.0 of the held-out shapes right at this budget (0.14 at 32 px)."""
+    train, test = make_shapes(2000, "train", 0, 16, p_two=0.0), make_shapes(300, "heldout", 0, 16, p_two=0.0)
+    groups = ATTRIBUTE_GROUPS["shapes"]
+    blind, background = colour_blind(CaptionDataConfig(size=16))
+    meta = train_attribute_reader(train.x, train.attrs[:, :4], groups, tmp_path / "r.safetensors", steps=400,
+                                  batch_size=64, width=16, x_test=test.x, attrs_test=test.attrs[:, :4],
+                                  blind=blind, background=background)
+    net, _ = load_attribute_reader(tmp_path / "r.safetensors", groups, (3, 16, 16), blind)
+    right = read_attributes(net, [k for _, k in groups], test.x) == test.attrs[:, :4]
+    assert right.all(dim=1).double().mean() >= 0.93
+    for k, (name, _) in enumerate(groups):
+        assert right[:, k].double().mean() == meta[f"test_accuracy_{name}"] >= 0.95, name
+    with pytest.raises(UserError, match=r"\(none colour-blind\)"):
+        load_attribute_reader(tmp_path / "r.safetensors", groups, (3, 16, 16))
 
 
 def test_guidance_tradeoff_picture(tmp_path):

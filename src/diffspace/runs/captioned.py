@@ -15,7 +15,15 @@ import torch
 
 from diffspace.config import choice
 from diffspace.data import captions as cap
-from diffspace.data.shapes import COLOURS, PLACES, SHAPES, SIZES, make_shapes, single_object_prompts
+from diffspace.data.shapes import (
+    BACKGROUND,
+    COLOURS,
+    PLACES,
+    SHAPES,
+    SIZES,
+    make_shapes,
+    single_object_prompts,
+)
 from diffspace.types import UserError
 
 
@@ -89,6 +97,15 @@ def reference_set(d: CaptionDataConfig, seed: int, n: int) -> cap.CaptionedImage
 def attribute_columns(d: CaptionDataConfig, data: cap.CaptionedImages) -> torch.Tensor:
     """The attrs columns (N, A) that ATTRIBUTE_GROUPS name (the first object's, for shapes)."""
     return data.attrs[:, :len(ATTRIBUTE_GROUPS[d.name])]
+
+
+def colour_blind(d: CaptionDataConfig) -> tuple[tuple[str, ...], tuple[float, ...] | None]:
+    """The attributes the reader reads colour-blind, and the background colour in [-1, 1] that defines the
+    foreground they are read from: the shapes' shape (a reader trained on seen shape-colour pairs would
+    read it from colour); none for the other sources."""
+    if d.name == "shapes":
+        return ("shape",), tuple(2 * c - 1 for c in BACKGROUND)
+    return (), None
 
 
 def prompt_grid(d: CaptionDataConfig) -> tuple[list[str], torch.Tensor] | None:

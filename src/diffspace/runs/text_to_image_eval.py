@@ -73,6 +73,20 @@ class Scorer:
         return out | attribute_accuracy(read, attrs, tuple(name for name, _ in self.groups))
 
 
+def train_reader(cfg: TextToImageConfig, path: Path) -> dict:
+    """Train the attribute reader of cfg's data into `path` for eval.reader_steps on eval.n_reference
+    real training images (offline), tested on the seen set; its metadata."""
+    log.info("training the attribute reader of %s into %s", cfg.data.name, path)
+    ref = captioned.reference_set(cfg.data, cfg.run.seed, cfg.eval.n_reference)
+    test = captioned.eval_sets(cfg.data, cfg.run.seed, cfg.eval.n)["seen"]
+    blind, background = captioned.colour_blind(cfg.data)
+    groups = captioned.ATTRIBUTE_GROUPS[cfg.data.name]
+    return train_attribute_reader(ref.x, captioned.attribute_columns(cfg.data, ref), groups, path,
+                                  steps=cfg.eval.reader_steps, seed=cfg.run.seed, x_test=test.x,
+                                  attrs_test=captioned.attribute_columns(cfg.data, test), blind=blind,
+                                  background=background)
+
+
 def reader_for(run: Run, path: str | None) -> tuple[object, dict | None]:
     """The attribute reader at `path`, else RUN/featurenet.safetensors, trained there (offline) if absent;
     (None, None) for a source without attributes."""
@@ -84,13 +98,8 @@ def reader_for(run: Run, path: str | None) -> tuple[object, dict | None]:
     if not p.exists():
         if path:
             raise UserError(f"attribute reader not found: {p} (`diffspace eval` trains one into the run)")
-        log.info("training the attribute reader of %s into %s", cfg.data.name, p)
-        ref = captioned.reference_set(cfg.data, cfg.run.seed, cfg.eval.n_reference)
-        test = captioned.eval_sets(cfg.data, cfg.run.seed, cfg.eval.n)["seen"]
-        train_attribute_reader(ref.x, captioned.attribute_columns(cfg.data, ref), groups, p,
-                               steps=cfg.eval.reader_steps, seed=cfg.run.seed, x_test=test.x,
-                               attrs_test=captioned.attribute_columns(cfg.data, test))
-    return load_attribute_reader(p, groups, shape)
+        train_reader(cfg, p)
+    return load_attribute_reader(p, groups, shape, captioned.colour_blind(cfg.data)[0])
 
 
 def _best(rows: list[dict]) -> float:
