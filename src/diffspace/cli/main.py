@@ -456,7 +456,8 @@ def cmd_optimize_grid(args) -> None:
                                 args.sigma_min, args.sigma_max, args.method, args.budget, orders,
                                 args.candidates, args.pas, args.pas_k, args.pas_tol)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
-    print(f"stored the {args.steps}-step grid for {args.sampler} in {args.run}/grids.json: {levels}")
+    what = "solver (weights and grid)" if args.method == "learned" else "grid"
+    print(f"stored the {args.steps}-step {what} for {args.sampler} in {args.run}/grids.json: {levels}")
 
 
 def cmd_train_images_classifier(args) -> None:
