@@ -8,6 +8,12 @@ right. So the groups named `blind` (the shapes' shape) are read by a second clas
 colour-blind, the foreground mask: each pixel's distance from the data's known background colour over
 the image's largest one. The other groups are read from the image itself.
 
+Generated images have softer edges than the crisp real ones the reader learns from, and a mask reader
+trained on crisp images alone read 0.50 of the shapes of 3x3-box-blurred real images right (32 px). So
+training blurs each image by a random Gaussian of standard deviation up to 3/64 of its width (1.5 px at
+32 px); the reader then reads every attribute of real images, crisp, 3x3-box-blurred or Gaussian-
+blurred (sigma 1 px), seen or held-out, right (32 px, 800 steps: >= 0.997 each).
+
 Its predictions on generated images, compared with what the prompt asked for, give the attribute
 accuracy; the penultimate activations of its classifiers, side by side, are the data set's feature
 net for FID ([FID] arXiv 1706.08500), as eval/featurenet.py's are for labelled image sets. Saved as
@@ -21,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from diffspace import rng
 from diffspace.eval.featurenet import _fit, _random_shift, _save
 from diffspace.nets.classifier import ConvClassifier
 from diffspace.train.checkpoint import load_checkpoint, load_weights
@@ -37,6 +44,19 @@ def foreground(x: Tensor, background: Tensor) -> Tensor:
     dist = (x - background.to(x)[:, None, None]).norm(dim=1, keepdim=True)
     # why: the floor keeps an image of background alone finite (its mask is then its faint noise)
     return dist / dist.amax(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+
+
+def random_blur(x: Tensor, generator: rng.Generator, max_sigma: float) -> Tensor:
+    """Each image of x (B, C, H, W) blurred by a Gaussian (5 x 5, separable, edge padding) of its own
+    standard deviation, uniform in [0, max_sigma) pixels: the reader's augmentation against soft edges."""
+    B, C, H, W = x.shape
+    # why: the floor keeps a near-zero sigma finite (its kernel is then the identity)
+    sigma = rng.rand((B,), generator, x.dtype, x.device).mul(max_sigma).clamp_min(1e-3)
+    r = torch.arange(-2, 3, dtype=x.dtype, device=x.device)
+    k = torch.softmax(-r**2 / (2 * sigma[:, None] ** 2), dim=1).repeat_interleave(C, 0)  # (B C, 5)
+    y = F.pad(x.reshape(1, B * C, H, W), (2, 2, 2, 2), mode="replicate")
+    y = F.conv2d(F.conv2d(y, k.view(B * C, 1, 1, 5), groups=B * C), k.view(B * C, 1, 5, 1), groups=B * C)
+    return y.reshape(B, C, H, W)
 
 
 class AttributeReader(nn.Module):
@@ -85,8 +105,9 @@ def train_attribute_reader(x: Tensor, attrs: Tensor, groups: Groups, out_path: s
                            x_test: Tensor | None = None, attrs_test: Tensor | None = None,
                            blind: tuple[str, ...] = (), background: tuple[float, ...] | None = None) -> dict:
     """Train on images x (N, C, H, W) with attributes attrs (N, A), groups = ((name, number of values),)
-    per column, the groups named in `blind` read from the foreground mask against `background` (C,);
-    the loss is the sum of the groups' cross-entropies. Saves the reader and returns its metadata (with
+    per column, the groups named in `blind` read from the foreground mask against `background` (C,),
+    each batch shifted by up to a pixel and blurred (random_blur, sigma up to 3/64 of the width); the loss
+    is the sum of the groups' cross-entropies. Saves the reader and returns its metadata (with
     per-attribute test accuracy when a test set is given). UserError for unknown attributes."""
     if attrs.shape[1] != len(groups) or (attrs < 0).any():
         raise UserError(f"an attribute reader needs {len(groups)} known attributes per image")
@@ -97,13 +118,14 @@ def train_attribute_reader(x: Tensor, attrs: Tensor, groups: Groups, out_path: s
 
     def loss(step: int) -> Tensor:
         idx = torch.randint(len(x), (batch_size,), generator=g)
-        groups_logits = net(_random_shift(x[idx], g)).split(net.sizes, dim=1)
+        x_aug = random_blur(_random_shift(x[idx], g), g, 1.5 * x.shape[-1] / 32)
+        groups_logits = net(x_aug).split(net.sizes, dim=1)
         return sum(F.cross_entropy(lg, attrs[idx, k]) for k, lg in enumerate(groups_logits))
 
     net.train()
     _fit(loss, net.parameters(), steps, lr, "attribute reader")
     info = {"kind": KIND, "groups": [list(gr) for gr in groups], "shape": list(x.shape[1:]), "seed": seed,
-            "steps": steps}
+            "steps": steps, "max_blur": 3 / 64}
     if x_test is not None:
         right = read_attributes(net, net.sizes, x_test) == attrs_test
         info |= {f"test_accuracy_{name}": right[:, k].double().mean().item() for k, (name, _) in
@@ -119,9 +141,9 @@ def load_attribute_reader(path: str | Path, groups: Groups, shape: tuple[int, ..
     if meta.get("kind") != KIND:
         raise UserError(f"{path}: holds a {meta.get('kind')!r}, not an attribute reader (`diffspace eval` of "
                         "a text_to_image run trains one into the run)")
-    if "blind" not in meta["arch"]:
-        raise UserError(f"{path}: an attribute reader of an older version, which reads shape from colour "
-                        "(delete it: `diffspace eval` trains one into the run)")
+    if "blind" not in meta["arch"] or "max_blur" not in meta:
+        raise UserError(f"{path}: an attribute reader of an older version, which reads shape from colour or "
+                        "misreads soft edges (delete it: `diffspace eval` trains one into the run)")
     have = (meta["groups"], meta["arch"]["blind"], meta["shape"])
     if have != ([list(gr) for gr in groups], list(blind), list(shape)):
         raise UserError(f"{path}: an attribute reader of {have[0]} ({', '.join(have[1]) or 'none'} read "
