@@ -16,14 +16,20 @@ rows count the student only, the teacher's own minutes are on its row) and its l
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py            # about 20 CPU-minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --quick    # the pipeline in about 2 minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --digits-teacher RUN
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --add iCT,progressive,reflow  # digits rows
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --rescore  # digits, no training, 6 CPU-min
     .venv/bin/python benchmarks/fewstep.py --table                      # .md and .png from the .json
 
 Writes benchmarks/results/fewstep.json, fewstep.md and fewstep.png (quality against NFE, one line per
 method, and the learning curves). `--digits-teacher RUN` (a trained configs/digits-edm.toml run, copied)
-writes fewstep_digits.*: MeanFlow (configs/digits-meanflow.toml) and consistency distillation against
-it, feature FID over its real baseline on the digits feature net of benchmarks/families.py (CAS in the
-JSON), each training capped at 8 wall-clock minutes (train.minutes; the row gives the steps reached).
+writes fewstep_digits.*: every method against it, MeanFlow and iCT from scratch
+(configs/digits-meanflow.toml, digits-ict.toml), progressive distillation (8 -> 4 -> 2 -> 1 DDIM steps),
+consistency distillation and reflow (on 10 000 teacher pairs, not 20 000: CPU budget), feature FID over
+its real baseline on the digits feature net of benchmarks/families.py (CAS in the JSON), each student's
+training capped at 8 wall-clock minutes (train.minutes, progressive's rounds 2 each; the row gives the
+steps reached). `--add METHOD,...` trains only those digits rows against the cached teacher
+(benchmarks/cache/fewstep/digits-teacher), puts them into fewstep_digits.json in place of the method's
+old rows, and rescores (below) the new rows.
 One seed: read differences of less than about 20 % as noise (two runs of one iCT command differed 2.4
 against 3.9 in benchmarks/fewstep_feasibility.py).
 
@@ -31,7 +37,8 @@ against 3.9 in benchmarks/fewstep_feasibility.py).
 benchmarks/cache/fewstep on DRAWS independent draws of as many samples as the test split (so each
 draw's FID carries the same small-sample bias as the real baseline): one seeded call of DRAWS x 359
 samples, draw k its samples k x 359 .. (k + 1) x 359 - 1 (draw 0 is the one `--digits-teacher`
-scores), each row the mean over the draws with its standard error; beside FID the unbiased KID (MMD^2
+scores; rows already scored on DRAWS draws are kept, the same seeds giving the same numbers), each row
+the mean over the draws with its standard error; beside FID the unbiased KID (MMD^2
 against all training features), precision/recall and CAS, and the FID of all the draws pooled (a
 check on the small-sample bias). Must-show 2 then holds at an NFE only if the best method's factor is
 below its target by more than two standard errors (delta method over the paired draws: draw k of every
@@ -78,7 +85,11 @@ STEPS = {"teacher": 3000, "MeanFlow": 2500, "iCT": 5000, "progressive": 500, "co
 QUICK = 40
 METHODS = {"progressive": "progressive", "consistency distillation": "consistency", "reflow": "reflow"}
 PD_STEPS = 16  # progressive distillation's first student (its teacher: DDIM on 32 levels)
-DIGITS_STEPS = {"MeanFlow": 1500, "consistency distillation": 1000}  # and train.minutes = 8 (wall) each
+# digits: every method's training steps (progressive: per round), each student capped at DIGITS_MINUTES of
+# wall clock (train.minutes; progressive: its rounds share them), reflow on DIGITS_PAIRS teacher pairs
+DIGITS_STEPS = {"MeanFlow": 1500, "iCT": 4000, "progressive": 800, "consistency distillation": 1000,
+                "reflow": 5000}
+DIGITS_MINUTES, DIGITS_PD_STEPS, DIGITS_PAIRS = 8, 8, 10_000
 FEATURENET = str(ROOT / "benchmarks" / "cache" / "families" / "featurenet-digits.safetensors")
 N_EVAL = 5000  # samples and held-out points per row (--quick: 1000); the students inherit the teacher's
 DRAWS = 40  # --rescore: independent draws of the test split's size per row
@@ -126,7 +137,8 @@ def digits_teacher(source: Path) -> tuple[dict, object]:
 
 def scratch(method: str, config: str, steps: dict, n: int | None) -> dict:
     sets = [f"run.dir={RUNS / config}", f"train.steps={steps[method]}"] + ([f"eval.n={n}"] if n else [])
-    cfg = runs.load_config(C(config), sets + (["train.minutes=8"] if config.startswith("digits") else []))
+    cap = [f"train.minutes={DIGITS_MINUTES}"] if config.startswith("digits") else []
+    cfg = runs.load_config(C(config), sets + cap)
     run, cpu = _cpu(lambda: runs.train(cfg, overwrite=True))
     return _entry(method, run, cpu, _rows(run, NFES), _curve(run.dir))
 
@@ -134,17 +146,22 @@ def scratch(method: str, config: str, steps: dict, n: int | None) -> dict:
 def distilled(method: str, teacher_run, steps: dict, out: str = "") -> list[dict]:
     """The method's students; progressive: one entry per round (each at its own N), else the last round."""
     name, images = METHODS[method], teacher_run.cfg.images
+    pd_steps = DIGITS_PD_STEPS if images else PD_STEPS
     sets = [f"train.steps={steps[method]}", f"train.batch_size={64 if images else 256}"]
-    sets += ["train.minutes=8"] if images else []
+    if images:  # progressive: the rounds (1 + log2 of its first student's steps) share the minutes
+        rounds = pd_steps.bit_length() if name == "progressive" else 1
+        sets += [f"train.minutes={DIGITS_MINUTES / rounds}"] + ([f"fewstep.pairs={DIGITS_PAIRS}"]
+                                                                  if name == "reflow" else [])
     if name == "progressive":  # fine-tuning the teacher's network: a smaller step ([PD] Sec. 4)
         sets += ["train.lr=5e-4", "train.warmup_steps=50"]
-    opts = DistillOptions(name, str(RUNS / (out or name)), steps=PD_STEPS, overrides=tuple(sets),
+    opts = DistillOptions(name, str(RUNS / (out or name)), steps=pd_steps, overrides=tuple(sets),
                           overwrite=True, featurenet=FEATURENET if images else None)
     students, cpu = _cpu(lambda: distill(teacher_run.dir, opts))
     record = json.loads((RUNS / (out or name) / "distill.json").read_text())["rounds"]
     if name != "progressive":
         s = students[-1]
-        extra = {"straightness": [r["straightness"] for r in record]} if name == "reflow" else {}
+        extra = {"straightness": [r["straightness"] for r in record], "pairs": s.cfg.fewstep.pairs} \
+            if name == "reflow" else {}
         return [_entry(method, s, cpu, _rows(s, NFES), _curve(s.dir), **extra)]
     per_round = cpu / len(students)
     return [_entry(f"{method} (round {k + 1})", s, per_round * (k + 1), _rows(s, [s.cfg.sample.steps]),
@@ -176,6 +193,8 @@ def rescore(result: dict, draws: int) -> None:
     for e in result["entries"]:
         run = runs.load_run(ROOT / e["run"])
         for i, r in enumerate(e["rows"]):
+            if r.get("draws") == draws:  # scored already (same seeds: the same numbers again)
+                continue
             x = runs.sample(run, runs.SampleOptions(n=n * draws, sampler=r["sampler"], steps=r["steps"],
                                                     grid=r["grid"]))
             f, hits = features(net, x), predict(net, x) == labels
@@ -261,12 +280,13 @@ def _cell(row: dict, key: str, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _draws_lines(result: dict) -> list[str]:
-    """--rescore: every method's quotient at 1 / 2 / 4 NFE, and the best's again on the FID of each row's
-    draws pooled (less small-sample bias)."""
+    """--rescore: every method's quotient at 1 / 2 / 4 NFE (a progressive round at its own NFE), and the
+    best's again on the FID of each row's draws pooled (less small-sample bias)."""
     ref = next(r for r in result["entries"][0]["rows"] if r["nfe"] == 35)
-    each = "; ".join(e["method"] + " " + " / ".join(
-        f"{r['fid'] / ref['fid']:.2f}x +- {_factor_se(r['fid_draws'], ref['fid_draws']):.2f}"
-        for r in e["rows"] if r["nfe"] in NFES) for e in result["entries"][1:])
+    quotient = lambda r: f"{r['fid'] / ref['fid']:.2f}x +- {_factor_se(r['fid_draws'], ref['fid_draws']):.2f}"  # noqa: E731
+    each = "; ".join(e["method"] + " " + " / ".join(map(quotient, e["rows"]))
+                     + ("" if len(e["rows"]) == len(NFES) else f" at {e['rows'][0]['nfe']} NFE")
+                     for e in result["entries"][1:])
     pooled = "; ".join(f"{n} NFE {m['factor_all']:.2f}x +- {m['factor_all_se']:.2f}"
                        for n, m in result["must_show"].items())
     return [f"Each method's quotient over the teacher's 35-NFE FID at 1 / 2 / 4 NFE: {each}.", "",
@@ -310,7 +330,8 @@ def write_table(result: dict, stem: str) -> None:
                                if n not in (*NFES, 35)))
         samplers = ", ".join(sorted({r["sampler"] for r in e["rows"]}))
         cpu = "n/a" if e["cpu_min"] is None else f"{e['cpu_min']:.1f}"
-        lines.append(f"| {e['method']} | {samplers} | {e['train_steps']} | {cpu} | {' | '.join(cells)} |")
+        method = e["method"] + (f" ({e['pairs']} teacher pairs)" if "pairs" in e else "")
+        lines.append(f"| {method} | {samplers} | {e['train_steps']} | {cpu} | {' | '.join(cells)} |")
     lines += ["", "CPU-min: this process's CPU time (one thread) for the row's training and the evaluation "
               "`distill` runs after each round; distillation rows count the student only (the teacher's "
               "minutes are on its row). Progressive round k: rounds 1..k, the method's total split evenly "
@@ -406,10 +427,30 @@ def checkerboard(quick: bool) -> list[dict]:
     return entries
 
 
+def digits_student(method: str, teacher_run) -> list[dict]:
+    """One digits method's entries: from scratch (configs/digits-meanflow.toml, digits-ict.toml) or
+    distilled from the teacher (cached as benchmarks/cache/fewstep/digits-METHOD)."""
+    if method in ("MeanFlow", "iCT"):
+        return [scratch(method, f"digits-{method.lower()}", DIGITS_STEPS, None)]
+    return distilled(method, teacher_run, DIGITS_STEPS, f"digits-{METHODS[method]}")
+
+
 def digits(source: Path) -> list[dict]:
     first, teacher_run = digits_teacher(source)
-    return [first, scratch("MeanFlow", "digits-meanflow", DIGITS_STEPS, None),
-            *distilled("consistency distillation", teacher_run, DIGITS_STEPS, "digits-consistency")]
+    return [first, *(e for method in DIGITS_STEPS for e in digits_student(method, teacher_run))]
+
+
+def digits_add(result: dict, methods: list[str], out: Path) -> None:
+    """--add: train these methods against the cached digits teacher, each replacing its rows in `result`
+    (the table's order kept), `out` rewritten after each (a later failure keeps the earlier rows)."""
+    teacher_run = runs.load_run(RUNS / "digits-teacher")
+    order = list(DIGITS_STEPS)
+    base = lambda e: next((m for m in order if e["method"].startswith(m)), "")  # noqa: E731
+    for method in methods:
+        kept = [e for e in result["entries"][1:] if base(e) != method]
+        new = digits_student(method, teacher_run)
+        result["entries"][1:] = sorted(kept + new, key=lambda e: order.index(base(e)))
+        out.write_text(json.dumps(result, indent=1) + "\n")
 
 
 def main() -> None:
@@ -418,17 +459,25 @@ def main() -> None:
     which = p.add_mutually_exclusive_group()
     which.add_argument("--digits-teacher", type=Path, help="digits: this trained digits-edm run, the teacher")
     which.add_argument("--rescore", action="store_true",
-                       help=f"digits: score the cached runs on {DRAWS} draws each, no training")
+                       help=f"digits: score the cached runs on {DRAWS} draws each (rows not yet scored so), "
+                            "no training")
+    which.add_argument("--add", type=lambda s: s.split(","), metavar="METHOD,...",
+                       help=f"digits: train these rows ({', '.join(DIGITS_STEPS)}) against the cached "
+                            "teacher into fewstep_digits.json, then --rescore")
     p.add_argument("--table", action="store_true", help="only rewrite the .md and .png from the .json")
     args = p.parse_args()
-    digits_ = args.digits_teacher or args.rescore
+    if args.add and set(args.add) - set(DIGITS_STEPS):
+        p.error(f"--add: {','.join(args.add)}: expected methods among {', '.join(DIGITS_STEPS)}")
+    digits_ = args.digits_teacher or args.rescore or args.add
     stem = "fewstep_digits" if digits_ else "fewstep_quick" if args.quick else "fewstep"
     out = RESULTS / f"{stem}.json"
     if args.table:
         result = json.loads(out.read_text())
-    elif args.rescore:
+    elif args.rescore or args.add:
         torch.set_num_threads(1)
         result = json.loads(out.read_text())
+        if args.add:
+            digits_add(result, args.add, out)
         rescore(result, DRAWS)
         result |= {"torch": torch.__version__, "load_average_after": [round(v, 1) for v in os.getloadavg()],
                    "must_show": must_show(result["entries"], result["metric"])}

@@ -36,7 +36,7 @@ def _nfe_rows(run: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("config, tiny", [("checkerboard-meanflow", TINY_MLP), ("checkerboard-ict", TINY_MLP),
-                                          ("digits-meanflow", TINY_UNET)])
+                                          ("digits-meanflow", TINY_UNET), ("digits-ict", TINY_UNET)])
 def test_fewstep_configs_train_and_sample_at_each_nfe(config, tiny, tmp_path, capsys):
     """Each ready-made config trains with `diffspace train`, and its few-step sampler makes exactly N
     network calls for N = 1, 2, 4 (one jump or one consistency step per call)."""
