@@ -17,7 +17,7 @@ rows count the student only, the teacher's own minutes are on its row) and its l
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --quick    # the pipeline in about 2 minutes
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --digits-teacher RUN
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --add iCT,progressive,reflow  # digits rows
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --rescore  # digits, no training, 6 CPU-min
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fewstep.py --rescore  # digits, rows not yet scored
     .venv/bin/python benchmarks/fewstep.py --table                      # .md and .png from the .json
 
 Writes benchmarks/results/fewstep.json, fewstep.md and fewstep.png (quality against NFE, one line per
