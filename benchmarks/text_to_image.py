@@ -28,10 +28,11 @@ Stages (each trains what it needs into benchmarks/cache/text_to_image/ once, the
     .venv/bin/python benchmarks/text_to_image.py report
 
 The committed results (benchmarks/results/text_to_image.*) are of a smaller budget, about 33 CPU-minutes
-on top of the two source runs, then re-scored by the reader of shape read colour-blind and trained on
-blurred images (about 20 CPU-minutes more):
+on top of the two source runs (and 8 for the batch stage), then re-scored by the reader of shape read
+colour-blind and trained on blurred images (about 20 CPU-minutes more):
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py encoders --loss clip
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py batch --pairs 32000
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py autoencoder
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py diffusion --minutes 8 --n 300 \
         --guidance "[1.0, 2.0, 4.0]" --only latent pixel
