@@ -126,6 +126,8 @@ def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
         runs.optimize_grid(ddpm_run, "heun", steps=3, pas=True)
     with pytest.raises(UserError, match="learns the weights of dpmpp_2m"):
         runs.optimize_grid(ddpm_run, "unipc", steps=3, method="learned")
+    with pytest.raises(UserError, match="choose steps of method 'dp'"):
+        runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, method="learned", orders=(1, 2))
 
 
 def test_the_diffusers_style_eps_config_builds():

@@ -224,6 +224,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
     if method == "learned" and sampler != "dpmpp_2m":
         raise UserError(f"method 'learned' learns the weights of dpmpp_2m, got sampler {sampler!r}")
+    if orders is not None and method != "dp":
+        raise UserError(f"solver orders (--orders) choose steps of method 'dp'; method {method!r} has none")
     if method == "dp" and sampler not in ("euler", "heun"):
         raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
     if pas and sampler != "euler":
