@@ -96,9 +96,9 @@ def test_the_plan_round_trips_and_refuses_another_grid(learned):
     with pytest.raises(UserError, match="learned on another grid"):
         sample_learned(den, _noise(4, 5), karras_sigmas(5, SIGMA_MIN, SIGMA_MAX), solver=solver)
     bad = solver.to_json() | {"beta": [[1.0]] + [[]] * 4}
-    with pytest.raises(UserError, match="do not fit a grid of 5 steps"):
+    with pytest.raises(UserError, match="finite numbers that fit a grid of 5 steps"):
         LearnedSolver.from_json(bad)
-    with pytest.raises(UserError, match="do not fit"):
+    with pytest.raises(UserError, match="finite numbers"):
         LearnedSolver.from_json(solver.to_json() | {"gamma": [math.nan] * 5})
 
 

@@ -117,6 +117,49 @@ def test_a_learned_solver_is_stored_and_sampling_uses_it(ddpm_run):
     assert out.shape == (5, 2) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("edit, words", [
+    (lambda e: e | {"learned": None}, "malformed"),
+    (lambda e: e | {"learned": e["learned"] | {"gamma": ["x"] * 3}}, "malformed"),
+    (lambda e: e | {"learned": e["learned"] | {"beta": None}}, "malformed"),
+    (lambda e: e | {"learned": e["learned"] | {"gamma": [float("nan")] * 3}}, "finite numbers"),
+    (lambda e: {k: v for k, v in e.items() if k != "step"}, "malformed"),
+    (lambda e: {k: v for k, v in e.items() if k != "learned"}, "malformed"),
+])
+def test_a_hand_edited_plan_is_one_line(ddpm_run, tmp_path, edit, words):
+    """The fresh-user review: a corrupted entry of RUN/grids.json gave tracebacks (KeyError, TypeError,
+    ValueError) or was silently sampled as plain 2M; now each is a one-line UserError."""
+    import json
+    import shutil
+
+    from diffspace.runs.sampling import GRIDS_FILE, plan
+
+    runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, n_calib=16, method="learned", budget=4)
+    copy = tmp_path / "run"
+    shutil.copytree(ddpm_run.dir, copy)
+    table = json.loads((copy / GRIDS_FILE).read_text())
+    table["dpmpp_2m:3"] = edit(table["dpmpp_2m:3"])
+    (copy / GRIDS_FILE).write_text(json.dumps(table))
+    with pytest.raises(UserError, match=words):
+        plan(runs.load_run(copy), "dpmpp_2m", 3, "optimized")
+
+
+def test_a_broken_grids_file_and_a_range_on_an_optimized_grid_are_refused(ddpm_run, tmp_path):
+    import shutil
+
+    from diffspace.runs.sampling import GRIDS_FILE, plan
+
+    copy = tmp_path / "run"
+    shutil.copytree(ddpm_run.dir, copy)
+    (copy / GRIDS_FILE).write_text('{"dpmpp_2m:3": {')
+    run = runs.load_run(copy)
+    with pytest.raises(UserError, match="not valid JSON"):
+        plan(run, "dpmpp_2m", 3, "optimized")
+    with pytest.raises(UserError, match="not valid JSON"):  # before any fitting
+        runs.optimize_grid(run, "dpmpp_2m", steps=3, n_calib=16, method="learned", budget=4)
+    with pytest.raises(UserError, match="brings its own noise levels"):
+        plan(runs.load_run(ddpm_run.dir), "dpmpp_2m", 3, "optimized", sigma_max=10.0)
+
+
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)

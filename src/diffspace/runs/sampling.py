@@ -53,6 +53,8 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
     check_sampler_fits(sampler, run.cfg.model, str(run.dir))
     path = build_path(run.cfg)
     if grid == "optimized":
+        if sigma_min is not None or sigma_max is not None:
+            raise UserError("an optimized grid brings its own noise levels; drop --sigma-min / --sigma-max")
         sigmas = stored_plan(run, sampler, steps)["sigmas"]
         return check_grid(torch.tensor(sigmas, dtype=torch.float64), path, "optimized grid")
     if grid not in GRIDS:
@@ -60,17 +62,32 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
     return GRIDS[grid](steps, *sampling_range(path, sigma_min, sigma_max), path=path)
 
 
+def read_plans(stored: Path) -> dict:
+    """The table of RUN/grids.json ({} if absent); UserError for a file that is not a JSON object."""
+    try:
+        table = json.loads(stored.read_text()) if stored.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{stored}: not valid JSON ({e}); delete it and run `diffspace optimize-grid` "
+                        "again") from None
+    if not isinstance(table, dict):
+        raise UserError(f"{stored}: expected a JSON object of optimized grids")
+    return table
+
+
 def stored_plan(run: Run, sampler: str, steps: int) -> dict:
     """The entry `optimize_grid` stored for (sampler, steps): {"step", "method", "sigmas"} and, for a DP
     plan with several solver orders, "orders", for a PAS-corrected Euler grid, "pas", for a learned solver,
     "learned". UserError if there is none or it was fitted to the weights of another step."""
     stored = run.dir / GRIDS_FILE
-    table = json.loads(stored.read_text()) if stored.is_file() else {}
-    key = f"{sampler}:{steps}"
+    table, key = read_plans(stored), f"{sampler}:{steps}"
     if key not in table:
         raise UserError(f"no optimized grid for {key} in {stored}; run `diffspace optimize-grid "
-                        f"{run.dir} --sampler {sampler} --steps {steps}` first")
+                        f"{run.dir} --sampler {sampler} --steps {steps} [--method dp|learned]` first")
     entry = table[key]
+    method_key = {"learned": "learned"}.get(entry.get("method")) if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) \
+            or not isinstance(entry.get("sigmas"), list) or (method_key and method_key not in entry):
+        raise UserError(f"{stored}: the entry for {key} is malformed; run `diffspace optimize-grid` again")
     if entry["step"] != run.step:
         raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
                         f"step {run.step}; run `diffspace optimize-grid` again")
@@ -86,12 +103,18 @@ def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = N
     entry = stored_plan(run, sampler, steps) if grid == "optimized" else {}
     if {"orders", "pas", "learned"} & entry.keys() and options:
         raise UserError(f"the optimized {sampler} plan takes no sampler options, got {sorted(options)}")
-    if "learned" in entry:
-        return partial(sample_learned, solver=LearnedSolver.from_json(entry["learned"])), sigmas
-    if "pas" in entry:
-        return partial(sample_euler_pas, pas=PASCorrection.from_json(entry["pas"])), sigmas
-    if "orders" in entry:
-        return partial(sample_schedule, orders=tuple(entry["orders"])), sigmas
+    try:  # why: grids.json is a text file a user may edit; a bad entry is one line, not a traceback
+        if "learned" in entry:
+            return partial(sample_learned, solver=LearnedSolver.from_json(entry["learned"])), sigmas
+        if "pas" in entry:
+            return partial(sample_euler_pas, pas=PASCorrection.from_json(entry["pas"])), sigmas
+        if "orders" in entry:
+            return partial(sample_schedule, orders=tuple(int(o) for o in entry["orders"])), sigmas
+    except UserError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"{run.dir / GRIDS_FILE}: the entry for {sampler}:{steps} is malformed ({e!r}); run "
+                        "`diffspace optimize-grid` again") from None
     return sampler_fn(sampler, options), sigmas
 
 
@@ -230,6 +253,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
     if pas and sampler != "euler":
         raise UserError(f"PAS corrects Euler steps; got sampler {sampler!r}")
+    stored = Path(run.dir) / GRIDS_FILE
+    table = read_plans(stored)  # why: a bad file is refused before minutes of fitting, not after
     lo, hi = sampling_range(build_path(run.cfg), sigma_min, sigma_max)
     g = torch.Generator().manual_seed(seed + 7919)  # calibration noise apart from sampling seeds
     x = (torch.randn((n_calib, *run.meta["data_shape"]), generator=g) * hi).to(run.device)
@@ -250,8 +275,6 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         if "orders" in entry:
             raise UserError("PAS corrects a plain Euler grid; drop --orders or --pas")
         entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
-    stored = Path(run.dir) / GRIDS_FILE
-    table = json.loads(stored.read_text()) if stored.is_file() else {}
     table[f"{sampler}:{steps}"] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
     return sigmas

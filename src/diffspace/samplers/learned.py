@@ -68,7 +68,8 @@ class LearnedSolver(NamedTuple):
         n = len(sigmas) - 1
         if len(beta) != n or len(gamma) != n or any(len(b) > i for i, b in enumerate(beta)) \
                 or not all(map(math.isfinite, [*gamma, *(v for b in beta for v in b)])):
-            raise UserError(f"stored learned solver: its weights do not fit a grid of {n} steps")
+            raise UserError(f"stored learned solver: its weights must be finite numbers that fit a grid "
+                            f"of {n} steps")
         return cls(sigmas, beta, gamma)
 
 
