@@ -94,6 +94,31 @@ def test_level_memo_is_only_a_cache():
     grad.sum().backward()  # no cached tensor was saved for backward
 
 
+def test_a_level_tensor_is_shared_and_its_memo_follows_its_value():
+    """sigma_batch hands out one tensor per (value, B, dtype, device); the memo finds it by the tensor
+    itself, and a level tensor changed in place is not served the coefficients of its old value."""
+    x = _x(torch.float32)
+    assert sigma_batch(3.0, x) is sigma_batch(3.0, x)
+    assert sigma_batch(3.0, x) is not sigma_batch(3.0, x.double())
+    assert sigma_batch(3.0, x) is not sigma_batch(3.0, x[:2]) and sigma_batch(3.0, x[:2]).shape == (2,)
+    path = DDPMDiscrete()
+    probe = Probe()
+    den = NetDenoiser(probe, path, "eps")
+    level = torch.tensor([3.0])
+    with torch.no_grad():
+        at_3 = den(x, level)
+        level.fill_(5.0)  # the same tensor, a new value
+        at_5 = den(x, level)
+        fresh_5 = NetDenoiser(Probe(), path, "eps")(x, torch.tensor([5.0]))
+        level.fill_(3.0)
+        again_3 = den(x, level)
+    assert not torch.equal(at_3, at_5)
+    torch.testing.assert_close(at_5, fresh_5, rtol=0, atol=0)
+    torch.testing.assert_close(again_3, at_3, rtol=0, atol=0)
+    timestep_5 = path.noise_cond(path.t_from_sigma(torch.tensor([5.0], dtype=torch.float64))).float()
+    assert [float(c) for c in probe.seen[1:]] == [float(timestep_5), float(probe.seen[0])]
+
+
 def test_ddpm_table_points_reach_the_network_as_exact_integers():
     """sigma -> t -> timestep in float64: every table point k gives exactly k.0, from a float64 sigma and
     from the float32 sigma a float32 sampler hands the Denoiser (398.99997 before: t went through float32)."""

@@ -42,26 +42,41 @@ def in_dtype_of(t: Tensor, x: Tensor) -> Tensor:
 
 
 class LevelMemo:
-    """`fn(level, x)` remembered by the level's value, for a (1,) level on the CPU outside autograd.
+    """`fn(shared_level(level), x)` remembered for a level that is one value for the batch, outside autograd.
 
     why: a sampling run calls its Denoiser at the same few noise levels chunk after chunk, and on the CPU
     the dozen small tensor ops that turn one level into coefficients cost more host time than the
-    sampler's own arithmetic on the batch. Reading a CPU value costs no device sync; on other devices
-    (and for per-example levels, or under autograd, where no cached tensor may be saved for backward)
-    `fn` runs on every call. `fn` must depend on the level, x's dtype and x.ndim only."""
+    sampler's own arithmetic on the batch. Two keys: the level tensor itself (the samplers' `sigma_batch`
+    hands out the same tensor for the same value, and its in-place version counter must not have moved),
+    which reads no value and so works on any device with no sync; else, on the CPU, the level's value. Per-
+    example levels, and calls under autograd (where no cached tensor may be saved for backward), run `fn`
+    every time. `fn` must depend on the level, x's dtype and x.ndim only."""
 
     def __init__(self, size: int = 1024):
-        self.size, self.table = size, {}
+        self.size, self.by_value, self.by_object = size, {}, {}
 
     def __call__(self, fn, level: Tensor, x: Tensor):
-        if level.shape != (1,) or level.device.type != "cpu" or torch.is_grad_enabled():
-            return fn(level, x)
-        key = (float(level), level.dtype, x.dtype, x.ndim, torch.is_inference_mode_enabled())
-        out = self.table.get(key)
-        if out is None:
-            if len(self.table) >= self.size:
-                self.table.clear()
-            out = self.table[key] = fn(level, x)
+        if torch.is_grad_enabled():
+            return fn(shared_level(level), x)
+        mode = (x.dtype, x.ndim, torch.is_inference_mode_enabled())
+        hit = self.by_object.get((id(level), *mode))
+        if hit is not None and hit[0] is level and hit[1] == level._version:
+            return hit[2]
+        shared = shared_level(level)
+        if shared.shape != (1,):
+            return fn(shared, x)
+        if shared.device.type == "cpu":  # why: reading the value of a device tensor would sync
+            key = (float(shared), shared.dtype, *mode)
+            out = self.by_value.get(key)
+            if out is None:
+                out = self.by_value[key] = fn(shared, x)
+        else:
+            out = fn(shared, x)
+        if len(self.by_object) >= self.size or len(self.by_value) >= self.size:
+            self.by_object.clear()
+            self.by_value.clear()
+        # why: the entry holds `level`, so its id cannot be reused by another tensor while it is stored
+        self.by_object[(id(level), *mode)] = (level, level._version, out)
         return out
 
 

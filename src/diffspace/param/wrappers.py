@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from diffspace.param.predictions import NEEDS_DERIVATIVES, SKIP_IS_ONE, x0_eps
 from diffspace.paths.base import Coeffs, GaussianPath
-from diffspace.utils import LevelMemo, bcast, in_dtype_of, shared_level
+from diffspace.utils import LevelMemo, bcast, in_dtype_of
 
 
 def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
@@ -59,7 +59,7 @@ class NetDenoiser(nn.Module):
         return bcast(c.alpha_t, x), bcast(c_skip, x), bcast(c_out, x), self.path.noise_cond(t).to(x.dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        c_in, c_skip, c_out, c_noise = self._memo(self.level, shared_level(sigma), x)
+        c_in, c_skip, c_out, c_noise = self._memo(self.level, sigma, x)
         f = in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
         # why: where c_skip is 1 by construction, one pass over the batch instead of two
         return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
@@ -83,7 +83,7 @@ class EDMPrecond(nn.Module):
         return bcast(c_skip, x), bcast(c_out, x), bcast(c_in, x), 250.0 * torch.log(s)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        c_skip, c_out, c_in, c_noise = self._memo(self.level, shared_level(sigma), x)
+        c_skip, c_out, c_in, c_noise = self._memo(self.level, sigma, x)
         return torch.addcmul(c_skip * x, c_out, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
 
 
@@ -101,7 +101,7 @@ class VelocityFromDenoiser(nn.Module):
         return _coeffs(self.path, t, x_t), self.path.sigma(t).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        c, sigma = self._memo(self.level, shared_level(t), x_t)
+        c, sigma = self._memo(self.level, t, x_t)
         x0 = self.denoiser(x_t / c.alpha_t, sigma.expand(len(x_t)), **cond)
         eps = (x_t - c.alpha_t * x0) / c.sigma_t
         return c.d_alpha_t * x0 + c.d_sigma_t * eps
@@ -121,7 +121,7 @@ class DenoiserFromVelocity(nn.Module):
         return _coeffs(self.path, t, x), t.to(x.dtype)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        c, t = self._memo(self.level, shared_level(sigma), x)
+        c, t = self._memo(self.level, sigma, x)
         x_t = c.alpha_t * x
         return x0_eps("velocity", x_t, self.velocity(x_t, t.expand(len(x)), **cond), c)[0]
 
@@ -139,4 +139,4 @@ class NetVelocity(nn.Module):
         return self.path.noise_cond(t.double()).to(x_t.dtype)
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        return in_dtype_of(self.net(x_t, self._memo(self.level, shared_level(t), x_t), **cond), x_t)
+        return in_dtype_of(self.net(x_t, self._memo(self.level, t, x_t), **cond), x_t)

@@ -21,12 +21,25 @@ from diffspace.types import Denoiser, VelocityField
 Callback = Callable[[int, float, Tensor, Tensor | None], None]  # (step, sigma, x, x0_hat)
 
 
+_LEVELS: dict = {}  # (value, B, dtype, device, inference mode) -> sigma_batch's tensor
+_LEVELS_SIZE = 4096
+
+
 def sigma_batch(sigma: float, x: Tensor) -> Tensor:
     """A grid value (a noise level, or a time for velocity fields) as a (B,) tensor in x's dtype and device.
 
     why: a stride-0 view of one value, so a wrapper recognises one level for the batch without reading it
-    (`diffspace.utils.shared_level`) and computes its coefficients once instead of B times."""
-    return x.new_full((1,), sigma).expand(x.shape[0])
+    (`diffspace.utils.shared_level`) and computes its coefficients once instead of B times. The same value
+    gives the same tensor (kept in a bounded table), so a wrapper's LevelMemo finds it by the tensor itself
+    and a step makes no tensor for its level: on the CPU a sampler's host time per network call is a
+    handful of such small operations, each paid with cold caches after the network has run."""
+    key = (sigma, x.shape[0], x.dtype, x.device, torch.is_inference_mode_enabled())
+    level = _LEVELS.get(key)
+    if level is None:
+        if len(_LEVELS) >= _LEVELS_SIZE:
+            _LEVELS.clear()
+        level = _LEVELS[key] = x.new_full((1,), sigma).expand(x.shape[0])
+    return level
 
 
 def _slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
