@@ -134,12 +134,14 @@ def dpmpp_3m_step(x: Tensor, sigma_next: float, hist: History) -> Tensor:
     s0, s1, s2 = hist.sigmas
     h, h0, h1 = math.log(s0 / sigma_next), math.log(s1 / s0), math.log(s2 / s1)
     c0, c1, c2 = phi_weights(h, 3)
-    # the update is linear in the outputs m0, m1, m2: applied to unit vectors it gives their weights
-    m0, m1, m2 = np.eye(3)
-    f01, f12 = (m0 - m1) / h0, (m1 - m2) / h1  # divided differences in lam
-    f012 = (f01 - f12) / (h0 + h1)
-    w = c0 * m0 + c1 * (f01 + h0 * f012) + c2 * (2 * f012)
-    return lincomb((sigma_next / s0, x), *zip(w.tolist(), hist.values, strict=True))
+    # Newton form in lam through the outputs m0, m1, m2: divided differences f01 = (m0 - m1) / h0,
+    # f12 = (m1 - m2) / h1, f012 = (f01 - f12) / (h0 + h1); x0 ~ m0 + (f01 + h0 f012) u + f012 u^2, so
+    # the update c0 m0 + c1 (f01 + h0 f012) + 2 c2 f012 is linear in the outputs, with these weights
+    # (plain floats: on the CPU array code would cost more host time than the step's pass over the batch)
+    # f012 = q (m0 / h0 - (1 / h0 + 1 / h1) m1 + m2 / h1) with q = 1 / (h0 + h1); g is f012's weight
+    g, q = c1 * h0 + 2 * c2, 1 / (h0 + h1)
+    w = (c0 + c1 / h0 + g * q / h0, -c1 / h0 - g * q * (1 / h0 + 1 / h1), g * q / h1)
+    return lincomb((sigma_next / s0, x), *zip(w, hist.values, strict=True))
 
 
 def exponential_update(x: Tensor, sigma: float, sigma_next: float, x0: Tensor,
