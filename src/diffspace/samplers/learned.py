@@ -73,27 +73,39 @@ class LearnedSolver(NamedTuple):
         return cls(sigmas, beta, gamma)
 
 
+def _step_weights(grid: list, beta, gamma, i: int) -> list:
+    """Step i's weights on [x_i, D_i, D_{i-1}, ...]: rho (x + c (D_i - D_{i-1})) + (1 - rho) D~_i with c the
+    corrector's weight (floats, or 0-d tensors while learning)."""
+    rho, w = grid[i + 1] / grid[i], list(beta[i])
+    c = (1 - grid[i] / grid[i - 1]) * gamma[i - 1] if i > 0 else 0.0
+    weights = [rho, (1 - rho) * (1 - sum(w)) + rho * c]
+    weights += [(1 - rho) * w_j - (rho * c if j == 0 else 0.0) for j, w_j in enumerate(w)]
+    return weights + ([-rho * c] if i > 0 and not w else [])
+
+
 def _solve(denoiser: Denoiser, x: Tensor, grid: list, beta, gamma, callback: Callback | None,
            cond: dict) -> Tensor:
     """The solver of the module docstring on `grid` (floats, or 0-d tensors while learning); beta[i] and
     gamma[i] are sequences of floats or 0-d tensors. n network calls; each step is one weighted sum over
-    x and the outputs: rho (x + c (D_i - D_{i-1})) + (1 - rho) D~_i, with c the corrector's weight."""
+    x and the outputs. Levels and weights are formed before the loop (why: on the CPU, host work between
+    network calls runs with cold caches and costs several times what it costs here)."""
+    n = len(grid) - 1
+    levels = [sigma_batch(s, x) if isinstance(s, float) else s.to(x).reshape(1).expand(len(x))
+              for s in grid[:-1]]
+    weights = [_step_weights(grid, beta, gamma, i) for i in range(n)]
+    sampling = all(isinstance(v, float) for w in weights for v in w)
+    if sampling:  # one pass over the batch per step, zero weights skipped (D_i's is always there)
+        weights = [[(j, v) for j, v in enumerate(w) if v != 0.0 or j == 1] for w in weights]
+    keep = [max(len(beta[i + 1]) if i + 1 < n else 0, 1) for i in range(n)]  # outputs step i + 1 reads
     past: list[Tensor] = []  # D_{i-1}, D_{i-2}, ...: newest first
-    for i in range(len(grid) - 1):
-        level = sigma_batch(grid[i], x) if isinstance(grid[i], float) else \
-            grid[i].to(x).reshape(1).expand(len(x))
-        d = denoiser(x, level, **cond)
-        rho, w = grid[i + 1] / grid[i], list(beta[i])
-        c = (1 - grid[i] / grid[i - 1]) * gamma[i - 1] if past else 0.0
-        weights = [rho, (1 - rho) * (1 - sum(w)) + rho * c]
-        weights += [(1 - rho) * w_j - (rho * c if j == 0 else 0.0) for j, w_j in enumerate(w)]
-        weights += [-rho * c] if past and not w else []
-        terms = list(zip(weights, [x, d, *past], strict=False))
-        if all(isinstance(v, float) for v in weights):  # sampling: one pass, zero weights skipped
-            x = lincomb(*[(v, t) for v, t in terms if v != 0.0 or t is d])
+    for i in range(n):
+        d = denoiser(x, levels[i], **cond)
+        terms = [x, d, *past]
+        if sampling:
+            x = lincomb(*[(v, terms[j]) for j, v in weights[i]])
         else:
-            x = sum(v * t for v, t in terms)
-        past = [d, *past][:max(len(beta[i + 1]) if i + 1 < len(beta) else 0, 1)]
+            x = sum(v * t for v, t in zip(weights[i], terms, strict=False))
+        past = [d, *past][:keep[i]]
         if callback is not None:
             callback(i, float(grid[i]), x, d)
     return x

@@ -207,8 +207,9 @@ def multistep_loop(step, order: int, denoiser: Denoiser, x: Tensor, sigmas: Tens
     `step_orders`."""
     grid = check_sigmas(sigmas).tolist()
     orders, hist = step_orders(grid, order, lower_order_final), History()
+    levels = [sigma_batch(s, x) for s in grid[:-1]]  # why: before the loop (sigma_batch's docstring)
     for i in range(len(grid) - 1):
-        x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
+        x0 = denoiser(x, levels[i], **cond)
         hist = push(hist, grid[i], value(x, x0, grid[i]), order)
         x = step(x, grid[i + 1], newest(hist, orders[i]))
         if callback is not None:
@@ -236,8 +237,9 @@ def sample_unipc(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, order: int = 
     grid = check_sigmas(sigmas).tolist()
     orders = step_orders(grid, order, lower_order_final, corrector=True)
     hist, used, x_prev = History(), History(), x
+    levels = [sigma_batch(s, x) for s in grid[:-1]]  # why: before the loop (sigma_batch's docstring)
     for i in range(len(grid) - 1):
-        x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
+        x0 = denoiser(x, levels[i], **cond)
         if used.sigmas:  # correct the step just taken, reusing x0 evaluated before the correction
             x = unipc_correct(x_prev, grid[i], used, x0)
         hist, x_prev = push(hist, grid[i], x0, order), x

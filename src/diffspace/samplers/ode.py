@@ -32,7 +32,8 @@ def sigma_batch(sigma: float, x: Tensor) -> Tensor:
     (`diffspace.utils.shared_level`) and computes its coefficients once instead of B times. The same value
     gives the same tensor (kept in a bounded table), so a wrapper's LevelMemo finds it by the tensor itself
     and a step makes no tensor for its level: on the CPU a sampler's host time per network call is a
-    handful of such small operations, each paid with cold caches after the network has run."""
+    handful of such small operations, each paid with cold caches after the network has run (so loops
+    that can form their levels before the loop do)."""
     key = (sigma, x.shape[0], x.dtype, x.device, torch.is_inference_mode_enabled())
     level = _LEVELS.get(key)
     if level is None:
