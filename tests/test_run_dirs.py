@@ -116,6 +116,9 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     assert cli("optimize-grid", run, "--steps", 2, "--n-calib", 16).returncode == 0
+    again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50)
+    assert again.returncode == 0 and "replaced the plan stored there before (method nelder-mead, fitted at " \
+        "step 4)" in again.stdout  # re-fitting says what it replaced
     assert cli("eval", run, "--n", 50, "--steps", 2).returncode == 0
     res = cli("train", run, "--resume", "--set", "train.steps=6", "--no-progress")
     assert res.returncode == 0, res.stderr
@@ -124,7 +127,7 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
     assert (stale / "metrics.json").is_file() and (stale / "grids.json").is_file()
     assert not (run / "metrics.json").exists() and not (run / "grids.json").exists()
     res = cli("sample", run, "--grid", "optimized", "--steps", 2, "--sampler", "dpmpp_2m", "--n", 5)
-    assert_one_line_error(res, "no optimized grid")
+    assert_one_line_error(res, "no optimized grid", f"earlier weights are in {stale}")
 
 
 def test_nothing_is_written_beside_weights_in_a_users_folder(tmp_path, trained):

@@ -452,12 +452,19 @@ def cmd_optimize_grid(args) -> None:
         orders = tuple(int(o) for o in args.orders.split(",")) if args.orders else None
     except ValueError:
         raise UserError(f"--orders takes solver orders like 1,2; got {args.orders!r}") from None
-    sigmas = runs.optimize_grid(_load(args), args.sampler, args.steps, args.n_calib, args.seed,
+    from diffspace.runs.sampling import GRIDS_FILE, read_plans
+
+    run = _load(args)
+    before = read_plans(Path(run.dir) / GRIDS_FILE).get(f"{args.sampler}:{args.steps}")
+    sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed,
                                 args.sigma_min, args.sigma_max, args.method, args.budget, orders,
                                 args.candidates, args.pas, args.pas_k, args.pas_tol)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
     print(f"stored the {args.steps}-step {what} for {args.sampler} in {args.run}/grids.json: {levels}")
+    if isinstance(before, dict):
+        print(f"it replaced the plan stored there before (method {before.get('method', 'nelder-mead')}, "
+              f"fitted at step {before.get('step')})")
 
 
 def cmd_train_images_classifier(args) -> None:

@@ -81,7 +81,9 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
     stored = run.dir / GRIDS_FILE
     table, key = read_plans(stored), f"{sampler}:{steps}"
     if key not in table:
-        raise UserError(f"no optimized grid for {key} in {stored}; run `diffspace optimize-grid "
+        earlier = sorted(Path(run.dir).glob(f"stale/step_*/{GRIDS_FILE}"))  # moved when training resumed
+        note = f" (those fitted to earlier weights are in {earlier[-1].parent})" if earlier else ""
+        raise UserError(f"no optimized grid for {key} in {stored}{note}; run `diffspace optimize-grid "
                         f"{run.dir} --sampler {sampler} --steps {steps} [--method dp|learned]` first")
     entry = table[key]
     method_key = {"learned": "learned"}.get(entry.get("method")) if isinstance(entry, dict) else None
