@@ -52,6 +52,7 @@ def test_fewstep_configs_train_and_sample_at_each_nfe(config, tiny, tmp_path, ca
     assert res.returncode == 0, res.stderr
     rows = _nfe_rows(run)
     assert [(r["nfe"], r["nfe_asked"], r["steps"]) for r in rows] == [(1, 1, 1), (2, 2, 2), (4, 4, 4)]
+    assert f"{rows[0]['sampler']} on the {rows[0]['grid']} grid" in res.stdout  # the table names its protocol
     metric = "fid_ratio" if config.startswith("digits") else "sw2_ratio"
     assert all(r[metric] > 0 for r in rows)
 

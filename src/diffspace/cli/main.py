@@ -425,7 +425,8 @@ def _eval_nfe(args) -> None:
         return
     for label, rows in curves.items():
         key = "sw2_ratio" if "sw2_ratio" in rows[0] else "fid_ratio"
-        print(f"{label}: {key} (1 = data baseline)" + (", cas" if "cas" in rows[0] else ""))
+        print(f"{label}: {rows[0]['sampler']} on the {rows[0]['grid']} grid; {key} (1 = data baseline)"
+              + (", cas" if "cas" in rows[0] else ""))
         for r in rows:
             extra = f"  cas {r['cas']:.3f}" if "cas" in r else ""
             asked = f", asked {r['nfe_asked']}" if r["nfe_asked"] != r["nfe"] else ""
