@@ -29,7 +29,8 @@ Stages (each trains what it needs into benchmarks/cache/text_to_image/ once, the
 
 The committed results (benchmarks/results/text_to_image.*) are of a smaller budget, about 33 CPU-minutes
 on top of the two source runs (and 8 for the batch stage), then re-scored by the reader of shape read
-colour-blind and trained on blurred images (about 20 CPU-minutes more):
+colour-blind and trained on blurred images (about 20 CPU-minutes more); then the latent model trained for
+36 CPU-minutes (latent-long), and SigLIP's encoder with a latent model conditioned on it at latent's 8:
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py encoders --loss clip
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py batch --pairs 32000
@@ -40,6 +41,11 @@ colour-blind and trained on blurred images (about 20 CPU-minutes more):
         --guidance "[1.0, 2.0, 4.0, 6.0, 8.0, 12.0]" --reader-steps 800
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py rescore --only pixel --n 300 \
         --guidance "[1.0, 2.0, 4.0]" --reader-steps 800
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py diffusion --only latent-long --n 300 \
+        --guidance "[1.0, 2.0, 4.0, 6.0, 8.0, 12.0]"                       # --long-minutes 36
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py encoders       # SigLIP's encoder too
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/text_to_image.py diffusion --minutes 8 \
+        --only latent-siglip --n 300 --guidance "[1.0, 2.0, 4.0, 6.0, 8.0, 12.0]"
     .venv/bin/python benchmarks/text_to_image.py report
 
 Times are process CPU seconds of one thread (time.process_time), which the machine's load does not
@@ -156,8 +162,10 @@ def cpu_seconds_per_step(config: str, overrides: list[str], steps: int = 6) -> f
 
 
 # name -> (config, encoder run, autoencoder run or None)
+# "latent-long" is the latent model given a longer budget (--long-minutes) than the equal-compute models.
 DIFFUSION = {"latent": ("shapes-latent.toml", "encoder-clip", "autoencoder"),
              "pixel": ("shapes-pixel.toml", "encoder-clip", None),
+             "latent-long": ("shapes-latent.toml", "encoder-clip", "autoencoder"),
              "latent-siglip": ("shapes-latent.toml", "encoder-siglip", "autoencoder")}
 
 
@@ -174,8 +182,8 @@ def _evaluate(run: runs.Run, args) -> dict:
 
 
 def stage_diffusion(args) -> None:
-    """Each model of DIFFUSION trained for args.minutes CPU-minutes (steps from the measured cost per step,
-    kept in the cache) and evaluated along the guidance sweep."""
+    """Each model of DIFFUSION trained for args.minutes CPU-minutes (latent-long: args.long_minutes; steps
+    from the measured cost per step, kept in the cache) and evaluated along the guidance sweep."""
     out = _load_json(RESULTS).get("diffusion", {})
     costs = _load_json(CACHE / "step_costs.json")
     for name in args.only or DIFFUSION:
@@ -185,9 +193,10 @@ def stage_diffusion(args) -> None:
             cost = cpu_seconds_per_step(config, sources)
             costs[name] = {"cpu_s_per_step": round(cost, 4), "load_average": load_average()}
             _save_json(CACHE / "step_costs.json", costs)
-        steps = int(60 * args.minutes / costs[name]["cpu_s_per_step"])
+        minutes = args.long_minutes if name == "latent-long" else args.minutes
+        steps = int(60 * minutes / costs[name]["cpu_s_per_step"])
         run, train = trained(name, config, [*sources, f"train.steps={steps}"])
-        out[name] = {"training": train, **costs[name], "minutes": args.minutes, **_evaluate(run, args)}
+        out[name] = {"training": train, **costs[name], "minutes": minutes, **_evaluate(run, args)}
         record("diffusion", out)
 
 
@@ -335,12 +344,18 @@ def stage_report(args) -> None:
         n = {m["n"] for m in d.values()}
         guidance_tradeoff([{**r, "set": f"{name} {r['set']}"} for name, m in d.items() for r in m["rows"]],
                           RESULTS.with_suffix(".png"))
-        out += ["## Latent vs pixel diffusion at equal training CPU-minutes", "",
+        budgets = ", ".join(f"{name} {m['minutes']:g}" for name, m in d.items())
+        out += ["## Diffusion: latent vs pixel at equal CPU-minutes, CLIP vs SigLIP, a longer budget", "",
+                f"Training budgets in CPU-minutes (steps from a cost per step measured before): {budgets}.",
+                "latent-siglip is the latent model conditioned on the SigLIP encoder instead of CLIP's;",
+                "latent-long the same latent model as latent, trained longer.", "",
                 f"`diffspace eval` of each run: {'/'.join(map(str, n))} prompts of seen and as many",
                 "of held-out pairs (one image each); the row is at the guidance scale w with the highest",
                 "all-four accuracy on seen pairs. FID on the attribute reader's features against real",
                 "training images (the real images' own FID in brackets); accuracy = the reader's reading",
-                "against the prompt's attributes.", "", *_diffusion_rows(d), "",
+                "against the prompt's attributes. CLIP score with the run's own text encoder (SigLIP's for",
+                "latent-siglip: its scale is not CLIP's; compare it with its real images' score).", "",
+                *_diffusion_rows(d), "",
                 "Issue 16's targets for generated images:", "", *_target_rows(d), "", *_reader_note(d), "",
                 "![guidance sweep: FID against CLIP score and all-four accuracy](text_to_image.png)", ""]
         for name, m in d.items():
@@ -365,7 +380,9 @@ def main() -> None:
     p.add_argument("--loss", nargs="+", default=["clip", "siglip"], choices=["clip", "siglip"],
                    help="encoders: these losses only")
     p.add_argument("--pairs", type=int, default=64_000, help="batch: image-caption pairs per training")
-    p.add_argument("--minutes", type=float, default=20.0, help="diffusion: training CPU-minutes per model")
+    p.add_argument("--minutes", type=float, default=20.0,
+                   help="diffusion: training CPU-minutes per model (latent, pixel, latent-siglip)")
+    p.add_argument("--long-minutes", type=float, default=36.0, help="diffusion: latent-long's CPU-minutes")
     p.add_argument("--n", type=int,
                    help="diffusion, rescore: prompts per evaluation set (default: the config's)")
     p.add_argument("--guidance", default="[1.0, 1.5, 2.0, 3.0, 5.0]",
