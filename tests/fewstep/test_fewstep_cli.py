@@ -55,6 +55,11 @@ def test_fewstep_configs_train_and_sample_at_each_nfe(config, tiny, tmp_path, ca
     assert f"{rows[0]['sampler']} on the {rows[0]['grid']} grid" in res.stdout  # the table names its protocol
     metric = "fid_ratio" if config.startswith("digits") else "sw2_ratio"
     assert all(r[metric] > 0 for r in rows)
+    assert "replacing" not in res.stdout
+    if config == "checkerboard-meanflow":  # a second curve says it replaced the first
+        again = in_process(capsys, "eval", run, "--nfe", "1,2", "--n", 20)
+        assert again.returncode == 0 and f"(replacing the earlier curves of {run})" in again.stdout
+        assert [r["nfe"] for r in _nfe_rows(run)] == [1, 2]
 
 
 def test_distill_progressive_then_nfe_curve_of_teacher_and_students(teacher, tmp_path, capsys):

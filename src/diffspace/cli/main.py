@@ -419,6 +419,7 @@ def _eval_nfe(args) -> None:
     if given:
         raise UserError(f"--nfe sets the steps and samples unguided over each run's range; drop {given[0]}")
     runs_ = [_load(args)] + [_load(argparse.Namespace(run=r, device=args.device)) for r in args.compare]
+    earlier = [str(r.dir) for r in runs_ if (Path(r.dir) / "nfe.json").is_file()]
     with peer_guard("no NFE curve was written"):
         curves = nfe_curves(runs_, nfes, args.sampler, args.grid, args.n, args.seed, args.featurenet)
     if not is_main():
@@ -433,7 +434,8 @@ def _eval_nfe(args) -> None:
             print(f"  NFE {r['nfe']:>4} ({r['steps']} steps{asked})  {r[key]:.4g}{extra}")
         if any(r["nfe_asked"] != r["nfe"] for r in rows):
             print(f"  ({rows[0]['sampler']} cannot take every NFE asked; --sampler euler does)")
-    print(f"wrote {runs_[0].dir / 'nfe.png'} and nfe.json in each run directory")
+    print(f"wrote {runs_[0].dir / 'nfe.png'} and nfe.json in each run directory"
+          + (f" (replacing the earlier curves of {', '.join(earlier)})" if earlier else ""))
 
 
 def cmd_distill(args) -> None:
