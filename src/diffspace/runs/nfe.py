@@ -20,7 +20,7 @@ from diffspace.eval.metrics import bootstrap_se, sliced_w2
 from diffspace.eval.nfe import nfe_plot
 from diffspace.runs.continuous import as_denoiser, load_data, to_data_units
 from diffspace.runs.evaluation import featurenet_for
-from diffspace.runs.options import Run, check_positive
+from diffspace.runs.options import Run, check_featurenet, check_positive
 from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.runs.sampling import generate, plan
 from diffspace.samplers.registry import SAMPLERS
@@ -93,9 +93,8 @@ def _check_fits(run: Run, featurenet: str | None) -> None:
     a run of vectors (scored by sliced W2, so the net would be ignored)."""
     if run.task != "continuous":
         raise UserError(f"the NFE curve needs a continuous run; {run.dir} is a {run.task} run")
-    if featurenet is not None and not run.cfg.images:
-        raise UserError(f"--featurenet {featurenet}: feature nets apply to image runs only; {run.dir} is a "
-                        "run of vectors (scored by sliced W2)")
+    if not run.cfg.images:
+        check_featurenet(featurenet, str(run.dir))
 
 
 def nfe_curve(run: Run, nfes, sampler: str | None = None, grid: str | None = None, n: int | None = None,

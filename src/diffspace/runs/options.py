@@ -105,6 +105,14 @@ FLAGS = {"n": "--n", "guidance": "--cfg", "class_labels": "--class", "ppl_only":
          "prompts": "--prompt", "sampler_options": "--eta/--s-churn/--snr/--order/..."}
 
 
+def check_featurenet(featurenet: str | None, run: str) -> None:
+    """UserError for a feature net given for `run`, a run of vectors (scored by sliced W2, so the net would
+    be ignored)."""
+    if featurenet is not None:
+        raise UserError(f"--featurenet {featurenet}: feature nets apply to image runs only; {run} is a run "
+                        "of vectors (scored by sliced W2)")
+
+
 def check_options(options, honoured: frozenset[str], task: str, vectors: bool = False) -> None:
     """UserError naming the first option given that a `task` run cannot honour (featurenet on a run of
     `vectors`, nll_n without nll), or a value out of its range (counts > 0, seed >= 0, temperature >= 0,
@@ -113,9 +121,8 @@ def check_options(options, honoured: frozenset[str], task: str, vectors: bool = 
         if name not in honoured:
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
             raise UserError(f"{task} runs cannot use the option {name!r} ({flag})")
-    if vectors and getattr(options, "featurenet", None) is not None:
-        raise UserError(f"--featurenet {options.featurenet}: feature nets apply to image runs only; this "
-                        f"{task} run is of vectors")
+    if vectors:
+        check_featurenet(getattr(options, "featurenet", None), f"this {task} run")
     if getattr(options, "nll_n", None) is not None and not options.nll:
         raise UserError(f"--nll-n {options.nll_n} needs --nll (it sets how many test examples the NLL uses)")
     check_positive(**{k: getattr(options, k, None) for k in ("n", "steps", "nll_n", "block")})

@@ -86,9 +86,9 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
         raise UserError(f"no optimized grid for {key} in {stored}{note}; run `diffspace optimize-grid "
                         f"{run.dir} --sampler {sampler} --steps {steps} [--method dp|learned]` first")
     entry = table[key]
-    method_key = {"learned": "learned"}.get(entry.get("method")) if isinstance(entry, dict) else None
     if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) \
-            or not isinstance(entry.get("sigmas"), list) or (method_key and method_key not in entry):
+            or not isinstance(entry.get("sigmas"), list) \
+            or (entry.get("method") == "learned" and "learned" not in entry):
         raise UserError(f"{stored}: the entry for {key} is malformed; run `diffspace optimize-grid` again")
     if entry["step"] != run.step:
         raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
