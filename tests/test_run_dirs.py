@@ -127,7 +127,8 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
     assert (stale / "metrics.json").is_file() and (stale / "grids.json").is_file()
     assert not (run / "metrics.json").exists() and not (run / "grids.json").exists()
     res = cli("sample", run, "--grid", "optimized", "--steps", 2, "--sampler", "dpmpp_2m", "--n", 5)
-    assert_one_line_error(res, "no optimized grid", f"earlier weights are in {stale}")
+    assert_one_line_error(res, "no optimized grid", f"earlier weights are in {stale}",
+                          "--sampler dpmpp_2m --steps 2 [--method learned]`")  # only the method that fits
 
 
 def test_nothing_is_written_beside_weights_in_a_users_folder(tmp_path, trained):
@@ -175,7 +176,12 @@ def test_out_and_json_never_replace_a_users_file(tmp_path, trained):
 @pytest.mark.parametrize("argv, words", [
     (("sample", "--seed", -1), ["seed", ">= 0"]),
     (("sample", "--n", 0), ["n (--n) must be positive", "0"]),
-    (("sample", "--steps", 0), ["steps", "positive"]),
+    (("sample", "--steps", 0), ["steps (--steps) must be in 1..10000", "got 0"]),
+    # a typo of a huge step count allocated gigabytes before failing (break-it review)
+    (("sample", "--steps", 1_000_000_000), ["steps (--steps) must be in 1..10000"]),
+    (("eval", "--steps", 20_000), ["steps (--steps) must be in 1..10000"]),
+    (("optimize-grid", "--steps", 1_000_000_000, "--method", "learned"),
+     ["steps (--steps) must be in 1..10000"]),
     (("eval", "--n", 0), ["n (--n) must be positive"]),
 ])
 def test_zero_and_negative_values_are_refused_not_defaulted(trained, argv, words):

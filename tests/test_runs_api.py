@@ -124,6 +124,8 @@ def test_a_learned_solver_is_stored_and_sampling_uses_it(ddpm_run):
     (lambda e: e | {"learned": e["learned"] | {"gamma": [float("nan")] * 3}}, "finite numbers"),
     (lambda e: {k: v for k, v in e.items() if k != "step"}, "malformed"),
     (lambda e: {k: v for k, v in e.items() if k != "learned"}, "malformed"),
+    (lambda e: e | {"sigmas": e["sigmas"][:-1] + [None]}, "malformed"),  # was a TypeError traceback
+    (lambda e: e | {"sigmas": [True, *e["sigmas"][1:]]}, "malformed"),  # was silently read as 1.0
 ])
 def test_a_hand_edited_plan_is_one_line(ddpm_run, tmp_path, edit, words):
     """The fresh-user review: a corrupted entry of RUN/grids.json gave tracebacks (KeyError, TypeError,

@@ -431,7 +431,8 @@ def _eval_nfe(args) -> None:
         for r in rows:
             extra = f"  cas {r['cas']:.3f}" if "cas" in r else ""
             asked = f", asked {r['nfe_asked']}" if r["nfe_asked"] != r["nfe"] else ""
-            print(f"  NFE {r['nfe']:>4} ({r['steps']} steps{asked})  {r[key]:.4g}{extra}")
+            steps = f"{r['steps']} step" + ("s" if r["steps"] != 1 else "")
+            print(f"  NFE {r['nfe']:>4} ({steps}{asked})  {r[key]:.4g}{extra}")
         if any(r["nfe_asked"] != r["nfe"] for r in rows):
             print(f"  ({rows[0]['sampler']} cannot take every NFE asked; --sampler euler does)")
     print(f"wrote {runs_[0].dir / 'nfe.png'} and nfe.json in each run directory"

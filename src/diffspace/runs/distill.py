@@ -38,7 +38,7 @@ from diffspace.paths import LinearFlow
 from diffspace.rng import Streams
 from diffspace.runs import api
 from diffspace.runs.continuous import as_denoiser
-from diffspace.runs.options import EvalOptions, Run, check_positive
+from diffspace.runs.options import EvalOptions, Run, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.fewstep import uniform_times
 from diffspace.types import UserError
@@ -113,7 +113,7 @@ def flow_straightness(run: Run, seed: int = 0) -> float:
 
 def _rounds(opts: DistillOptions) -> int:
     if opts.method == "progressive":
-        check_positive(steps=opts.steps)
+        check_steps(opts.steps)
         rounds = opts.rounds or int(math.log2(opts.steps)) + 1
         if opts.steps % 2 ** (rounds - 1):
             raise UserError(f"progressive distillation halves the steps each round: {opts.steps} steps "

@@ -25,7 +25,7 @@ from diffspace.eval.metrics import bootstrap_se, mmd_rbf, sliced_w2
 from diffspace.eval.plots import labelled_grid, scatter_2d
 from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
-from diffspace.runs.options import EvalOptions, Run, check_positive
+from diffspace.runs.options import EvalOptions, Run, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.runs.sampling import generate, guided_denoiser, plan, sample_chunk
 from diffspace.samplers.grids import sampling_range
@@ -38,7 +38,7 @@ log = logging.getLogger("diffspace")
 def _protocol(run: Run, opts: EvalOptions) -> dict:
     sc = run.cfg.sample
     steps = opts.steps or sc.steps
-    check_positive(steps=steps)
+    check_steps(steps)
     return {"step": run.step, "seed": opts.seed, "sampler": opts.sampler or sc.sampler, "steps": steps,
             "grid": opts.grid or sc.grid, "sampler_options": dict(opts.sampler_options),
             "sigma_range": list(sampling_range(build_path(run.cfg), opts.sigma_min, opts.sigma_max))}

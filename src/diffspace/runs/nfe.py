@@ -20,7 +20,7 @@ from diffspace.eval.metrics import bootstrap_se, sliced_w2
 from diffspace.eval.nfe import nfe_plot
 from diffspace.runs.continuous import as_denoiser, load_data, to_data_units
 from diffspace.runs.evaluation import featurenet_for
-from diffspace.runs.options import Run, check_featurenet, check_positive
+from diffspace.runs.options import MAX_STEPS, Run, check_featurenet, check_positive
 from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.runs.sampling import generate, plan
 from diffspace.samplers.registry import SAMPLERS
@@ -47,10 +47,11 @@ def nfe_steps(sampler: str, nfe: int) -> tuple[int, int]:
 
 
 def check_nfes(nfes) -> list[int]:
-    """The sorted distinct NFE values; UserError unless each is an integer >= 1."""
-    bad = [v for v in nfes if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+    """The sorted distinct NFE values; UserError unless each is an integer in 1..MAX_STEPS."""
+    bad = [v for v in nfes if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_STEPS]
     if bad or not nfes:
-        raise UserError(f"--nfe takes integers >= 1 (network evaluations per sample), got {list(nfes)}")
+        raise UserError(f"--nfe takes integers in 1..{MAX_STEPS} (network evaluations per sample), got "
+                        f"{list(nfes)}")
     return sorted(set(nfes))
 
 

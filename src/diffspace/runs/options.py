@@ -125,13 +125,24 @@ def check_options(options, honoured: frozenset[str], task: str, vectors: bool = 
         check_featurenet(getattr(options, "featurenet", None), f"this {task} run")
     if getattr(options, "nll_n", None) is not None and not options.nll:
         raise UserError(f"--nll-n {options.nll_n} needs --nll (it sets how many test examples the NLL uses)")
-    check_positive(**{k: getattr(options, k, None) for k in ("n", "steps", "nll_n", "block")})
+    check_positive(**{k: getattr(options, k, None) for k in ("n", "nll_n", "block")})
+    check_steps(getattr(options, "steps", None))
     for name, ok, want in (("seed", lambda v: v >= 0, ">= 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                            ("top_k", lambda v: v >= 0, ">= 0 (0: all tokens)"),
                            ("temperature", lambda v: 0 <= v < math.inf, "finite and >= 0 (0: greedy)")):
         v, flag = getattr(options, name, None), FLAGS.get(name, "--" + name.replace("_", "-"))
         if v is not None and not ok(v):
             raise UserError(f"{name} ({flag}) must be {want}, got {v}")
+
+
+MAX_STEPS = 10_000  # why: past this a grid is no more accurate than the adaptive solver, and a typo
+# (--steps 1000000000) would allocate gigabytes for the grid and the solver's state before failing
+
+
+def check_steps(steps: int | None, what: str = "steps (--steps)") -> None:
+    """UserError unless steps is None or 1 <= steps <= MAX_STEPS."""
+    if steps is not None and not 0 < steps <= MAX_STEPS:
+        raise UserError(f"{what} must be in 1..{MAX_STEPS}, got {steps}")
 
 
 def check_positive(**values) -> None:

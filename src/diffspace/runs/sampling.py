@@ -16,7 +16,7 @@ from torch import Tensor
 from diffspace.eval.featurenet import load_classifier
 from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, check_sampler_fits, to_data_units
-from diffspace.runs.options import Run, SampleOptions, check_positive
+from diffspace.runs.options import Run, SampleOptions, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
 from diffspace.samplers.guidance import (
@@ -49,7 +49,7 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
     sigma_max narrow it (a DDPM table starts at timestep 999, sigma ~ 157, like diffusers); "optimized"
     reads the one `optimize_grid` stored, refusing a grid fitted to the weights of another step, and a
     few-step sampler on a run that is not its kind of map (`check_sampler_fits`)."""
-    check_positive(steps=steps)
+    check_steps(steps)
     check_sampler_fits(sampler, run.cfg.model, str(run.dir))
     path = build_path(run.cfg)
     if grid == "optimized":
@@ -83,11 +83,13 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
     if key not in table:
         earlier = sorted(Path(run.dir).glob(f"stale/step_*/{GRIDS_FILE}"))  # moved when training resumed
         note = f" (those fitted to earlier weights are in {earlier[-1].parent})" if earlier else ""
+        method = {"euler": " [--method dp]", "heun": " [--method dp]", "dpmpp_2m": " [--method learned]"}
         raise UserError(f"no optimized grid for {key} in {stored}{note}; run `diffspace optimize-grid "
-                        f"{run.dir} --sampler {sampler} --steps {steps} [--method dp|learned]` first")
+                        f"{run.dir} --sampler {sampler} --steps {steps}{method.get(sampler, '')}` first")
     entry = table[key]
+    real = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
     if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) \
-            or not isinstance(entry.get("sigmas"), list) \
+            or not isinstance(entry.get("sigmas"), list) or not all(map(real, entry["sigmas"])) \
             or (entry.get("method") == "learned" and "learned" not in entry):
         raise UserError(f"{stored}: the entry for {key} is malformed; run `diffspace optimize-grid` again")
     if entry["step"] != run.step:
@@ -115,7 +117,7 @@ def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = N
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UserError(f"{run.dir / GRIDS_FILE}: the entry for {sampler}:{steps} is malformed ({e!r}); run "
+        raise UserError(f"{run.dir / GRIDS_FILE}: the entry for {sampler}:{steps} is malformed ({e}); run "
                         "`diffspace optimize-grid` again") from None
     return sampler_fn(sampler, options), sigmas
 
@@ -241,7 +243,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     method "learned": dpmpp_2m's weights and levels learned with `budget` Adam steps from the fixed grids
     of this range ([S4S], samplers/learned.py); same NFE, sampled by --grid optimized.
     `pas`: learn PAS coordinates ([PAS]) for the Euler grid (no extra network calls when sampling)."""
-    check_positive(steps=steps, n_calib=n_calib, budget=budget, candidates=candidates)
+    check_steps(steps)
+    check_positive(n_calib=n_calib, budget=budget, candidates=candidates)
     fn = sampler_fn(sampler)
     if SAMPLERS[sampler].stochastic:
         raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
