@@ -14,6 +14,7 @@ from diffspace.samplers.multistep import History, dpmpp_2m_step, push
 from diffspace.samplers.ode import (
     CountingDenoiser,
     euler_step,
+    heun_step,
     sample_adaptive,
     sample_velocity_midpoint,
     sample_velocity_rk4,
@@ -72,6 +73,23 @@ def test_ddim_equals_euler_equals_dpmpp1_step_for_step():
         scale = xe.abs().max()
         assert (xe - xd).abs().max() <= 1e-10 * scale
         assert (xe - xp).abs().max() <= 1e-10 * scale
+
+
+@pytest.mark.parametrize("sigma, sigma_next", [(80.0, 20.0), (3.0, 1.0), (0.6, 0.002), (1.0, 0.0)])
+def test_heun_step_is_edm_algorithm_1(sigma, sigma_next):
+    """The step as [EDM] Alg. 1 writes it (lines 4-8), in float64 to round-off and in float32 to its own
+    precision, across a step of ratio 1/3 and the last steps of a grid (a large -h / sigma_next)."""
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * (1 + sigma)
+    level = lambda s: torch.full((64,), s, dtype=torch.float64)  # noqa: E731
+    d = (x - GMM.denoiser(x, level(sigma))) / sigma
+    expected = x + (sigma_next - sigma) * d
+    if sigma_next > 0:
+        d2 = (expected - GMM.denoiser(expected, level(sigma_next))) / sigma_next
+        expected = x + (sigma_next - sigma) * (d + d2) / 2
+    assert torch.allclose(heun_step(GMM.denoiser, x, sigma, sigma_next)[0], expected, rtol=0, atol=1e-12)
+    denoiser32 = lambda y, s: GMM.denoiser(y.double(), s.double()).float()  # noqa: E731
+    got32 = heun_step(denoiser32, x.float(), sigma, sigma_next)[0]
+    assert (got32.double() - expected).abs().max() <= 1e-5 * (1 + expected.abs().max())
 
 
 @pytest.mark.parametrize("name", [n for n in SAMPLERS if SAMPLERS[n].nfe is not None])
