@@ -47,6 +47,8 @@ def test_help_describes_every_option_with_default():
     for opt in ["--n", "--out", "--sampler", "--steps", "--grid", "--seed", "--device"]:
         assert opt in out
     assert "the run's [sample] sampler" in out and "the run's [sample] n" in out
+    from diffspace.samplers.grids import GRIDS
+    assert all(f" {name}" in out for name in [*GRIDS, "optimized"]), "--grid's help names every grid"
 
 
 def test_dry_run_prints_resolved_config():

@@ -34,8 +34,9 @@ def _add_sampling(p):
                                      "[sample] sampler")
     p.add_argument("--steps", type=int, help="number of steps; default: the run's [sample] steps")
     p.add_argument("--grid", help="continuous runs: noise-level grid: karras, logsnr, uniform_t, leading, "
-                                  "trailing, linspace, or optimized (stored by `diffspace optimize-grid`); "
-                                  "default: the run's [sample] grid")
+                                  "trailing, linspace; karras_jumps or uniform_t_jumps (few-step grids that "
+                                  "end on a jump to the data, docs/fewstep.md); or optimized (stored by "
+                                  "`diffspace optimize-grid`); default: the run's [sample] grid")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (sample i depends only on it and i)")
     p.add_argument("--cfg", type=float, help="class-conditional runs: classifier-free guidance scale w "
                                              "(0: unconditional, 1: conditional); default: 1")
