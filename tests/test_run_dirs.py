@@ -119,6 +119,14 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
     again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50)
     assert again.returncode == 0 and "replaced the plan stored there before (method nelder-mead, fitted at " \
         "step 4)" in again.stdout  # re-fitting says what it replaced
+    table = json.loads((run / "grids.json").read_text())["dpmpp_2m:2"]["calibration"]
+    base = table["baseline"]
+    said = (f"calibration error {table['rmse']:.4g} against {base['rmse']:.4g} with the {base['grid']} grid "
+            "of 2 steps (RMS per coordinate to the adaptive PF-ODE, 16 noises")
+    assert said in again.stdout  # what the fit gained on its calibration noise
+    info = cli("info", run)
+    assert info.returncode == 0 and f"plan        dpmpp_2m:2: method nelder-mead, fitted at step 4; {said}" \
+        in info.stdout  # info lists the stored plans
     assert cli("eval", run, "--n", 50, "--steps", 2).returncode == 0
     res = cli("train", run, "--resume", "--set", "train.steps=6", "--no-progress")
     assert res.returncode == 0, res.stderr

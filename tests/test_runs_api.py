@@ -85,6 +85,36 @@ def test_optimize_grid_methods_store_a_plan_that_sampling_uses(ddpm_run, method,
         assert heun_calls == steps
     x = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="euler", steps=steps, grid="optimized"))
     assert x.shape == (5, 2) and torch.isfinite(x).all()
+    _check_calibration(ddpm_run, "euler", steps, entry, steps, candidates=16 if method == "dp" else None)
+
+
+def _check_calibration(run, sampler, steps, entry, nfe, candidates=None):
+    """The calibration errors optimize_grid records are those of the plan and of the run's [sample] grid
+    at the same NFE, recomputed here from the calibration noise and the adaptive PF-ODE solution."""
+    from diffspace.runs.continuous import as_denoiser
+    from diffspace.runs.sampling import plan
+    from diffspace.samplers.grids import GRIDS, sampling_range
+    from diffspace.samplers.ode import sample_adaptive
+    from diffspace.samplers.optimize_grid import candidate_sigmas, grid_error, reference_trajectory
+    from diffspace.samplers.registry import SAMPLERS
+
+    path = build_path(run.cfg)
+    den, (lo, hi) = as_denoiser(run.cfg, run.module), sampling_range(path)
+    x = torch.randn((64, *run.meta["data_shape"]), generator=torch.Generator().manual_seed(7919)) * hi
+    with torch.no_grad():
+        ref = sample_adaptive(den, x, hi, lo) if candidates is None else \
+            reference_trajectory(den, x, candidate_sigmas(candidates, lo, hi))[-1]
+        fn, grid = plan(run, sampler, steps, "optimized")
+        fitted = grid_error(fn, den, x, grid, ref)
+        base_steps = max(n for n in range(1, nfe + 1) if SAMPLERS[sampler].nfe(n) <= nfe)
+        baseline = grid_error(SAMPLERS[sampler].fn, den, x, GRIDS[run.cfg.sample.grid](base_steps, lo, hi,
+                                                                                      path=path), ref)
+    cal = entry["calibration"]
+    assert (cal["n"], cal["nfe"], cal["baseline"]["grid"], cal["baseline"]["steps"]) == \
+        (64, nfe, run.cfg.sample.grid, base_steps)
+    assert cal["rmse"] == pytest.approx(fitted, rel=1e-9)
+    assert cal["baseline"]["rmse"] == pytest.approx(baseline, rel=1e-9)
+    return cal
 
 
 def test_a_learned_solver_is_stored_and_sampling_uses_it(ddpm_run):
@@ -115,6 +145,8 @@ def test_a_learned_solver_is_stored_and_sampling_uses_it(ddpm_run):
         assert learned < min(err(sample_dpmpp_2m(den.denoiser, x, s)) for s in starts)
     out = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="dpmpp_2m", steps=4, grid="optimized"))
     assert out.shape == (5, 2) and torch.isfinite(out).all()
+    cal = _check_calibration(ddpm_run, "dpmpp_2m", 4, entry, 4)
+    assert cal["rmse"] < cal["baseline"]["rmse"]
 
 
 @pytest.mark.parametrize("edit, words", [
@@ -165,6 +197,8 @@ def test_a_broken_grids_file_and_a_range_on_an_optimized_grid_are_refused(ddpm_r
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)
+    with pytest.raises(UserError, match="picks its steps"):
+        runs.optimize_grid(ddpm_run, "rk45", steps=3)
     with pytest.raises(UserError, match="plans euler or heun"):
         runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, method="dp")
     with pytest.raises(UserError, match="PAS corrects Euler"):

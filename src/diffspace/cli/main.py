@@ -457,16 +457,18 @@ def cmd_optimize_grid(args) -> None:
         orders = tuple(int(o) for o in args.orders.split(",")) if args.orders else None
     except ValueError:
         raise UserError(f"--orders takes solver orders like 1,2; got {args.orders!r}") from None
-    from diffspace.runs.sampling import GRIDS_FILE, read_plans
+    from diffspace.runs.sampling import GRIDS_FILE, describe_plan, read_plans
 
     run = _load(args)
-    before = read_plans(Path(run.dir) / GRIDS_FILE).get(f"{args.sampler}:{args.steps}")
+    key = f"{args.sampler}:{args.steps}"
+    before = read_plans(Path(run.dir) / GRIDS_FILE).get(key)
     sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed,
                                 args.sigma_min, args.sigma_max, args.method, args.budget, orders,
                                 args.candidates, args.pas, args.pas_k, args.pas_tol)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
     print(f"stored the {args.steps}-step {what} for {args.sampler} in {args.run}/grids.json: {levels}")
+    print(describe_plan(key, read_plans(Path(run.dir) / GRIDS_FILE)[key]))
     if isinstance(before, dict):
         print(f"it replaced the plan stored there before (method {before.get('method', 'nelder-mead')}, "
               f"fitted at step {before.get('step')})")
@@ -534,6 +536,11 @@ def cmd_info(args) -> None:
         m = json.loads(metrics.read_text())
         stale = "" if m.get("step") == run.step else f" (stale: from step {m.get('step')})"
         print(f"metrics{stale}  " + json.dumps(m))
+    if run.task == "continuous":
+        from diffspace.runs.sampling import GRIDS_FILE, describe_plan, read_plans
+
+        for key, entry in read_plans(run.dir / GRIDS_FILE).items():  # sample them with --grid optimized
+            print(f"plan        {describe_plan(key, entry)}")
     print("\n" + to_toml(run.meta["config"]))
 
 

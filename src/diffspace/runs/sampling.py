@@ -26,7 +26,15 @@ from diffspace.samplers.guidance import (
     null_class,
 )
 from diffspace.samplers.learned import LearnedSolver, learn_solver, sample_learned
-from diffspace.samplers.optimize_grid import dp_schedule, optimize_sigmas, sample_schedule
+from diffspace.samplers.ode import sample_adaptive
+from diffspace.samplers.optimize_grid import (
+    candidate_sigmas,
+    dp_schedule,
+    grid_error,
+    optimize_sigmas,
+    reference_trajectory,
+    sample_schedule,
+)
 from diffspace.samplers.pas import PASCorrection, learn_pas, sample_euler_pas
 from diffspace.samplers.registry import SAMPLERS, check_sampler_options
 from diffspace.train.distributed import map_chunks, world
@@ -74,6 +82,22 @@ def read_plans(stored: Path) -> dict:
     return table
 
 
+def describe_plan(key: str, entry: dict) -> str:
+    """One line on a stored plan: its key, method, step and its calibration error beside the baseline
+    grid's (see `calibration`), where the entry records them."""
+    if not isinstance(entry, dict):
+        return f"{key}: malformed"
+    line = f"{key}: method {entry.get('method', 'nelder-mead')}, fitted at step {entry.get('step')}"
+    try:
+        cal = entry["calibration"]
+        base = cal["baseline"]
+        return line + (f"; calibration error {float(cal['rmse']):.4g} against {float(base['rmse']):.4g} with "
+                       f"the {base['grid']} grid of {int(base['steps'])} steps (RMS per coordinate to the "
+                       f"adaptive PF-ODE, {int(cal['n'])} noises, NFE {int(cal['nfe'])})")
+    except (KeyError, TypeError, ValueError):  # why: plans stored before it was recorded, or hand-edited
+        return line
+
+
 def stored_plan(run: Run, sampler: str, steps: int) -> dict:
     """The entry `optimize_grid` stored for (sampler, steps): {"step", "method", "sigmas"} and, for a DP
     plan with several solver orders, "orders", for a PAS-corrected Euler grid, "pas", for a learned solver,
@@ -108,18 +132,24 @@ def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = N
     if {"orders", "pas", "learned"} & entry.keys() and options:
         raise UserError(f"the optimized {sampler} plan takes no sampler options, got {sorted(options)}")
     try:  # why: grids.json is a text file a user may edit; a bad entry is one line, not a traceback
-        if "learned" in entry:
-            return partial(sample_learned, solver=LearnedSolver.from_json(entry["learned"])), sigmas
-        if "pas" in entry:
-            return partial(sample_euler_pas, pas=PASCorrection.from_json(entry["pas"])), sigmas
-        if "orders" in entry:
-            return partial(sample_schedule, orders=tuple(int(o) for o in entry["orders"])), sigmas
+        return plan_sampler(entry, sampler, options), sigmas
     except UserError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise UserError(f"{run.dir / GRIDS_FILE}: the entry for {sampler}:{steps} is malformed ({e}); run "
                         "`diffspace optimize-grid` again") from None
-    return sampler_fn(sampler, options), sigmas
+
+
+def plan_sampler(entry: dict, sampler: str, options: dict | None = None) -> Callable:
+    """The sampler function of a stored plan's entry (its own step rule, if it brings one), else the
+    sampler with its options."""
+    if "learned" in entry:
+        return partial(sample_learned, solver=LearnedSolver.from_json(entry["learned"]))
+    if "pas" in entry:
+        return partial(sample_euler_pas, pas=PASCorrection.from_json(entry["pas"]))
+    if "orders" in entry:
+        return partial(sample_schedule, orders=tuple(int(o) for o in entry["orders"]))
+    return sampler_fn(sampler, options)
 
 
 @torch.no_grad()
@@ -248,6 +278,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     fn = sampler_fn(sampler)
     if SAMPLERS[sampler].stochastic:
         raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
+    if SAMPLERS[sampler].nfe is None:
+        raise UserError(f"optimize-grid fits the grid of a fixed-step sampler; {sampler!r} picks its steps")
     if method not in ("nelder-mead", "dp", "learned"):
         raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
     if method == "learned" and sampler != "dpmpp_2m":
@@ -265,21 +297,49 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     x = (torch.randn((n_calib, *run.meta["data_shape"]), generator=g) * hi).to(run.device)
     den = as_denoiser(run.cfg, run.module)
     entry = {"step": run.step, "method": method}
+    with torch.no_grad():  # the adaptive PF-ODE solution of the calibration noise, what every method fits
+        if method == "dp":
+            levels = candidate_sigmas(candidates, lo, hi)
+            trajectory = reference_trajectory(den, x, levels)
+            reference = trajectory[-1]
+        else:
+            reference = sample_adaptive(den, x, hi, lo)
     if method == "dp":
         orders = orders or ((1,) if sampler == "euler" else (2,))
-        schedule = dp_schedule(den, x, steps, lo, hi, orders=tuple(orders), n_candidates=candidates)
+        schedule = dp_schedule(den, x, steps, lo, hi, orders=tuple(orders), candidates=levels,
+                               reference=trajectory)
         sigmas = schedule.sigmas
         if len(set(schedule.orders)) > 1 or schedule.orders[0] != (1 if sampler == "euler" else 2):
             entry["orders"] = list(schedule.orders)
     elif method == "learned":
-        solver = learn_solver(den, x, learn_starts(run, steps, lo, hi), lo, iters=budget)
+        solver = learn_solver(den, x, learn_starts(run, steps, lo, hi), lo, iters=budget, reference=reference)
         sigmas, entry["learned"] = solver.sigmas, solver.to_json()
     else:
-        sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, max_evals=budget)
+        sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, max_evals=budget, reference=reference)
     if pas:
         if "orders" in entry:
             raise UserError("PAS corrects a plain Euler grid; drop --orders or --pas")
         entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
+    nfe = steps if method == "dp" else SAMPLERS[sampler].nfe(steps)
+    entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
+                                       plan_sampler(entry, sampler), sigmas)
     table[f"{sampler}:{steps}"] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
     return sigmas
+
+
+def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: int, lo: float, hi: float,
+                fitted: Callable, sigmas: Tensor) -> dict:
+    """How much a fitted plan gained on its calibration noise x: the RMS error per coordinate against the
+    adaptive PF-ODE solution `reference`, of the plan and of the sampler on the run's [sample] grid (karras
+    where that is "optimized" or does not fit the path) with the most steps that fit the plan's NFE."""
+    grid = run.cfg.sample.grid if run.cfg.sample.grid != "optimized" else "karras"
+    steps = max((n for n in range(1, nfe + 1) if SAMPLERS[sampler].nfe(n) <= nfe), default=1)
+    try:
+        baseline = GRIDS[grid](steps, lo, hi, path=build_path(run.cfg))
+    except UserError:  # why: a table grid (trailing, ...) on a path without a table
+        grid, baseline = "karras", GRIDS["karras"](steps, lo, hi)
+    with torch.no_grad():
+        return {"n": len(x), "nfe": nfe, "rmse": grid_error(fitted, den, x, sigmas, reference),
+                "baseline": {"grid": grid, "steps": steps,
+                             "rmse": grid_error(sampler_fn(sampler), den, x, baseline, reference)}}
