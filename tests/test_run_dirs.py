@@ -112,10 +112,18 @@ def test_a_refused_resume_changes_nothing(tmp_path, trained):
     assert snapshot(run) == before
 
 
-def test_artefacts_of_older_weights_are_retired(tmp_path, trained):
+def test_artefacts_of_older_weights_are_retired(tmp_path, trained, monkeypatch):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     assert cli("optimize-grid", run, "--steps", 2, "--n-calib", 16).returncode == 0
+    import diffspace.eval.plots
+    from diffspace.cli.main import main
+
+    titles = []
+    monkeypatch.setattr(diffspace.eval.plots, "scatter_2d", lambda x, ref, out, title: titles.append(title))
+    assert main(["sample", str(run), "--grid", "optimized", "--steps", "2", "--sampler", "dpmpp_2m",
+                 "--n", "5", "--out", str(tmp_path / "s.npz")]) == 0
+    assert titles == ["dpmpp_2m, 2 steps, optimized grid"]  # the picture says an optimized plan drew it
     again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50)
     assert again.returncode == 0 and "replaced the plan stored there before (method nelder-mead, fitted at " \
         "step 4)" in again.stdout  # re-fitting says what it replaced

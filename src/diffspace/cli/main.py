@@ -355,8 +355,11 @@ def cmd_sample(args) -> None:
             out = out.with_suffix(".npz")
         _write_array(samples, out, [p for p in opts.prompts for _ in range(per_row)] if rows else None)
         sc = run.cfg.sample
-        what = (f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps" if hasattr(sc, "sampler")
-                else f"{run.task}, step {run.step}")
+        what = f"{run.task}, step {run.step}"
+        if hasattr(sc, "sampler"):
+            grid = opts.grid or getattr(sc, "grid", None)  # why: say when an optimized plan drew the samples
+            what = f"{opts.sampler or sc.sampler}, {opts.steps or sc.steps} steps"
+            what += f", {grid} grid" if grid else ""
         if samples.ndim == 4:  # a titled grid: ten per row, or one row per prompt labelled with it
             title = (f"{run.dir.name} (step {run.step}): {what}, seed {opts.seed}"
                      + (f", cfg {opts.guidance:g}" if opts.guidance is not None else ""))

@@ -148,7 +148,7 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
         log.warning(warning)
     save_pictures(guided, shape, K, sigmas, fn, opts.seed, run.dir, run.device,
                   title=f"{run.cfg.data.name}, step {run.step}, {protocol['sampler']} {protocol['steps']} "
-                        f"steps" + (f", cfg {w:g}" if K > 0 else ""))
+                        f"steps, {protocol['grid']} grid" + (f", cfg {w:g}" if K > 0 else ""))
     return metrics
 
 
