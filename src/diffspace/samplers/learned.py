@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from diffspace.samplers.grids import check_grid
+from diffspace.samplers.multistep import dpmpp_2m_weight
 from diffspace.samplers.ode import Callback, sample_adaptive, sigma_batch
 from diffspace.types import Denoiser, UserError
 from diffspace.utils import lincomb
@@ -126,12 +127,11 @@ def dpmpp_2m_beta(sigmas: Tensor, history: int) -> list[list[float]]:
     """beta of DPM-Solver++(2M) on `sigmas` with `history` - 1 weights per step where the history allows:
     -h_i / (2 h_{i-1}) on D_{i-1} ([DPM++] Alg. 2 line 7), 0 on older outputs and on the last step to 0
     (2M's lower-order final step)."""
-    lam = [-math.log(s) for s in sigmas[:-1].tolist()]
-    n = len(sigmas) - 1
+    lv, n = sigmas.tolist(), len(sigmas) - 1
     beta = [[0.0] * min(i, history - 1) for i in range(n)]
     for i in range(1, n - 1):
         if beta[i]:
-            beta[i][0] = -(lam[i + 1] - lam[i]) / (2 * (lam[i] - lam[i - 1]))
+            beta[i][0] = dpmpp_2m_weight(lv[i - 1], lv[i], lv[i + 1])
     return beta
 
 

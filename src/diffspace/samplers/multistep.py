@@ -112,16 +112,20 @@ def phi_weights(h: float, order: int) -> list[float]:
     return c
 
 
+def dpmpp_2m_weight(sigma_prev: float, sigma: float, sigma_next: float) -> float:
+    """DPM-Solver++(2M)'s weight on the previous output D_{i-1} in its combined output ([DPM++] Alg. 2
+    line 7: D = (1 + 1 / 2r) D_i - (1 / 2r) D_{i-1}, r = h_{i-1} / h_i): -h_i / (2 h_{i-1}), with
+    h_i = lambda_{i+1} - lambda_i and lambda = -log sigma."""
+    return -math.log(sigma / sigma_next) / (2 * math.log(sigma_prev / sigma))
+
+
 def dpmpp_2m_step(x: Tensor, sigma_next: float, hist: History) -> Tensor:
     """[DPM++] Alg. 2: first order on the first step, then the multistep 2nd-order update."""
     (sigma, *past), (x0, *x0_past) = hist.sigmas, hist.values
     if sigma_next == 0:
         return x0
-    h = math.log(sigma / sigma_next)
-    if past:
-        r = math.log(past[0] / sigma) / h  # h_{i-1} / h_i
-        # [DPM++] Alg. 2 line 7: D = (1 + 1 / 2r) x0 - (1 / 2r) x0_past, as one lerp
-        x0 = torch.lerp(x0, x0_past[0], -1 / (2 * r))
+    if past:  # Alg. 2 line 7, as one lerp
+        x0 = torch.lerp(x0, x0_past[0], dpmpp_2m_weight(past[0], sigma, sigma_next))
     # [DPM++] Eq. 9, first order in D: (sigma_next / sigma) x + (1 - sigma_next / sigma) D, as one lerp
     return torch.lerp(x0, x, sigma_next / sigma)
 
