@@ -54,10 +54,8 @@ def addcmul_into_output(base: Tensor, coef: Tensor, f: Tensor) -> Tensor:
     tensor on its storage (so not a view, nor a .detach() of a kept tensor), memory PyTorch allocated
     (resizable, so not numpy's or another library's), the result's shape and dtype, and no other Python
     name (reference count: the caller's name, this parameter and getrefcount's argument). A network that
-    keeps or returns a tensor it holds therefore gets a new result. On the CPU only: a network compiled
-    with CUDA graphs returns memory that its next run overwrites, and a GPU's time is not spent this way."""
-    if (f.device.type != "cpu" or torch.is_grad_enabled() or f.shape != base.shape or f.dtype != base.dtype
-            or sys.getrefcount(f) > 3):
+    keeps or returns a tensor it holds therefore gets a new result."""
+    if torch.is_grad_enabled() or f.shape != base.shape or f.dtype != base.dtype or sys.getrefcount(f) > 3:
         return torch.addcmul(base, coef, f)
     storage = f.untyped_storage()
     if not storage.resizable() or torch._C._storage_Use_Count(storage._cdata) > 2:  # f's and `storage`'s
