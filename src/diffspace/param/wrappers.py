@@ -84,9 +84,8 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_skip, c_out, c_in, c_noise = self._memo(self.level, sigma, x)
-        skip = c_skip * x
         f = in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
-        return addcmul_into_output(skip, c_out, f)
+        return addcmul_into_output(c_skip * x, c_out, f)
 
 
 class VelocityFromDenoiser(nn.Module):
