@@ -2,7 +2,6 @@
 a (1,) noise condition, with the same outputs as the per-example (B,) path; every net broadcasts a (1,)
 condition; a DDPM table point reaches the network as its exact integer timestep."""
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,7 +20,7 @@ from diffspace.param import (
 )
 from diffspace.paths import PATHS, DDPMDiscrete
 from diffspace.samplers.ode import sigma_batch
-from diffspace.utils import addcmul_into_output, shared_level
+from diffspace.utils import shared_level
 
 B = 5
 
@@ -118,58 +117,6 @@ def test_a_level_tensor_is_shared_and_its_memo_follows_its_value():
     torch.testing.assert_close(again_3, at_3, rtol=0, atol=0)
     timestep_5 = path.noise_cond(path.t_from_sigma(torch.tensor([5.0], dtype=torch.float64))).float()
     assert [float(c) for c in probe.seen[1:]] == [float(timestep_5), float(probe.seen[0])]
-
-
-class Holding(torch.nn.Module):
-    """A 'network' whose output is, or shares memory with, a tensor it keeps (how=...), or is a new one."""
-
-    def __init__(self, how):
-        super().__init__()
-        self.how, self.ptrs = how, []
-        self.kept = torch.arange(B * 3, dtype=torch.float32).reshape(B, 3).clone()
-        self.array = np.arange(B * 3, dtype=np.float32).reshape(B, 3)
-
-    def forward(self, x, noise_cond):
-        out = {"kept": lambda: self.kept, "detached": lambda: self.kept.detach(),
-               "view": lambda: self.kept[:], "numpy": lambda: torch.from_numpy(self.array),
-               "new": lambda: torch.tanh(x)}[self.how]()
-        self.ptrs.append(out.data_ptr())
-        return out
-
-
-@pytest.mark.parametrize("wrapper", ["net", "edm"])
-@pytest.mark.parametrize("how", ["kept", "detached", "view", "numpy", "new"])
-def test_a_wrapper_writes_its_output_over_the_networks_only_if_nothing_else_sees_it(wrapper, how):
-    """The output lands in the network's output memory only for a tensor nobody else holds; a kept tensor,
-    one sharing its storage (detach, a view) or numpy's memory is left as it was, and the values are the
-    same either way."""
-    x, net = _x(torch.float32), Holding(how)
-    den = NetDenoiser(net, DDPMDiscrete(), "eps") if wrapper == "net" else EDMPrecond(net)
-    with torch.no_grad():
-        out = den(x, sigma_batch(3.0, x))
-        c = den.level(torch.tensor([3.0]), x)
-    skip, c_out = (x, c[2]) if wrapper == "net" else (c[0] * x, c[1])
-    f = torch.tanh(c[0] * x if wrapper == "net" else c[2] * x) if how == "new" else net.kept
-    torch.testing.assert_close(out, torch.addcmul(skip, c_out, f), rtol=0, atol=0)
-    assert (out.data_ptr() == net.ptrs[0]) == (how == "new")
-    assert torch.equal(net.kept, torch.arange(B * 3, dtype=torch.float32).reshape(B, 3))
-    assert (net.array == net.kept.numpy()).all()
-
-
-def test_addcmul_into_output_keeps_autograd_and_named_tensors():
-    """Under autograd, or while another name holds f, a new tensor; else f's memory."""
-    base, coef = torch.ones(4, 2), torch.tensor([[2.0]])
-    f = torch.randn(4, 2, requires_grad=True)
-    assert addcmul_into_output(base, coef, f * 1).data_ptr() != (f * 1).data_ptr()
-    with torch.no_grad():
-        g = torch.randn(4, 2)
-        also = g
-        assert addcmul_into_output(base, coef, g).data_ptr() != also.data_ptr()
-        del also
-        ptr = g.data_ptr()
-        expected = base + coef * g
-        assert addcmul_into_output(base, coef, g).data_ptr() == ptr
-        torch.testing.assert_close(g, expected, rtol=0, atol=0)
 
 
 def test_ddpm_table_points_reach_the_network_as_exact_integers():

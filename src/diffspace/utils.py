@@ -1,7 +1,5 @@
 """Small helpers shared across roles."""
 
-import sys
-
 import torch
 from torch import Tensor
 
@@ -41,26 +39,6 @@ def in_dtype_of(t: Tensor, x: Tensor) -> Tensor:
     """t in x's dtype. why: `Tensor.to` costs a dispatcher round trip even when it returns t itself, a
     visible share of a sampler step's host time on the CPU."""
     return t if t.dtype == x.dtype else t.to(x.dtype)
-
-
-def addcmul_into_output(base: Tensor, coef: Tensor, f: Tensor) -> Tensor:
-    """base + coef * f (shapes broadcast as `torch.addcmul`), written into f's memory when f is a temporary
-    that only the caller holds (a network's output), else into a new tensor.
-
-    why: on the CPU, after a network has run, a new batch-sized result is written to memory that is not in
-    cache, while the network's output has just been written: reusing it cut the host time per network call
-    of the Heun sampler by about a fifth (benchmarks/samplers.py's network, 10000 examples). f is reused
-    only when nothing else can see it, the rule of numpy's temporary elision: outside autograd, the only
-    tensor on its storage (so not a view, nor a .detach() of a kept tensor), memory PyTorch allocated
-    (resizable, so not numpy's or another library's), the result's shape and dtype, and no other Python
-    name (reference count: the caller's name, this parameter and getrefcount's argument). A network that
-    keeps or returns a tensor it holds therefore gets a new result."""
-    if torch.is_grad_enabled() or f.shape != base.shape or f.dtype != base.dtype or sys.getrefcount(f) > 3:
-        return torch.addcmul(base, coef, f)
-    storage = f.untyped_storage()
-    if not storage.resizable() or torch._C._storage_Use_Count(storage._cdata) > 2:  # f's and `storage`'s
-        return torch.addcmul(base, coef, f)
-    return torch.addcmul(base, coef, f, out=f)
 
 
 class LevelMemo:

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from diffspace.param.predictions import NEEDS_DERIVATIVES, SKIP_IS_ONE, x0_eps
 from diffspace.paths.base import Coeffs, GaussianPath
-from diffspace.utils import LevelMemo, addcmul_into_output, bcast, in_dtype_of
+from diffspace.utils import LevelMemo, bcast, in_dtype_of
 
 
 def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
@@ -62,7 +62,7 @@ class NetDenoiser(nn.Module):
         c_in, c_skip, c_out, c_noise = self._memo(self.level, sigma, x)
         f = in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
         # why: where c_skip is 1 by construction, one pass over the batch instead of two
-        return addcmul_into_output(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
+        return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
 
 
 class EDMPrecond(nn.Module):
@@ -84,8 +84,7 @@ class EDMPrecond(nn.Module):
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_skip, c_out, c_in, c_noise = self._memo(self.level, sigma, x)
-        f = in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
-        return addcmul_into_output(c_skip * x, c_out, f)
+        return torch.addcmul(c_skip * x, c_out, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
 
 
 class VelocityFromDenoiser(nn.Module):
