@@ -119,6 +119,30 @@ def test_a_level_tensor_is_shared_and_its_memo_follows_its_value():
     assert [float(c) for c in probe.seen[1:]] == [float(timestep_5), float(probe.seen[0])]
 
 
+@pytest.mark.parametrize("sampler", ["heun", "dpmpp_2m", "unipc"])
+def test_sampling_under_inference_mode_equals_no_grad(sampler):
+    """torch.inference_mode makes the levels inference tensors, which have no version counter: the memo
+    finds them by value instead (it raised 'Inference tensors do not track version counter'), and a level
+    changed in place inside inference mode gets its new value's coefficients."""
+    from diffspace.samplers.grids import karras_sigmas
+    from diffspace.samplers.registry import SAMPLERS
+
+    x, sigmas = _x(torch.float32) * 80, karras_sigmas(5, 0.01, 80.0)
+    for den in (NetDenoiser(Probe(), DDPMDiscrete(), "eps"), EDMPrecond(Probe())):
+        with torch.no_grad():
+            expected = SAMPLERS[sampler].fn(den, x, sigmas)
+        with torch.inference_mode():
+            got = SAMPLERS[sampler].fn(den, x, sigmas)
+            level = torch.tensor([3.0])
+            at_3 = den(x, level)
+            level.fill_(5.0)
+            at_5 = den(x, level)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(at_5, den(x, torch.tensor([5.0])), rtol=0, atol=0)
+            assert not torch.equal(at_3, at_5)
+
+
 def test_ddpm_table_points_reach_the_network_as_exact_integers():
     """sigma -> t -> timestep in float64: every table point k gives exactly k.0, from a float64 sigma and
     from the float32 sigma a float32 sampler hands the Denoiser (398.99997 before: t went through float32)."""

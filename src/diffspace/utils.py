@@ -48,9 +48,10 @@ class LevelMemo:
     the dozen small tensor ops that turn one level into coefficients cost more host time than the
     sampler's own arithmetic on the batch. Two keys: the level tensor itself (the samplers' `sigma_batch`
     hands out the same tensor for the same value, and its in-place version counter must not have moved),
-    which reads no value and so works on any device with no sync; else, on the CPU, the level's value. Per-
-    example levels, and calls under autograd (where no cached tensor may be saved for backward), run `fn`
-    every time. `fn` must depend on the level, x's dtype and x.ndim only."""
+    which reads no value and so works on any device with no sync; else (and for an inference tensor, which
+    has no version counter), on the CPU, the level's value. Per-example levels, and calls under autograd
+    (where no cached tensor may be saved for backward), run `fn` every time. `fn` must depend on the
+    level, x's dtype and x.ndim only."""
 
     def __init__(self, size: int = 1024):
         self.size, self.by_value, self.by_object = size, {}, {}
@@ -59,7 +60,8 @@ class LevelMemo:
         if torch.is_grad_enabled():
             return fn(shared_level(level), x)
         mode = (x.dtype, x.ndim, torch.is_inference_mode_enabled())
-        hit = self.by_object.get((id(level), *mode))
+        tracked = not level.is_inference()  # why: an inference tensor has no version counter to check
+        hit = self.by_object.get((id(level), *mode)) if tracked else None
         if hit is not None and hit[0] is level and hit[1] == level._version:
             return hit[2]
         shared = shared_level(level)
@@ -75,8 +77,8 @@ class LevelMemo:
         if len(self.by_object) >= self.size or len(self.by_value) >= self.size:
             self.by_object.clear()
             self.by_value.clear()
-        # why: the entry holds `level`, so its id cannot be reused by another tensor while it is stored
-        self.by_object[(id(level), *mode)] = (level, level._version, out)
+        if tracked:  # why: the entry holds `level`, so its id cannot be reused by another tensor while stored
+            self.by_object[(id(level), *mode)] = (level, level._version, out)
         return out
 
 
