@@ -147,6 +147,22 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained, monkeypatch):
                           "--sampler dpmpp_2m --steps 2 [--method learned]`")  # only the method that fits
 
 
+def test_a_dp_plan_of_heun_steps_and_info_on_a_broken_grids_file(tmp_path, trained):
+    """The review of this session: optimize-grid --method dp --sampler heun (no --orders) failed at every
+    NFE; info stopped with exit 2, before the config, on a grids.json it could not read."""
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    res = cli("optimize-grid", run, "--sampler", "heun", "--steps", 5, "--method", "dp", "--n-calib", 16,
+              "--candidates", 16)
+    assert res.returncode == 0, res.stderr
+    assert "stored the 3-step grid (NFE 5) for heun" in res.stdout  # 2 + 2 + 1 calls
+    assert f"sample with: diffspace sample {run} --sampler heun --steps 5 --grid optimized" in res.stdout
+    (run / "grids.json").write_text("{bad")
+    res = cli("info", run)
+    assert res.returncode == 0 and "plans       unreadable:" in res.stdout and "not valid JSON" in res.stdout
+    assert "[train]" in res.stdout  # the config still follows
+
+
 def test_nothing_is_written_beside_weights_in_a_users_folder(tmp_path, trained):
     folder = tmp_path / "mine"
     folder.mkdir()

@@ -23,6 +23,51 @@ def ddpm_run(tmp_path_factory):
     return runs.train(config)
 
 
+@pytest.fixture(scope="module")
+def trailing_run(tmp_path_factory):
+    """A DDPM run whose [sample] grid is the table's trailing spacing (diffusers' usual one)."""
+    d = tmp_path_factory.mktemp("api") / "trailing"
+    config = {**TINY, "run": {"dir": str(d)}, "sample": {"grid": "trailing"},
+              "model": {**TINY["model"], "path": "ddpm", "parameterization": "eps"},
+              "loss": {"weighting": "eps", "proposal": "uniform"}}
+    return runs.train(config)
+
+
+def test_a_table_grid_refuses_a_noise_range_it_would_ignore(trailing_run):
+    """The trailing grid is the table's timesteps: --sigma-max 80 used to be ignored silently (the run
+    started at 157 anyway); now it is refused in one line. Karras takes the range."""
+    with pytest.raises(UserError, match="trailing grid is spaced on the DDPM table's own timesteps"):
+        run_sigmas(trailing_run, "trailing", 5, "euler", sigma_max=80.0)
+    assert float(run_sigmas(trailing_run, "karras", 5, "euler", sigma_max=80.0)[0]) == 80.0
+
+
+def test_calibration_baseline_is_the_runs_grid_over_the_fitted_range(trailing_run):
+    """optimize-grid's baseline is the run's [sample] grid (trailing) over the path's range, which
+    Nelder-Mead also starts from, so its plan is no worse there; over --sigma-max 80, where the table's
+    trailing grid does not reach, the baseline is karras from 80 (it was trailing from 157, beside
+    calibration noise of scale 80)."""
+    from diffspace.runs.continuous import as_denoiser
+    from diffspace.runs.sampling import stored_plan
+    from diffspace.samplers.grids import karras_sigmas, sampling_range
+    from diffspace.samplers.ode import sample_adaptive, sample_euler
+    from diffspace.samplers.optimize_grid import grid_error
+
+    runs.optimize_grid(trailing_run, "dpmpp_2m", steps=3, n_calib=32, budget=40)
+    cal = stored_plan(trailing_run, "dpmpp_2m", 3)["calibration"]
+    assert cal["baseline"]["grid"] == "trailing" and cal["rmse"] <= cal["baseline"]["rmse"]
+    runs.optimize_grid(trailing_run, "euler", steps=3, n_calib=32, budget=20, sigma_max=80.0)
+    cal = stored_plan(trailing_run, "euler", 3)["calibration"]
+    lo, _ = sampling_range(build_path(trailing_run.cfg))
+    den = as_denoiser(trailing_run.cfg, trailing_run.module)
+    g = torch.Generator().manual_seed(7919)  # optimize_grid's calibration noise (seed 0)
+    x = torch.randn((32, *trailing_run.meta["data_shape"]), generator=g) * 80
+    with torch.no_grad():
+        ref = sample_adaptive(den, x, 80.0, lo)
+        expected = grid_error(sample_euler, den, x, karras_sigmas(3, lo, 80.0), ref)
+    assert cal["baseline"]["grid"] == "karras"
+    assert cal["baseline"]["rmse"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):
     """Issue 13 item 4: the first level is timestep 999 (sigma ~ 157), as diffusers starts, not EDM's 80."""
     path = build_path(ddpm_run.cfg)

@@ -11,7 +11,14 @@ import torch
 
 from diffspace.data.gmm import GaussianMixture, eight_gaussians_mixture
 from diffspace.samplers.grids import karras_sigmas
-from diffspace.samplers.ode import CountingDenoiser, euler_step, heun_step, sample_adaptive, sample_euler
+from diffspace.samplers.ode import (
+    CountingDenoiser,
+    euler_step,
+    heun_step,
+    sample_adaptive,
+    sample_euler,
+    sample_heun,
+)
 from diffspace.samplers.optimize_grid import (
     Schedule,
     best_path,
@@ -56,8 +63,7 @@ def test_step_costs_are_the_samplers_steps(tiny):
     for (i, j), (order, step) in itertools.product([(0, 1), (0, 5), (2, 4), (3, 6), (1, 6)],
                                                    [(1, euler_step), (2, heun_step)]):
         if order == 2 and j == len(lv) - 1:
-            assert costs[2][i, j] == math.inf  # a Heun step to 0 is the Euler step: costed once, as order 1
-            continue
+            assert costs[2][i, j] == costs[1][i, j]  # a Heun step to 0 is the Euler step ([EDM] Alg. 1)
         direct = _rms(step(den, traj[i], lv[i], lv[j])[0], traj[j])
         assert costs[order][i, j] == pytest.approx(direct, rel=1e-10)
     lower = torch.ones_like(costs[1], dtype=torch.bool).tril()
@@ -92,6 +98,22 @@ def test_best_path_is_the_brute_force_optimum(tiny, nfe):
 def test_best_path_refuses_an_nfe_no_path_uses(tiny):
     with pytest.raises(UserError, match="exactly 20 network calls"):
         best_path({1: tiny[3][1]}, 20)  # 6 Euler steps at most on 7 nodes
+
+
+@pytest.mark.parametrize("nfe", [1, 3, 4, 5])
+def test_a_plan_of_heun_steps_alone_ends_with_its_euler_step(nfe):
+    """orders (2,), what optimize-grid --method dp plans for heun: the last step into 0 is Heun's Euler
+    step (1 call), so odd NFE are reached and sampled by plain heun on the grid; an even NFE is refused
+    (before, no plan of Heun steps could end, whatever the NFE)."""
+    den = eight_gaussians_mixture().denoiser
+    if nfe % 2 == 0:
+        with pytest.raises(UserError, match=f"exactly {nfe} network calls"):
+            dp_schedule(den, _noise(64, 2, 0), nfe, SIGMA_MIN, SIGMA_MAX, orders=(2,), n_candidates=16)
+        return
+    plan = dp_schedule(den, _noise(64, 2, 0), nfe, SIGMA_MIN, SIGMA_MAX, orders=(2,), n_candidates=16)
+    counter = CountingDenoiser(den)
+    sample_heun(counter, _noise(8, 2, 1), plan.sigmas)
+    assert set(plan.orders) == {2} and plan.nfe == counter.nfe == nfe
 
 
 def test_dp_beats_karras_at_equal_nfe_on_held_out_noise():

@@ -470,8 +470,18 @@ def cmd_optimize_grid(args) -> None:
                                 args.candidates, args.pas, args.pas_k, args.pas_tol)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
-    print(f"stored the {args.steps}-step {what} for {args.sampler} in {args.run}/grids.json: {levels}")
-    print(describe_plan(key, read_plans(Path(run.dir) / GRIDS_FILE)[key]))
+    nfe = f" (NFE {args.steps})" if args.method == "dp" else ""  # why: a DP plan's --steps counts calls
+    print(f"stored the {len(sigmas) - 1}-step {what}{nfe} for {args.sampler} in {args.run}/grids.json: "
+          f"{levels}")
+    entry = read_plans(Path(run.dir) / GRIDS_FILE)[key]
+    print(describe_plan(key, entry))
+    print(f"sample with: diffspace sample {args.run} --sampler {args.sampler} --steps {args.steps} "
+          "--grid optimized")
+    cal, base = entry["calibration"], entry["calibration"]["baseline"]["grid"]
+    if cal["rmse"] > cal["baseline"]["rmse"]:  # why: a DP plan minimizes one-step errors, not the whole run's
+        logging.getLogger("diffspace").warning(
+            f"on its calibration noise this plan is worse than the {base} grid; sample with --grid {base} "
+            "instead, or fit another --method")
     if isinstance(before, dict):
         print(f"it replaced the plan stored there before (method {before.get('method', 'nelder-mead')}, "
               f"fitted at step {before.get('step')})")
@@ -542,7 +552,12 @@ def cmd_info(args) -> None:
     if run.task == "continuous":
         from diffspace.runs.sampling import GRIDS_FILE, describe_plan, read_plans
 
-        for key, entry in read_plans(run.dir / GRIDS_FILE).items():  # sample them with --grid optimized
+        try:
+            plans = read_plans(run.dir / GRIDS_FILE)
+        except UserError as e:  # why: info reports what it can; a bad grids.json is one line of it
+            plans = {}
+            print(f"plans       unreadable: {e}")
+        for key, entry in plans.items():  # sample them with --grid optimized
             print(f"plan        {describe_plan(key, entry)}")
     print("\n" + to_toml(run.meta["config"]))
 

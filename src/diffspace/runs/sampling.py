@@ -15,7 +15,7 @@ from torch import Tensor
 
 from diffspace.eval.featurenet import load_classifier
 from diffspace.rng import Streams
-from diffspace.runs.continuous import as_denoiser, build_path, check_sampler_fits, to_data_units
+from diffspace.runs.continuous import TABLE_GRIDS, as_denoiser, build_path, check_sampler_fits, to_data_units
 from diffspace.runs.options import Run, SampleOptions, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
@@ -67,6 +67,9 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
         return check_grid(torch.tensor(sigmas, dtype=torch.float64), path, "optimized grid")
     if grid not in GRIDS:
         raise UserError(f"unknown grid {grid!r}; choose one of {', '.join([*GRIDS, 'optimized'])}")
+    if grid in TABLE_GRIDS and (sigma_min is not None or sigma_max is not None):  # they were ignored
+        raise UserError(f"the {grid} grid is spaced on the DDPM table's own timesteps, so --sigma-min / "
+                        "--sigma-max do not apply to it; drop them, or use karras, logsnr or uniform_t")
     return GRIDS[grid](steps, *sampling_range(path, sigma_min, sigma_max), path=path)
 
 
@@ -246,18 +249,23 @@ def sample(run: Run, opts: SampleOptions) -> Tensor | None:
     return None if x is None else (x.clamp(-1, 1) if run.cfg.images else to_data_units(run.meta, x))
 
 
-def learn_starts(run: Run, steps: int, lo: float, hi: float) -> list[Tensor]:
-    """The fixed grids of `steps` steps that this run's path has from exactly sigma = hi down to lo (Karras,
-    logSNR, uniform t; trailing on a DDPM table when hi is its top): the learned solver's starts."""
-    path, starts = build_path(run.cfg), []
-    for name in ("karras", "logsnr", "trailing", "uniform_t"):
-        try:
-            grid = GRIDS[name](steps, lo, hi, path=path)
-        except UserError:  # why: trailing spaces a DDPM table's timesteps; other paths have none
-            continue
-        if float(grid[0]) == hi and float(grid[-2]) >= lo:
-            starts.append(grid)
-    return starts
+def range_grid(run: Run, name: str, steps: int, lo: float, hi: float) -> Tensor | None:
+    """The grid `name` of `steps` steps for this run from exactly sigma = hi down to lo, or None where the
+    path has no such grid (a table grid, spaced on a DDPM table's timesteps, on another path or range)."""
+    try:
+        grid = GRIDS[name](steps, lo, hi, path=build_path(run.cfg))
+    except UserError:  # why: trailing spaces a DDPM table's timesteps; other paths have none
+        return None
+    return grid if float(grid[0]) == hi and float(grid[-2]) >= lo else None
+
+
+def learn_starts(run: Run, steps: int, lo: float, hi: float,
+                 names: tuple[str, ...] = ("karras", "logsnr", "trailing", "uniform_t")) -> list[Tensor]:
+    """The fixed grids `names` of `steps` steps that this run's path has from exactly sigma = hi down to lo
+    (trailing only on a DDPM table when hi is its top): the learned solver's starts, and Nelder-Mead's
+    beside the Karras and logSNR grids it always tries."""
+    grids = (range_grid(run, name, steps, lo, hi) for name in names)
+    return [g for g in grids if g is not None]
 
 
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
@@ -315,7 +323,9 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         solver = learn_solver(den, x, learn_starts(run, steps, lo, hi), lo, iters=budget, reference=reference)
         sigmas, entry["learned"] = solver.sigmas, solver.to_json()
     else:
-        sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, max_evals=budget, reference=reference)
+        starts = learn_starts(run, steps, lo, hi, names=("trailing", "uniform_t"))
+        sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, starts=starts, max_evals=budget,
+                                 reference=reference)
     if pas:
         if "orders" in entry:
             raise UserError("PAS corrects a plain Euler grid; drop --orders or --pas")
@@ -332,12 +342,11 @@ def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: 
                 fitted: Callable, sigmas: Tensor) -> dict:
     """How much a fitted plan gained on its calibration noise x: the RMS error per coordinate against the
     adaptive PF-ODE solution `reference`, of the plan and of the sampler on the run's [sample] grid (karras
-    where that is "optimized" or does not fit the path) with the most steps that fit the plan's NFE."""
+    where that is "optimized" or has no grid over [lo, hi]) with the most steps that fit the plan's NFE."""
     grid = run.cfg.sample.grid if run.cfg.sample.grid != "optimized" else "karras"
     steps = max((n for n in range(1, nfe + 1) if SAMPLERS[sampler].nfe(n) <= nfe), default=1)
-    try:
-        baseline = GRIDS[grid](steps, lo, hi, path=build_path(run.cfg))
-    except UserError:  # why: a table grid (trailing, ...) on a path without a table
+    baseline = range_grid(run, grid, steps, lo, hi)
+    if baseline is None:
         grid, baseline = "karras", GRIDS["karras"](steps, lo, hi)
     with torch.no_grad():
         return {"n": len(x), "nfe": nfe, "rmse": grid_error(fitted, den, x, sigmas, reference),

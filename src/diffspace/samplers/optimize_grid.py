@@ -171,10 +171,12 @@ def _euler(traj: Tensor, x0: Tensor, lv: list[float], i: int, j: int) -> Tensor:
 
 
 def _heun_costs(denoiser: Denoiser, traj: Tensor, x0: Tensor, lv: list[float], cond: dict) -> Tensor:
-    """C[i, j] of Heun steps i -> j (j before the final 0): one stacked call per target level j for the
-    corrections of every step that ends there."""
+    """C[i, j] of Heun steps i -> j: one stacked call per target level j before the final 0 for the
+    corrections of every step that ends there; into the final 0 a Heun step is its Euler step ([EDM]
+    Alg. 1, as `heun_step`), so a plan of Heun steps alone can end."""
     n = len(lv)
     c = torch.full((n, n), math.inf, dtype=torch.float64)
+    c[:n - 1, n - 1] = _rms(torch.stack([_euler(traj, x0, lv, i, n - 1) for i in range(n - 1)]) - traj[n - 1])
     for j in range(1, n - 1):
         pred = torch.stack([_euler(traj, x0, lv, i, j) for i in range(j)])  # (j, B, ...)
         flat = pred.flatten(0, 1)
@@ -189,8 +191,9 @@ def _heun_costs(denoiser: Denoiser, traj: Tensor, x0: Tensor, lv: list[float], c
 def step_costs(denoiser: Denoiser, levels: Tensor, traj: Tensor, orders: tuple[int, ...],
                **cond) -> dict[int, Tensor]:
     """{order: C} with C[i, j] the RMS distance between one step of that order from traj[i] (at
-    levels[i]) to levels[j] and traj[j], for i < j (inf elsewhere, and for order 2 into a final 0,
-    which is the Euler step). levels: descending, ending in 0; traj: reference_trajectory(levels).
+    levels[i]) to levels[j] and traj[j], for i < j (inf elsewhere; order 2 into a final 0 is the Euler
+    step, and `best_path` then prefers order 1). levels: descending, ending in 0; traj:
+    reference_trajectory(levels).
     Network calls: len(levels) - 1, and as many again for order 2."""
     lv = levels.tolist()
     n = len(lv)
