@@ -26,15 +26,17 @@ exact denoiser by the radius |x_T| (10k standard normal noises reach |x_T| = 4.5
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py             # VARIANTS, 2 at a time
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --ablation  # one change at a time
-    .venv/bin/python benchmarks/eps_recipe.py --report                      # md from the json
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --seeds 6   # reference and config, seeds 0..5
+    .venv/bin/python benchmarks/eps_recipe.py [--ablation | --seeds 6] --report  # md from the json
 
-Writes benchmarks/results/eps_recipe{,_ablation}.{json,md}.
+Writes benchmarks/results/eps_recipe{,_ablation,_seeds}.{json,md}.
 """
 
 import argparse
 import json
 import math
 import platform
+import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -58,9 +60,9 @@ N, N_PROJ, RADII = 10_000, 256, (1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
 # diffusers' scheduler config of the recipe: DDPM, T = 1000, linear betas 1e-4..0.02
 TABLE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
-# name -> --set overrides of the config (None: the plain-PyTorch reference)
+# name -> --set overrides of the config, or an int: the plain-PyTorch reference at that seed
 VARIANTS = {
-    "reference (plain PyTorch)": None,
+    "reference (plain PyTorch)": 0,
     "config": [],
     "config, EMA without warmup": ["train.ema_warmup=false"],
     "config, residual MLP (today's `mlp`)": ["model.net=mlp"],
@@ -177,12 +179,18 @@ def measure(denoiser, path: DDPMDiscrete, heldout: torch.Tensor) -> dict:
             "eps_error_t1": eps_error_by_radius(denoiser, path)}
 
 
-def run_variant(item: tuple[str, list[str] | None]) -> tuple[str, dict]:
+def seeds(k: int) -> dict[str, int | list[str]]:
+    """The reference and the config each at seeds 0..k-1: how far one training's W2 is from another's."""
+    return ({f"reference, seed {s}": s for s in range(k)}
+            | {f"config, seed {s}": [f"run.seed={s}"] for s in range(k)})
+
+
+def run_variant(item: tuple[str, int | list[str]]) -> tuple[str, dict]:
     name, overrides = item
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    if overrides is None:
-        net, path = train_reference()
+    if isinstance(overrides, int):
+        net, path = train_reference(seed=overrides)
         denoiser = NetDenoiser(net, path, "eps")
     else:
         denoiser = train_config(overrides, CACHE / name.replace(" ", "_").replace(",", ""))
@@ -224,22 +232,35 @@ def write_markdown(result: dict, out: Path) -> None:
                      f"{err} | {r['train_s']:.0f} |")
     lines += ["", "Overrides of `configs/ddpm-eps-checkerboard.toml` per row:", ""]
     lines += [f"- {name}: `{' '.join(r['overrides'])}`" for name, r in result["variants"].items()
-              if r["overrides"]]
+              if isinstance(r["overrides"], list) and r["overrides"]]
+    by_recipe: dict[str, list[float]] = {}
+    for name, r in result["variants"].items():
+        if ", seed " in name:
+            by_recipe.setdefault(name.split(", seed ")[0], []).append(r["sw2"])
+    if by_recipe:
+        lines += ["", "Per recipe over its seeds: sliced W2 mean +- sd (smallest .. largest):", ""]
+        lines += [f"- {recipe}: {statistics.mean(v):.4f} +- {statistics.stdev(v):.4f} over {len(v)} seeds "
+                  f"({min(v):.4f} .. {max(v):.4f})" for recipe, v in by_recipe.items()]
     out.write_text("\n".join(lines) + "\n")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ablation", action="store_true", help="one change at a time (ABLATION)")
+    ap.add_argument("--seeds", type=int, default=0, metavar="K",
+                    help="the reference and the config at seeds 0..K-1 (eps_recipe_seeds.*)")
     ap.add_argument("--jobs", type=int, default=2, help="variants trained at once, one thread each")
     ap.add_argument("--report", action="store_true", help="rewrite the md from the json")
     args = ap.parse_args()
-    stem = ROOT / "results" / ("eps_recipe_ablation" if args.ablation else "eps_recipe")
+    if args.seeds == 1 or args.seeds < 0:
+        ap.error(f"--seeds takes K >= 2 (a spread needs two trainings), got {args.seeds}")
+    stem = ROOT / "results" / ("eps_recipe_ablation" if args.ablation else "eps_recipe_seeds" if args.seeds
+                               else "eps_recipe")
     if args.report:
         write_markdown(json.loads(stem.with_suffix(".json").read_text()), stem.with_suffix(".md"))
         return
     torch.set_num_threads(1)
-    variants = ABLATION if args.ablation else VARIANTS
+    variants = ABLATION if args.ablation else seeds(args.seeds) if args.seeds else VARIANTS
     with ProcessPoolExecutor(args.jobs) as pool:
         done = dict(pool.map(run_variant, variants.items()))
     result = {

@@ -80,7 +80,8 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
     metrics["sw2_se"] = bootstrap_se(sliced_w2, x, x_test)
     metrics["sw2_data_baseline_se"] = bootstrap_se(sliced_w2, base, x_test)
     if x.ndim == 2 and x.shape[1] >= 2:
-        title = f"{run.cfg.data.name}: sw2 {metrics['sw2']:.4f} (data {metrics['sw2_data_baseline']:.4f})"
+        title = (f"{run.cfg.data.name}, {protocol['sampler']} {protocol['steps']} steps, {protocol['grid']} "
+                 f"grid: sw2 {metrics['sw2']:.4f} (data {metrics['sw2_data_baseline']:.4f})")
         scatter_2d(x, x_test, run.dir / "samples.png", title)
     return metrics
 
