@@ -171,15 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nelder-mead: search the grid for any deterministic sampler (budget in sampler "
                         "runs); dp: dynamic programming over candidate levels for euler/heun, --steps = NFE; "
                         "learned: learn dpmpp_2m's weights and levels (S4S), same NFE")
-    o.add_argument("--budget", type=int, default=600, help="nelder-mead: runs of the sampler; learned: "
-                                                           "Adam steps")
+    # why: method-specific options default to None, so one given to a method that ignores it is refused
+    o.add_argument("--budget", type=int, help="nelder-mead: runs of the sampler (default 600); learned: Adam "
+                                              "steps (default 600)")
     o.add_argument("--orders", default="", help="dp: solver orders to choose from per step, e.g. 1,2 "
                                                 "(default: the sampler's own)")
-    o.add_argument("--candidates", type=int, default=64, help="dp: candidate noise levels")
+    o.add_argument("--candidates", type=int, help="dp: candidate noise levels (default 64)")
     o.add_argument("--pas", action="store_true", help="euler: also learn PAS coordinates (no extra NFE)")
-    o.add_argument("--pas-k", type=int, default=4, help="PAS: basis vectors per step")
-    o.add_argument("--pas-tol", type=float, default=0.01, help="PAS: keep a step's correction only if it "
-                                                               "lowers the error by more than this fraction")
+    o.add_argument("--pas-k", type=int, help="PAS: basis vectors per step (default 4)")
+    o.add_argument("--pas-tol", type=float, help="PAS: keep a step's correction only if it lowers the error "
+                                                 "by more than this fraction (default 0.01)")
     o.add_argument("--sigma-min", type=float, help="lowest nonzero noise level (default: the path's own)")
     o.add_argument("--sigma-max", type=float, help="starting noise level (default: the path's own)")
     _add_device(o)
@@ -462,12 +463,22 @@ def cmd_optimize_grid(args) -> None:
         raise UserError(f"--orders takes solver orders like 1,2; got {args.orders!r}") from None
     from diffspace.runs.sampling import GRIDS_FILE, describe_plan, read_plans
 
+    given = {"budget": args.budget, "candidates": args.candidates, "pas_k": args.pas_k,
+             "pas_tol": args.pas_tol}
+    use = {"budget": ("methods nelder-mead and learned", args.method != "dp"),
+           "candidates": ("method dp", args.method == "dp"), "pas_k": ("--pas", args.pas),
+           "pas_tol": ("--pas", args.pas)}
+    ignored = [f"--{k.replace('_', '-')} is for {use[k][0]}" for k, v in given.items()
+               if v is not None and not use[k][1]]
+    if ignored:
+        here = f"method {args.method}" + ("" if args.pas else ", no --pas")
+        raise UserError("; ".join(ignored) + f" (here: {here})")
     run = _load(args)
     key = f"{args.sampler}:{args.steps}"
     before = read_plans(Path(run.dir) / GRIDS_FILE).get(key)
-    sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed,
-                                args.sigma_min, args.sigma_max, args.method, args.budget, orders,
-                                args.candidates, args.pas, args.pas_k, args.pas_tol)
+    sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed, args.sigma_min,
+                                args.sigma_max, args.method, orders=orders, pas=args.pas,
+                                **{k: v for k, v in given.items() if v is not None})
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
     nfe = f" (NFE {args.steps})" if args.method == "dp" else ""  # why: a DP plan's --steps counts calls
