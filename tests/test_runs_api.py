@@ -68,6 +68,17 @@ def test_calibration_baseline_is_the_runs_grid_over_the_fitted_range(trailing_ru
     assert cal["baseline"]["rmse"] == pytest.approx(expected, rel=1e-9)
 
 
+def test_describe_plan_is_one_line_whatever_the_entry():
+    """info and optimize-grid print a stored plan in one line: an old entry without calibration, a
+    hand-edited one (a method with a newline, a calibration that is not numbers), or not an object."""
+    from diffspace.runs.sampling import describe_plan
+
+    assert describe_plan("euler:5", {"method": "dp", "step": 4}) == "euler:5: method dp, fitted at step 4"
+    assert describe_plan("euler:5", {"method": "d\np", "step": 4, "calibration": {"rmse": "x"}}) == \
+        "euler:5: method d p, fitted at step 4"
+    assert describe_plan("euler:5", [1, 2]) == "euler:5: malformed"
+
+
 def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):
     """Issue 13 item 4: the first level is timestep 999 (sigma ~ 157), as diffusers starts, not EDM's 80."""
     path = build_path(ddpm_run.cfg)

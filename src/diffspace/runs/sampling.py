@@ -90,7 +90,8 @@ def describe_plan(key: str, entry: dict) -> str:
     grid's (see `calibration`), where the entry records them."""
     if not isinstance(entry, dict):
         return f"{key}: malformed"
-    line = f"{key}: method {entry.get('method', 'nelder-mead')}, fitted at step {entry.get('step')}"
+    method = " ".join(str(entry.get("method", "nelder-mead")).split())  # why: a hand edit stays one line
+    line = f"{key}: method {method}, fitted at step {entry.get('step')}"
     try:
         cal = entry["calibration"]
         base = cal["baseline"]
