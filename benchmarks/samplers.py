@@ -71,7 +71,7 @@ from diffspace.samplers.optimize_grid import (
     sample_schedule,
 )
 from diffspace.samplers.pas import learn_pas, sample_euler_pas
-from diffspace.samplers.registry import SAMPLERS
+from diffspace.samplers.registry import SAMPLERS, nfe_steps
 from eps_recipe import TABLE, train_reference
 from schedule_lab import fitted
 
@@ -147,21 +147,13 @@ class Stopwatch(torch.nn.Module):
 
 # ---- diffspace's plans ------------------------------------------------------------------------------
 
-def steps_for(nfe_rule, budget: int) -> int:
-    """The most steps whose NFE fits the budget."""
-    n = 1
-    while nfe_rule(n + 1) <= budget:
-        n += 1
-    return n
-
-
 def fixed_plans(path, budget: int) -> dict[str, Plan]:
     """{sampler@grid: Plan} on the fixed grids at the most steps that fit the budget."""
     lo, hi = sampling_range(path)
     out = {}
     for name in SAMPLER_NAMES:
         spec = SAMPLERS[name]
-        n = steps_for(spec.nfe, budget)
+        n = nfe_steps(name, budget)[0]
         for grid in GRID_NAMES:
             out[f"{name}@{grid}"] = Plan(spec.fn, GRIDS[grid](n, lo, hi, path=path), spec.nfe(n))
     return out
@@ -201,7 +193,7 @@ def fitted_plans(model, path, cal: Calibration, budget: int, setup: Setup) -> di
                               cost | {"learned": solver.to_json()})
     for name in NELDER_MEAD:
         spec = SAMPLERS[name]
-        n = steps_for(spec.nfe, budget)
+        n = nfe_steps(name, budget)[0]
         starts = [GRIDS[g](n, lo, hi, path=path) for g in ("trailing", "uniform_t")]
         starts += [dp.sigmas] if len(dp.sigmas) == n + 1 else []
         grid, cost = fitted(lambda d, fn=spec.fn, n=n, starts=starts: optimize_sigmas(
@@ -348,7 +340,7 @@ def timing(model, path, fitted_at_nfe: dict[str, Plan], setup: Setup) -> dict:
 
     pairs = {}
     for name, method in SAME_METHOD.items():
-        n = steps_for(SAMPLERS[name].nfe, setup.timing_nfe)
+        n = nfe_steps(name, setup.timing_nfe)[0]
         pairs[name] = (Plan(SAMPLERS[name].fn, GRIDS["trailing"](n, lo, hi, path=path), 0), method)
     pairs |= {key: (fitted_at_nfe[key], method) for key, method in FITTED_TIMED.items()}
     keys = ("ours", "theirs", "net_ours", "net_theirs", "net_direct", "ours_free", "theirs_free")

@@ -130,7 +130,8 @@ def test_optimize_grid_methods_store_a_plan_that_sampling_uses(ddpm_run, method,
     from diffspace.runs.sampling import stored_plan
 
     steps = extra["steps"]
-    sigmas = runs.optimize_grid(ddpm_run, "euler", n_calib=64, method=method, candidates=16,
+    sigmas = runs.optimize_grid(ddpm_run, "euler", n_calib=64, method=method,
+                                candidates=16 if method == "dp" else None,
                                 **{k: v for k, v in extra.items() if k != "steps"}, steps=steps)
     entry = stored_plan(ddpm_run, "euler", steps)
     assert entry["method"] == method and entry["sigmas"] == sigmas.tolist()
@@ -255,6 +256,10 @@ def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)
     with pytest.raises(UserError, match="picks its steps"):
         runs.optimize_grid(ddpm_run, "rk45", steps=3)
+    with pytest.raises(UserError, match=r"candidates \(--candidates\) is for method dp"):
+        runs.optimize_grid(ddpm_run, "euler", steps=3, candidates=8)  # was ignored
+    with pytest.raises(UserError, match=r"pas_tol \(--pas-tol\) is for --pas"):
+        runs.optimize_grid(ddpm_run, "euler", steps=3, method="dp", pas_tol=0.1)
     with pytest.raises(UserError, match="plans euler or heun"):
         runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, method="dp")
     with pytest.raises(UserError, match="PAS corrects Euler"):

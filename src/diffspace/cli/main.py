@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="nelder-mead: search the grid for any deterministic sampler (budget in sampler "
                         "runs); dp: dynamic programming over candidate levels for euler/heun, --steps = NFE; "
                         "learned: learn dpmpp_2m's weights and levels (S4S), same NFE")
-    # why: method-specific options default to None, so one given to a method that ignores it is refused
+    # why: method-specific options default to None, so runs.optimize_grid refuses one its method ignores
     o.add_argument("--budget", type=int, help="nelder-mead: runs of the sampler (default 600); learned: Adam "
                                               "steps (default 600)")
     o.add_argument("--orders", default="", help="dp: solver orders to choose from per step, e.g. 1,2 "
@@ -463,22 +463,12 @@ def cmd_optimize_grid(args) -> None:
         raise UserError(f"--orders takes solver orders like 1,2; got {args.orders!r}") from None
     from diffspace.runs.sampling import GRIDS_FILE, describe_plan, read_plans
 
-    given = {"budget": args.budget, "candidates": args.candidates, "pas_k": args.pas_k,
-             "pas_tol": args.pas_tol}
-    use = {"budget": ("methods nelder-mead and learned", args.method != "dp"),
-           "candidates": ("method dp", args.method == "dp"), "pas_k": ("--pas", args.pas),
-           "pas_tol": ("--pas", args.pas)}
-    ignored = [f"--{k.replace('_', '-')} is for {use[k][0]}" for k, v in given.items()
-               if v is not None and not use[k][1]]
-    if ignored:
-        here = f"method {args.method}" + ("" if args.pas else ", no --pas")
-        raise UserError("; ".join(ignored) + f" (here: {here})")
     run = _load(args)
     key = f"{args.sampler}:{args.steps}"
     before = read_plans(Path(run.dir) / GRIDS_FILE).get(key)
     sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed, args.sigma_min,
-                                args.sigma_max, args.method, orders=orders, pas=args.pas,
-                                **{k: v for k, v in given.items() if v is not None})
+                                args.sigma_max, args.method, args.budget, orders, args.candidates, args.pas,
+                                args.pas_k, args.pas_tol)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
     nfe = f" (NFE {args.steps})" if args.method == "dp" else ""  # why: a DP plan's --steps counts calls

@@ -169,8 +169,9 @@ def log_likelihood(run: Run, n: int = 1000, seed: int = 0) -> dict:
 
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
                   sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
-                  budget: int = 600, orders: tuple[int, ...] | None = None, candidates: int = 64,
-                  pas: bool = False, pas_k: int = 4, pas_tol: float = 1e-2) -> torch.Tensor:
+                  budget: int | None = None, orders: tuple[int, ...] | None = None,
+                  candidates: int | None = None, pas: bool = False, pas_k: int | None = None,
+                  pas_tol: float | None = None) -> torch.Tensor:
     """Fit and store a sampler's `steps`-step grid (a DP plan, PAS coordinates) for a continuous run:
     see runs.sampling.optimize_grid."""
     if run.task != "continuous":

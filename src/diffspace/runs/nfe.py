@@ -23,27 +23,11 @@ from diffspace.runs.evaluation import featurenet_for
 from diffspace.runs.options import MAX_STEPS, Run, check_featurenet, check_positive
 from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.runs.sampling import generate, plan
-from diffspace.samplers.registry import SAMPLERS
+from diffspace.samplers.registry import nfe_steps
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
 
 NFE_FILE, NFE_PLOT = "nfe.json", "nfe.png"
-
-
-def nfe_steps(sampler: str, nfe: int) -> tuple[int, int]:
-    """(steps, NFE): the most steps whose NFE rule makes at most `nfe` network calls, and those calls.
-    UserError for an unknown or adaptive sampler (no fixed NFE) or an `nfe` below one step's."""
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    rule = SAMPLERS[sampler].nfe
-    if rule is None:
-        raise UserError(f"sampler {sampler!r} is adaptive (no fixed NFE); choose another with --sampler")
-    if rule(1) > nfe:
-        raise UserError(f"sampler {sampler!r} needs at least {rule(1)} NFE for one step, --nfe asks {nfe}")
-    steps = 1
-    while rule(steps + 1) <= nfe:
-        steps += 1
-    return steps, rule(steps)
 
 
 def check_nfes(nfes) -> list[int]:

@@ -35,8 +35,8 @@ from diffspace.samplers.optimize_grid import (
     reference_trajectory,
     sample_schedule,
 )
-from diffspace.samplers.pas import PASCorrection, learn_pas, sample_euler_pas
-from diffspace.samplers.registry import SAMPLERS, check_sampler_options
+from diffspace.samplers.pas import PASCorrection, check_pas_options, learn_pas, sample_euler_pas
+from diffspace.samplers.registry import SAMPLERS, check_sampler_options, nfe_steps
 from diffspace.train.distributed import map_chunks, world
 from diffspace.types import UserError
 
@@ -272,8 +272,9 @@ def learn_starts(run: Run, steps: int, lo: float, hi: float,
 
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
                   sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
-                  budget: int = 600, orders: tuple[int, ...] | None = None, candidates: int = 64,
-                  pas: bool = False, pas_k: int = 4, pas_tol: float = 1e-2) -> Tensor:
+                  budget: int | None = None, orders: tuple[int, ...] | None = None,
+                  candidates: int | None = None, pas: bool = False, pas_k: int | None = None,
+                  pas_tol: float | None = None) -> Tensor:
     """Fit the sampler's `steps`-step grid to this run on a calibration batch and store it in RUN/grids.json
     (key "SAMPLER:STEPS") for `grid = "optimized"`; returns the grid.
 
@@ -282,8 +283,20 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     ((2,)), or with orders (1, 2) a plan that picks Euler or Heun per step; `steps` is then the NFE.
     method "learned": dpmpp_2m's weights and levels learned with `budget` Adam steps from the fixed grids
     of this range ([S4S], samplers/learned.py); same NFE, sampled by --grid optimized.
-    `pas`: learn PAS coordinates ([PAS]) for the Euler grid (no extra network calls when sampling)."""
+    `pas`: learn PAS coordinates ([PAS]) for the Euler grid (no extra network calls when sampling).
+    Defaults: budget 600, candidates 64, pas_k 4, pas_tol 0.01; UserError for one given to a method (or,
+    pas_k and pas_tol, without pas) that would ignore it."""
     check_steps(steps)
+    use = {"budget": ("methods nelder-mead and learned", method != "dp", budget),
+           "candidates": ("method dp", method == "dp", candidates), "pas_k": ("--pas", pas, pas_k),
+           "pas_tol": ("--pas", pas, pas_tol)}
+    ignored = [f"{k} (--{k.replace('_', '-')}) is for {where}" for k, (where, applies, v) in use.items()
+               if v is not None and not applies]
+    if ignored:
+        raise UserError("; ".join(ignored) + f" (here: method {method}{'' if pas else ', no --pas'})")
+    default = lambda v, d: d if v is None else v  # noqa: E731
+    budget, candidates, pas_k, pas_tol = default(budget, 600), default(candidates, 64), default(pas_k, 4), \
+        default(pas_tol, 1e-2)
     check_positive(n_calib=n_calib, budget=budget, candidates=candidates)
     fn = sampler_fn(sampler)
     if SAMPLERS[sampler].stochastic:
@@ -300,6 +313,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
     if pas and sampler != "euler":
         raise UserError(f"PAS corrects Euler steps; got sampler {sampler!r}")
+    if pas:  # why: before minutes of fitting, not after
+        check_pas_options(pas_k, pas_tol)
     stored = Path(run.dir) / GRIDS_FILE
     table = read_plans(stored)  # why: a bad file is refused before minutes of fitting, not after
     lo, hi = sampling_range(build_path(run.cfg), sigma_min, sigma_max)
@@ -346,7 +361,7 @@ def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: 
     adaptive PF-ODE solution `reference`, of the plan and of the sampler on the run's [sample] grid (karras
     where that is "optimized" or has no grid over [lo, hi]) with the most steps that fit the plan's NFE."""
     grid = run.cfg.sample.grid if run.cfg.sample.grid != "optimized" else "karras"
-    steps = max((n for n in range(1, nfe + 1) if SAMPLERS[sampler].nfe(n) <= nfe), default=1)
+    steps = nfe_steps(sampler, nfe)[0]
     baseline = range_grid(run, grid, steps, lo, hi)
     if baseline is None:
         grid, baseline = "karras", GRIDS["karras"](steps, lo, hi)

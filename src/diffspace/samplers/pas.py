@@ -114,13 +114,18 @@ def _flat(x: Tensor) -> Tensor:
     return x.flatten(1)
 
 
+def check_pas_options(k: int, tol: float) -> None:
+    """UserError unless k >= 1 basis vectors (an int) and 0 <= tol < 1."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not 0 <= tol < 1:
+        raise UserError(f"PAS needs k >= 1 basis vectors and 0 <= tol < 1, got k={k!r}, tol={tol!r}")
+
+
 def learn_pas(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, k: int = 4, tol: float = 1e-2,
               reference: Tensor | None = None, **cond) -> PASCorrection:
     """Coordinates for Euler on `sigmas` from the calibration noise x (scaled to sigmas[0]); see the
     module docstring. reference: reference_trajectory(denoiser, x, sigmas) if already computed.
     Raises UserError for k < 1 or tol outside [0, 1)."""
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or not 0 <= tol < 1:
-        raise UserError(f"PAS needs k >= 1 basis vectors and 0 <= tol < 1, got k={k!r}, tol={tol!r}")
+    check_pas_options(k, tol)
     sigmas = check_grid(sigmas, what="PAS grid")
     grid = sigmas.tolist()
     with torch.no_grad():

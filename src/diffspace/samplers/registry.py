@@ -156,3 +156,19 @@ def _nfe_rule(nfe: Callable[[int], int]) -> str:
     k, j = nfe(2) - nfe(1), nfe(1) - (nfe(2) - nfe(1))
     kn = "n" if k == 1 else f"{k}n"
     return kn if j == 0 else f"{kn}{j:+d}"
+
+
+def nfe_steps(sampler: str, nfe: int) -> tuple[int, int]:
+    """(steps, NFE): the most steps whose NFE rule makes at most `nfe` network calls, and those calls.
+    UserError for an unknown or adaptive sampler (no fixed NFE) or an `nfe` below one step's."""
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    rule = SAMPLERS[sampler].nfe
+    if rule is None:
+        raise UserError(f"sampler {sampler!r} is adaptive (no fixed NFE); choose another with --sampler")
+    if rule(1) > nfe:
+        raise UserError(f"sampler {sampler!r} needs at least {rule(1)} NFE for one step, asked for {nfe}")
+    steps = 1
+    while rule(steps + 1) <= nfe:
+        steps += 1
+    return steps, rule(steps)
