@@ -216,7 +216,7 @@ def test_out_and_json_never_replace_a_users_file(tmp_path, trained):
      ["steps (--steps) must be in 1..10000"]),
     (("eval", "--n", 0), ["n (--n) must be positive"]),
     # options of another method were silently ignored (review of this session)
-    (("optimize-grid", "--candidates", 8), ["(--candidates) is for method dp", "here: method nelder-mead"]),
+    (("optimize-grid", "--candidates", 8), ["(--candidates) is for method dp", "(here: method nelder-mead)"]),
     (("optimize-grid", "--method", "dp", "--sampler", "euler", "--budget", 9),
      ["(--budget) is for methods nelder-mead and learned"]),
     (("optimize-grid", "--sampler", "euler", "--pas-k", 2), ["(--pas-k) is for --pas", "no --pas"]),

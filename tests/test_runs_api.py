@@ -77,6 +77,8 @@ def test_describe_plan_is_one_line_whatever_the_entry():
     assert describe_plan("euler:5", {"method": "d\np", "step": 4, "calibration": {"rmse": "x"}}) == \
         "euler:5: method d p, fitted at step 4"
     assert describe_plan("euler:5", [1, 2]) == "euler:5: malformed"
+    assert describe_plan("euler:5", {"method": "dp", "step": 4, "pas": {}}) == \
+        "euler:5: method dp with PAS coordinates, fitted at step 4"  # the plan says what it brings
 
 
 def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):

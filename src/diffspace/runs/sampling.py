@@ -91,6 +91,8 @@ def describe_plan(key: str, entry: dict) -> str:
     if not isinstance(entry, dict):
         return f"{key}: malformed"
     method = " ".join(str(entry.get("method", "nelder-mead")).split())  # why: a hand edit stays one line
+    method += " with PAS coordinates" if "pas" in entry else ""
+    method += " choosing Euler or Heun per step" if "orders" in entry else ""
     line = f"{key}: method {method}, fitted at step {entry.get('step')}"
     try:
         cal = entry["calibration"]
@@ -293,7 +295,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     ignored = [f"{k} (--{k.replace('_', '-')}) is for {where}" for k, (where, applies, v) in use.items()
                if v is not None and not applies]
     if ignored:
-        raise UserError("; ".join(ignored) + f" (here: method {method}{'' if pas else ', no --pas'})")
+        pas_given = not pas and (pas_k is not None or pas_tol is not None)
+        raise UserError("; ".join(ignored) + f" (here: method {method}{', no --pas' if pas_given else ''})")
     default = lambda v, d: d if v is None else v  # noqa: E731
     budget, candidates, pas_k, pas_tol = default(budget, 600), default(candidates, 64), default(pas_k, 4), \
         default(pas_tol, 1e-2)
