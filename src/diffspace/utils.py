@@ -50,14 +50,15 @@ class LevelMemo:
     hands out the same tensor for the same value, and its in-place version counter must not have moved),
     which reads no value and so works on any device with no sync; else (and for an inference tensor, which
     has no version counter), on the CPU, the level's value. Per-example levels, and calls under autograd
-    (where no cached tensor may be saved for backward), run `fn` every time. `fn` must depend on the
-    level, x's dtype and x.ndim only."""
+    (where no cached tensor may be saved for backward), and calls traced by torch.compile (whose graph
+    computes the coefficients itself, and which cannot trace a lookup by object), run `fn` every time.
+    `fn` must depend on the level, x's dtype and x.ndim only."""
 
     def __init__(self, size: int = 1024):
         self.size, self.by_value, self.by_object = size, {}, {}
 
     def __call__(self, fn, level: Tensor, x: Tensor):
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return fn(shared_level(level), x)
         mode = (x.dtype, x.ndim, torch.is_inference_mode_enabled())
         tracked = not level.is_inference()  # why: an inference tensor has no version counter to check
