@@ -258,6 +258,11 @@ def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)
     with pytest.raises(UserError, match="picks its steps"):
         runs.optimize_grid(ddpm_run, "rk45", steps=3)
+    # an unknown name is told the samplers optimize-grid can fit, not every sampler
+    with pytest.raises(UserError, match=r"'huen' is not a sampler; choose one of euler, ") as err:
+        runs.optimize_grid(ddpm_run, "huen", steps=3)
+    named = str(err.value).split("choose one of ")[1].split(", ")
+    assert "heun" in named and "dpmpp_2m" in named and "ddpm" not in named and "rk45" not in named
     with pytest.raises(UserError, match=r"candidates \(--candidates\) is for method dp"):
         runs.optimize_grid(ddpm_run, "euler", steps=3, candidates=8)  # was ignored
     with pytest.raises(UserError, match=r"pas_tol \(--pas-tol\) is for --pas"):

@@ -301,11 +301,13 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     budget, candidates, pas_k, pas_tol = default(budget, 600), default(candidates, 64), default(pas_k, 4), \
         default(pas_tol, 1e-2)
     check_positive(n_calib=n_calib, budget=budget, candidates=candidates)
+    fittable = [name for name, s in SAMPLERS.items() if not s.stochastic and s.nfe is not None]
+    if sampler not in fittable:
+        why = ("is not a sampler" if sampler not in SAMPLERS
+               else "is stochastic" if SAMPLERS[sampler].stochastic else "picks its steps")
+        raise UserError(f"optimize-grid fits the grid of a deterministic fixed-step sampler; {sampler!r} "
+                        f"{why}; choose one of {', '.join(fittable)}")
     fn = sampler_fn(sampler)
-    if SAMPLERS[sampler].stochastic:
-        raise UserError(f"optimize-grid needs a deterministic sampler; {sampler!r} is stochastic")
-    if SAMPLERS[sampler].nfe is None:
-        raise UserError(f"optimize-grid fits the grid of a fixed-step sampler; {sampler!r} picks its steps")
     if method not in ("nelder-mead", "dp", "learned"):
         raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
     if method == "learned" and sampler != "dpmpp_2m":
