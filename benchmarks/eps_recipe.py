@@ -9,7 +9,8 @@ each from scratch and single-threaded:
               PlainMLP (4 x 128 SiLU on [x, 128 sinusoidal features of the integer timestep]), diffusers'
               float32 table (TABLE), x_t = sqrt(abar_k) x0 + sqrt(1 - abar_k) eps with k ~ U{0..999}, eps
               MSE, Adam 5000 x 1024, lr 2e-3, 100 warmup steps, cosine to 2e-5, EMA 0.999 with the warmup
-              of diffusers' EMAModel;
+              of diffusers' EMAModel; with --seeds also the same batches through diffusers' own pieces
+              (`DDPMScheduler.add_noise`, `EMAModel`, `get_timestep_embedding`: parts="diffusers");
   config      the same recipe through diffspace: `runs.train` on configs/ddpm-eps-checkerboard.toml
               (plain_mlp, proposal "table", `denoising_loss` with the eps weighting through NetDenoiser,
               the Trainer with lr_min and ema_decay / ema_warmup);
@@ -24,9 +25,14 @@ directions (diffspace.eval.metrics). Beside it: the same ODE with the checkerboa
 of samples outside [-2.5, 2.5]^2 and the largest sample norm, and the eps error at t = 1 against the
 exact denoiser by the radius |x_T| (10k standard normal noises reach |x_T| = 4.5).
 
+One evaluation is one draw: with --evals E every network, the floor and the exact denoiser are also
+measured on realizations 1..E-1 (realization e: noises of seed e, held-out points of seed e), and the
+report gives per realization the means and over all of them the spread, with how many evaluations land
+at or below issue 13's bar (BAR). The floor and the exact denoiser alone spread by about 0.008 (sd).
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py             # VARIANTS, 2 at a time
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --ablation  # one change at a time
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --seeds 6   # reference and config, seeds 0..5
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --seeds 6 --evals 8  # 3 recipes x 6 seeds
     .venv/bin/python benchmarks/eps_recipe.py [--ablation | --seeds 6] --report  # md from the json
 
 Writes benchmarks/results/eps_recipe{,_ablation,_seeds}.{json,md}.
@@ -40,10 +46,12 @@ import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from diffspace import runs
 from diffspace.data.toy import checkerboard_denoiser, make_toy
@@ -57,12 +65,13 @@ ROOT = Path(__file__).resolve().parent
 CONFIG = ROOT.parent / "configs" / "ddpm-eps-checkerboard.toml"
 CACHE = ROOT / "cache" / "eps_recipe_runs"  # the config variants' run directories
 N, N_PROJ, RADII = 10_000, 256, (1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
+BAR = 0.036  # issue 13's must-show 5: the config's adaptive-ODE sliced W2 on the checkerboard
 # diffusers' scheduler config of the recipe: DDPM, T = 1000, linear betas 1e-4..0.02
 TABLE = {"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02, "beta_schedule": "linear"}
 
-# name -> --set overrides of the config, or an int: the plain-PyTorch reference at that seed
+# name -> --set overrides of the config, or (parts, seed) of the reference (`train_reference`)
 VARIANTS = {
-    "reference (plain PyTorch)": 0,
+    "reference (plain PyTorch)": ("plain", 0),
     "config": [],
     "config, EMA without warmup": ["train.ema_warmup=false"],
     "config, residual MLP (today's `mlp`)": ["model.net=mlp"],
@@ -89,19 +98,37 @@ ABLATION = {
 
 # ---- (a) the recipe in plain PyTorch ---------------------------------------------------------------
 
+class DiffusersMLP(nn.Module):
+    """PlainMLP's layers on [x, diffusers' `get_timestep_embedding(t, 128)`] with that function's
+    defaults (sin before cos, frequency shift 1): the network as a diffusers user writes it.
+    forward(x (B, 2), t (B,) or (1,)) -> (B, 2)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = PlainMLP(2, 128, 4).net
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        from diffusers.models.embeddings import get_timestep_embedding
+
+        emb = get_timestep_embedding(t.reshape(-1), 128).to(x.dtype).expand(x.shape[0], -1)
+        return self.net(torch.cat([x, emb], dim=1))
+
+
 def train_reference(dataset: str = "checkerboard", steps: int = 5000, seed: int = 0, batch: int = 1024,
-                    cache: Path | None = None) -> tuple[PlainMLP, DDPMDiscrete]:
+                    cache: Path | None = None, parts: str = "plain") -> tuple[nn.Module, DDPMDiscrete]:
     """The diffusers way, written out, on toy set `dataset`: (the EMA network in eval mode, the path of
-    the float32 table it was trained with). With `cache` the weights are read from / written to
-    cache/reference_{dataset}_{steps}_seed{seed}.safetensors."""
+    the float32 table it was trained with). parts "plain": PlainMLP, the noising and the EMA written
+    out; "diffusers": diffusers' own pieces, `DDPMScheduler.add_noise`, `EMAModel(decay=0.999)` and
+    DiffusersMLP, on the same batches (same seed) and learning-rate schedule. With `cache` the weights
+    are read from / written to cache/reference_{dataset}_{steps}_seed{seed}[_diffusers].safetensors."""
     path = ddpm_from_scheduler_config(TABLE)
     torch.manual_seed(seed)
-    net = PlainMLP(2, 128, 4)
-    file = None if cache is None else cache / f"reference_{dataset}_{steps}_seed{seed}.safetensors"
+    net = PlainMLP(2, 128, 4) if parts == "plain" else DiffusersMLP()
+    suffix = "" if parts == "plain" else f"_{parts}"
+    file = None if cache is None else cache / f"reference_{dataset}_{steps}_seed{seed}{suffix}.safetensors"
     if file is not None and file.exists():
         net.load_state_dict(load_file(file))
         return net.eval(), path
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
     warmup, lr, lr_min = 100, 2e-3, 2e-5
     opt = torch.optim.Adam(net.parameters(), lr=lr)
 
@@ -112,23 +139,39 @@ def train_reference(dataset: str = "checkerboard", steps: int = 5000, seed: int 
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     abar = path.alphas_cumprod.float()  # diffusers' float32 table, exactly
+    if parts == "plain":
+        ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    else:
+        from diffusers import DDPMScheduler
+        from diffusers.training_utils import EMAModel
+
+        scheduler, diffusers_ema = DDPMScheduler(**TABLE), EMAModel(net.parameters(), decay=0.999)
     data = make_toy(dataset, 100_000, seed, "train")
     g = torch.Generator().manual_seed(seed)
     for step in range(steps):
         x0 = data[torch.randint(len(data), (batch,), generator=g)]
         k = torch.randint(0, len(abar), (batch,), generator=g)
         eps = torch.randn(batch, 2, generator=g)
-        x_t = abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps  # diffusers' add_noise
+        if parts == "plain":
+            x_t = abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps  # diffusers' add_noise
+        else:
+            x_t = scheduler.add_noise(x0, eps, k)
         loss = (net(x_t, k.float()) - eps).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        decay = min(0.999, (1 + step) / (10 + step)) if step else 0.0  # diffusers' EMAModel default
-        with torch.no_grad():
-            for name, v in net.state_dict().items():
-                ema[name].lerp_(v, 1 - decay)
-    net.load_state_dict(ema)
+        if parts == "plain":
+            decay = min(0.999, (1 + step) / (10 + step)) if step else 0.0  # diffusers' EMAModel default
+            with torch.no_grad():
+                for name, v in net.state_dict().items():
+                    ema[name].lerp_(v, 1 - decay)
+        else:
+            diffusers_ema.step(net.parameters())
+    if parts == "plain":
+        net.load_state_dict(ema)
+    else:
+        diffusers_ema.copy_to(net.parameters())
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         save_file(net.state_dict(), file)
@@ -148,9 +191,10 @@ def train_config(overrides: list[str], run_dir: Path) -> NetDenoiser:
 
 # ---- measurements ----------------------------------------------------------------------------------
 
-def ode_samples(denoiser, path: DDPMDiscrete) -> tuple[torch.Tensor, int]:
-    """The adaptive PF-ODE from the fixed 10k noises at t = 1 (x_T ~ N(0, I)), and its NFE."""
-    noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(0))
+def ode_samples(denoiser, path: DDPMDiscrete, realization: int = 0) -> tuple[torch.Tensor, int]:
+    """The adaptive PF-ODE from the 10k noises of `realization` (seeded) at t = 1 (x_T ~ N(0, I)), and
+    its NFE."""
+    noise = torch.randn(N, 2, generator=torch.Generator().manual_seed(realization))
     counter = CountingDenoiser(denoiser)
     with torch.no_grad():
         x = sample_adaptive(counter, noise * math.sqrt(1 + path.sigma_max**2), path.sigma_max,
@@ -172,41 +216,59 @@ def eps_error_by_radius(denoiser, path: DDPMDiscrete) -> dict[str, float]:
     return out
 
 
-def measure(denoiser, path: DDPMDiscrete, heldout: torch.Tensor) -> dict:
+def heldout(realization: int) -> torch.Tensor:
+    """The 10k held-out checkerboard points of `realization`."""
+    return make_toy("checkerboard", N, realization, "test")
+
+
+def measure(denoiser, path: DDPMDiscrete, evals: int = 1) -> dict:
+    """Sliced W2 of the ODE's samples to the held-out points, at realizations 0..evals-1 (each its own
+    noises and held-out points): "sw2" at realization 0, "sw2_evals" all of them; the rest at 0."""
     x, nfe = ode_samples(denoiser, path)
-    return {"sw2": sliced_w2(x, heldout, n_proj=N_PROJ), "nfe": nfe,
+    sw2 = [sliced_w2(x, heldout(0), n_proj=N_PROJ)]
+    sw2 += [sliced_w2(ode_samples(denoiser, path, e)[0], heldout(e), n_proj=N_PROJ) for e in range(1, evals)]
+    return {"sw2": sw2[0], "sw2_evals": sw2, "nfe": nfe,
             "outside": float((x.abs() > 2.5).any(1).double().mean()), "largest": float(x.norm(dim=1).max()),
             "eps_error_t1": eps_error_by_radius(denoiser, path)}
 
 
-def seeds(k: int) -> dict[str, int | list[str]]:
-    """The reference and the config each at seeds 0..k-1: how far one training's W2 is from another's."""
-    return ({f"reference, seed {s}": s for s in range(k)}
+def seeds(k: int) -> dict[str, tuple[str, int] | list[str]]:
+    """The reference (plain and with diffusers' own parts) and the config each at seeds 0..k-1: how far
+    one training's W2 is from another's."""
+    return ({f"reference, seed {s}": ("plain", s) for s in range(k)}
+            | {f"diffusers' parts, seed {s}": ("diffusers", s) for s in range(k)}
             | {f"config, seed {s}": [f"run.seed={s}"] for s in range(k)})
 
 
-def run_variant(item: tuple[str, int | list[str]]) -> tuple[str, dict]:
+def run_variant(item: tuple[str, tuple[str, int] | list[str]], evals: int = 1) -> tuple[str, dict]:
+    """Train variant `item` (name, (parts, seed) of the reference or the config's overrides) and
+    `measure` it."""
     name, overrides = item
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    if isinstance(overrides, int):
-        net, path = train_reference(seed=overrides)
+    if isinstance(overrides, tuple):
+        parts, seed = overrides
+        net, path = train_reference(seed=seed, parts=parts)
         denoiser = NetDenoiser(net, path, "eps")
     else:
         denoiser = train_config(overrides, CACHE / name.replace(" ", "_").replace(",", ""))
         path = denoiser.path
     train_s = time.perf_counter() - t0
-    res = measure(denoiser, path, make_toy("checkerboard", N, 0, "test"))
+    res = measure(denoiser, path, evals)
+    if isinstance(overrides, tuple):
+        overrides = {"parts": overrides[0], "seed": overrides[1]}
     res |= {"overrides": overrides, "train_s": train_s}
     print(f"{name}: sliced W2 {res['sw2']:.4f} ({train_s:.0f} s)", flush=True)
     return name, res
 
 
-def baselines() -> dict:
-    path, heldout = ddpm_from_scheduler_config(TABLE), make_toy("checkerboard", N, 0, "test")
-    exact = measure(checkerboard_denoiser, path, heldout)
-    return {"heldout_vs_train": sliced_w2(make_toy("checkerboard", N, 0, "train"), heldout, n_proj=N_PROJ),
-            "exact_denoiser": exact}
+def baselines(evals: int = 1) -> dict:
+    """The floor (10k training points of realization e against its held-out points) and the exact
+    denoiser through the same ODE, at realizations 0..evals-1."""
+    floor = [sliced_w2(make_toy("checkerboard", N, e, "train"), heldout(e), n_proj=N_PROJ)
+             for e in range(evals)]
+    return {"heldout_vs_train": floor[0], "floor_evals": floor,
+            "exact_denoiser": measure(checkerboard_denoiser, ddpm_from_scheduler_config(TABLE), evals)}
 
 
 # ---- report ----------------------------------------------------------------------------------------
@@ -241,7 +303,36 @@ def write_markdown(result: dict, out: Path) -> None:
         lines += ["", "Per recipe over its seeds: sliced W2 mean +- sd (smallest .. largest):", ""]
         lines += [f"- {recipe}: {statistics.mean(v):.4f} +- {statistics.stdev(v):.4f} over {len(v)} seeds "
                   f"({min(v):.4f} .. {max(v):.4f})" for recipe, v in by_recipe.items()]
+    if len(base.get("floor_evals", [])) > 1:
+        lines += realizations_markdown(result)
     out.write_text("\n".join(lines) + "\n")
+
+
+def realizations_markdown(result: dict) -> list[str]:
+    """The section on evaluation realizations: per realization the floor, the exact denoiser and each
+    recipe's mean over its seeds; per recipe the spread over seeds x realizations and how often one
+    evaluation lands at or below issue 13's bar."""
+    base, variants = result["baselines"], result["variants"]
+    k = len(base["floor_evals"])
+    rows = {"held-out vs train (floor)": [base["floor_evals"]],
+            "exact denoiser": [base["exact_denoiser"]["sw2_evals"]]}
+    for name, r in variants.items():
+        rows.setdefault(name.split(", seed ")[0], []).append(r["sw2_evals"])
+    lines = ["", f"### Over {k} evaluation realizations", "",
+             f"Realization e draws its own {N} noises (seed e) and {N} held-out points (test split, seed e); "
+             "the floor compares the training split of seed e with them. Realization 0 is the one above. "
+             "Sliced W2 per realization (a recipe: the mean over its seeds):", "",
+             "| realization | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for e in range(k):
+        lines.append(f"| {e} | " + " | ".join(f"{statistics.mean(run[e] for run in runs_):.4f}"
+                                              for runs_ in rows.values()) + " |")
+    lines += ["", f"Over every evaluation (seeds x realizations): mean +- sd (smallest .. largest), and the "
+              f"share at or below {BAR} (issue 13's bar):", ""]
+    for name, runs_ in rows.items():
+        v = [x for run in runs_ for x in run]
+        lines.append(f"- {name}: {statistics.mean(v):.4f} +- {statistics.stdev(v):.4f} over {len(v)} "
+                     f"({min(v):.4f} .. {max(v):.4f}); <= {BAR}: {sum(x <= BAR for x in v)} of {len(v)}")
+    return lines
 
 
 def main():
@@ -249,11 +340,16 @@ def main():
     ap.add_argument("--ablation", action="store_true", help="one change at a time (ABLATION)")
     ap.add_argument("--seeds", type=int, default=0, metavar="K",
                     help="the reference and the config at seeds 0..K-1 (eps_recipe_seeds.*)")
+    ap.add_argument("--evals", type=int, default=1, metavar="E",
+                    help="evaluate every network (and the floor and the exact denoiser) on realizations "
+                         "0..E-1, each its own noises and held-out points")
     ap.add_argument("--jobs", type=int, default=2, help="variants trained at once, one thread each")
     ap.add_argument("--report", action="store_true", help="rewrite the md from the json")
     args = ap.parse_args()
     if args.seeds == 1 or args.seeds < 0:
         ap.error(f"--seeds takes K >= 2 (a spread needs two trainings), got {args.seeds}")
+    if args.evals < 1:
+        ap.error(f"--evals takes E >= 1, got {args.evals}")
     stem = ROOT / "results" / ("eps_recipe_ablation" if args.ablation else "eps_recipe_seeds" if args.seeds
                                else "eps_recipe")
     if args.report:
@@ -262,12 +358,12 @@ def main():
     torch.set_num_threads(1)
     variants = ABLATION if args.ablation else seeds(args.seeds) if args.seeds else VARIANTS
     with ProcessPoolExecutor(args.jobs) as pool:
-        done = dict(pool.map(run_variant, variants.items()))
+        done = dict(pool.map(partial(run_variant, evals=args.evals), variants.items()))
     result = {
         "command": "benchmarks/eps_recipe.py " + " ".join(sys.argv[1:]),
         "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                    f"1 thread per variant, {args.jobs} at once, shared CPU",
-        "baselines": baselines(), "variants": {name: done[name] for name in variants},
+        "baselines": baselines(args.evals), "variants": {name: done[name] for name in variants},
     }
     stem.parent.mkdir(exist_ok=True)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
