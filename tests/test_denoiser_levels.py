@@ -87,10 +87,13 @@ class Smooth(torch.nn.Module):
         return torch.tanh(x) * (1 + noise_cond[:, None] / 1000)
 
 
-def test_every_wrapper_compiles_to_one_graph():
+@pytest.mark.parametrize("backend", ["eager", "aot_eager"])
+def test_every_wrapper_compiles_to_one_graph(backend):
     """torch.compile(fullgraph=True) traces each wrapper whole (the memo's lookup by object broke the
-    graph) and gives its eager output, at two levels and per example."""
+    graph) and gives its eager output: at two levels and per example, under autograd, under
+    inference_mode, and for a one-value level that is not a view (the graph reads no `_base`)."""
     x = _x(torch.float32)
+    not_a_view = torch.empty_strided((B,), (0,)).fill_(1.7)
     for make, level in [
         (lambda p: NetDenoiser(p, DDPMDiscrete(), "eps"), 3.0),
         (lambda p: NetDenoiser(p, PATHS["vp"](), "v"), 3.0),
@@ -99,11 +102,21 @@ def test_every_wrapper_compiles_to_one_graph():
         (lambda p: VelocityFromDenoiser(NetDenoiser(p, PATHS["vp"](), "v"), PATHS["vp"]()), 0.4),
         (lambda p: NetVelocity(p, PATHS["linear"]()), 0.4),
     ]:
+        torch._dynamo.reset()  # why: recompiles count per code object, and every NetDenoiser shares one
         wrapper = make(Smooth())
-        compiled = torch.compile(wrapper, fullgraph=True, backend="eager")
+        compiled = torch.compile(wrapper, fullgraph=True, backend=backend)
         with torch.no_grad():
-            for lv in (sigma_batch(level, x), sigma_batch(level / 2, x), torch.linspace(0.5, 1, B) * level):
+            for lv in (sigma_batch(level, x), sigma_batch(level / 2, x), torch.linspace(0.5, 1, B) * level,
+                       not_a_view):
                 torch.testing.assert_close(compiled(x, lv), wrapper(x, lv), rtol=1e-6, atol=1e-6)
+        with torch.inference_mode():
+            lv = sigma_batch(level, x)
+            torch.testing.assert_close(compiled(x, lv), wrapper(x, lv), rtol=1e-6, atol=1e-6)
+        xg = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(compiled(xg, sigma_batch(level, x)).sum(), xg)
+        xe = x.clone().requires_grad_()
+        (expected,) = torch.autograd.grad(wrapper(xe, sigma_batch(level, x)).sum(), xe)
+        torch.testing.assert_close(grad, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_level_memo_is_only_a_cache():

@@ -30,6 +30,8 @@ def shared_level(level: Tensor) -> Tensor:
     `sigma_batch` makes, so no value is read (no device sync). The result broadcasts against (B, ...)
     through `bcast`, and a wrapper computes its per-level coefficients once instead of B times."""
     if level.ndim == 1 and level.shape[0] > 1 and level.stride(0) == 0:
+        if torch.compiler.is_compiling():  # why: a traced graph's inputs have no `_base` to read
+            return level[:1]
         base = level._base  # why: the (1,) tensor a sampler expanded, without a slicing op per call
         return base if base is not None and base.shape == (1,) else level[:1]
     return level
