@@ -258,11 +258,20 @@ def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)
     with pytest.raises(UserError, match="picks its steps"):
         runs.optimize_grid(ddpm_run, "rk45", steps=3)
-    # an unknown name is told the samplers optimize-grid can fit, not every sampler
+    # an unknown name is told the samplers optimize-grid can fit for this run and method, not every sampler
     with pytest.raises(UserError, match=r"'huen' is not a sampler; choose one of euler, ") as err:
         runs.optimize_grid(ddpm_run, "huen", steps=3)
     named = str(err.value).split("choose one of ")[1].split(", ")
-    assert "heun" in named and "dpmpp_2m" in named and "ddpm" not in named and "rk45" not in named
+    assert "heun" in named and "dpmpp_2m" in named
+    assert not {"ddpm", "rk45", "flow_map", "consistency"} & set(named)  # stochastic, adaptive, other models
+    with pytest.raises(UserError, match=r"'huen' is not a sampler; choose one of euler, heun$"):
+        runs.optimize_grid(ddpm_run, "huen", steps=3, method="dp")
+    with pytest.raises(UserError, match=r"'huen' is not a sampler; choose one of dpmpp_2m$"):
+        runs.optimize_grid(ddpm_run, "huen", steps=3, method="learned")
+    with pytest.raises(UserError, match="needs a run with model.parameterization = 'average_velocity'"):
+        runs.optimize_grid(ddpm_run, "flow_map", steps=3)  # was fitted, then refused by sample
+    with pytest.raises(UserError, match="method must be"):
+        runs.optimize_grid(ddpm_run, "huen", steps=3, method="bogus")
     with pytest.raises(UserError, match=r"candidates \(--candidates\) is for method dp"):
         runs.optimize_grid(ddpm_run, "euler", steps=3, candidates=8)  # was ignored
     with pytest.raises(UserError, match=r"pas_tol \(--pas-tol\) is for --pas"):

@@ -15,7 +15,14 @@ from torch import Tensor
 
 from diffspace.eval.featurenet import load_classifier
 from diffspace.rng import Streams
-from diffspace.runs.continuous import TABLE_GRIDS, as_denoiser, build_path, check_sampler_fits, to_data_units
+from diffspace.runs.continuous import (
+    MAP_SAMPLERS,
+    TABLE_GRIDS,
+    as_denoiser,
+    build_path,
+    check_sampler_fits,
+    to_data_units,
+)
 from diffspace.runs.options import Run, SampleOptions, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
@@ -272,6 +279,10 @@ def learn_starts(run: Run, steps: int, lo: float, hi: float,
     return [g for g in grids if g is not None]
 
 
+# optimize-grid's methods that fit one kind of step, and the samplers they fit
+METHOD_SAMPLERS = {"dp": ("euler", "heun"), "learned": ("dpmpp_2m",)}
+
+
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
                   sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
                   budget: int | None = None, orders: tuple[int, ...] | None = None,
@@ -289,6 +300,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     Defaults: budget 600, candidates 64, pas_k 4, pas_tol 0.01; UserError for one given to a method (or,
     pas_k and pas_tol, without pas) that would ignore it."""
     check_steps(steps)
+    if method not in ("nelder-mead", "dp", "learned"):
+        raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
     use = {"budget": ("methods nelder-mead and learned", method != "dp", budget),
            "candidates": ("method dp", method == "dp", candidates), "pas_k": ("--pas", pas, pas_k),
            "pas_tol": ("--pas", pas, pas_tol)}
@@ -301,20 +314,22 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     budget, candidates, pas_k, pas_tol = default(budget, 600), default(candidates, 64), default(pas_k, 4), \
         default(pas_tol, 1e-2)
     check_positive(n_calib=n_calib, budget=budget, candidates=candidates)
-    fittable = [name for name, s in SAMPLERS.items() if not s.stochastic and s.nfe is not None]
-    if sampler not in fittable:
+    model = run.cfg.model
+    fixed_step = [name for name, s in SAMPLERS.items() if not s.stochastic and s.nfe is not None]
+    if sampler not in fixed_step:
+        fittable = [name for name in METHOD_SAMPLERS.get(method, fixed_step)
+                    if MAP_SAMPLERS.get(name, model.parameterization) == model.parameterization]
         why = ("is not a sampler" if sampler not in SAMPLERS
                else "is stochastic" if SAMPLERS[sampler].stochastic else "picks its steps")
         raise UserError(f"optimize-grid fits the grid of a deterministic fixed-step sampler; {sampler!r} "
                         f"{why}; choose one of {', '.join(fittable)}")
+    check_sampler_fits(sampler, model, "optimize-grid")  # why: before fitting a plan `sample` would refuse
     fn = sampler_fn(sampler)
-    if method not in ("nelder-mead", "dp", "learned"):
-        raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
     if method == "learned" and sampler != "dpmpp_2m":
         raise UserError(f"method 'learned' learns the weights of dpmpp_2m, got sampler {sampler!r}")
     if orders is not None and method != "dp":
         raise UserError(f"solver orders (--orders) choose steps of method 'dp'; method {method!r} has none")
-    if method == "dp" and sampler not in ("euler", "heun"):
+    if method == "dp" and sampler not in METHOD_SAMPLERS["dp"]:
         raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
     if pas and sampler != "euler":
         raise UserError(f"PAS corrects Euler steps; got sampler {sampler!r}")
