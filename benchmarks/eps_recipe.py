@@ -104,13 +104,13 @@ class DiffusersMLP(nn.Module):
     forward(x (B, 2), t (B,) or (1,)) -> (B, 2)."""
 
     def __init__(self):
-        super().__init__()
-        self.net = PlainMLP(2, 128, 4).net
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         from diffusers.models.embeddings import get_timestep_embedding
 
-        emb = get_timestep_embedding(t.reshape(-1), 128).to(x.dtype).expand(x.shape[0], -1)
+        super().__init__()
+        self.net, self.embed = PlainMLP(2, 128, 4).net, get_timestep_embedding
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        emb = self.embed(t.reshape(-1), 128).to(x.dtype).expand(x.shape[0], -1)
         return self.net(torch.cat([x, emb], dim=1))
 
 
@@ -120,7 +120,10 @@ def train_reference(dataset: str = "checkerboard", steps: int = 5000, seed: int 
     the float32 table it was trained with). parts "plain": PlainMLP, the noising and the EMA written
     out; "diffusers": diffusers' own pieces, `DDPMScheduler.add_noise`, `EMAModel(decay=0.999)` and
     DiffusersMLP, on the same batches (same seed) and learning-rate schedule. With `cache` the weights
-    are read from / written to cache/reference_{dataset}_{steps}_seed{seed}[_diffusers].safetensors."""
+    are read from / written to cache/reference_{dataset}_{steps}_seed{seed}[_diffusers].safetensors.
+    Raises ValueError for another `parts`."""
+    if parts not in ("plain", "diffusers"):
+        raise ValueError(f"parts is 'plain' or 'diffusers', got {parts!r}")
     path = ddpm_from_scheduler_config(TABLE)
     torch.manual_seed(seed)
     net = PlainMLP(2, 128, 4) if parts == "plain" else DiffusersMLP()
@@ -339,7 +342,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--ablation", action="store_true", help="one change at a time (ABLATION)")
     ap.add_argument("--seeds", type=int, default=0, metavar="K",
-                    help="the reference and the config at seeds 0..K-1 (eps_recipe_seeds.*)")
+                    help="the reference (plain and with diffusers' own pieces) and the config at seeds "
+                         "0..K-1 (eps_recipe_seeds.*)")
     ap.add_argument("--evals", type=int, default=1, metavar="E",
                     help="evaluate every network (and the floor and the exact denoiser) on realizations "
                          "0..E-1, each its own noises and held-out points")
@@ -350,6 +354,8 @@ def main():
         ap.error(f"--seeds takes K >= 2 (a spread needs two trainings), got {args.seeds}")
     if args.evals < 1:
         ap.error(f"--evals takes E >= 1, got {args.evals}")
+    if args.report and args.evals != 1:
+        ap.error("--report rewrites the md from the json, which holds its own evaluations; drop --evals")
     stem = ROOT / "results" / ("eps_recipe_ablation" if args.ablation else "eps_recipe_seeds" if args.seeds
                                else "eps_recipe")
     if args.report:
