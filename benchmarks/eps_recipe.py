@@ -28,7 +28,9 @@ exact denoiser by the radius |x_T| (10k standard normal noises reach |x_T| = 4.5
 One evaluation is one draw: with --evals E every network, the floor and the exact denoiser are also
 measured on realizations 1..E-1 (realization e: noises of seed e, held-out points of seed e), and the
 report gives per realization the means and over all of them the spread, with how many evaluations land
-at or below issue 13's bar (BAR). The floor and the exact denoiser alone spread by about 0.008 (sd).
+at or below issue 13's bar (BAR), and the differences paired on the same realizations (recipe - exact
+denoiser, recipe - recipe), in which the draw largely cancels. The floor and the exact denoiser alone
+spread by about 0.008 (sd).
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py             # VARIANTS, 2 at a time
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/eps_recipe.py --ablation  # one change at a time
@@ -335,6 +337,18 @@ def realizations_markdown(result: dict) -> list[str]:
         v = [x for run in runs_ for x in run]
         lines.append(f"- {name}: {statistics.mean(v):.4f} +- {statistics.stdev(v):.4f} over {len(v)} "
                      f"({min(v):.4f} .. {max(v):.4f}); <= {BAR}: {sum(x <= BAR for x in v)} of {len(v)}")
+    # why: the recipes share each realization's draw, so their differences on it carry less noise
+    mean_by = {name: [statistics.mean(run[e] for run in runs_) for e in range(k)]
+               for name, runs_ in rows.items()}
+    recipes = list(rows)[2:]
+    paired = [(f"{n} - exact denoiser", mean_by[n], mean_by["exact denoiser"]) for n in recipes]
+    paired += [(f"{a} - {b}", mean_by[a], mean_by[b]) for i, a in enumerate(recipes) for b in recipes[i + 1:]]
+    lines += ["", "Paired on the same realizations (a recipe: the mean over its seeds), the difference's "
+              "mean +- sd over realizations (smallest .. largest):", ""]
+    for name, a, b in paired:
+        d = [x - y for x, y in zip(a, b, strict=True)]
+        lines.append(f"- {name}: {statistics.mean(d):+.4f} +- {statistics.stdev(d):.4f} "
+                     f"({min(d):+.4f} .. {max(d):+.4f})")
     return lines
 
 
