@@ -337,18 +337,37 @@ def realizations_markdown(result: dict) -> list[str]:
         v = [x for run in runs_ for x in run]
         lines.append(f"- {name}: {statistics.mean(v):.4f} +- {statistics.stdev(v):.4f} over {len(v)} "
                      f"({min(v):.4f} .. {max(v):.4f}); <= {BAR}: {sum(x <= BAR for x in v)} of {len(v)}")
-    # why: the recipes share each realization's draw, so their differences on it carry less noise
-    mean_by = {name: [statistics.mean(run[e] for run in runs_) for e in range(k)]
-               for name, runs_ in rows.items()}
-    recipes = list(rows)[2:]
-    paired = [(f"{n} - exact denoiser", mean_by[n], mean_by["exact denoiser"]) for n in recipes]
-    paired += [(f"{a} - {b}", mean_by[a], mean_by[b]) for i, a in enumerate(recipes) for b in recipes[i + 1:]]
-    lines += ["", "Paired on the same realizations (a recipe: the mean over its seeds), the difference's "
-              "mean +- sd over realizations (smallest .. largest):", ""]
-    for name, a, b in paired:
-        d = [x - y for x, y in zip(a, b, strict=True)]
-        lines.append(f"- {name}: {statistics.mean(d):+.4f} +- {statistics.stdev(d):.4f} "
-                     f"({min(d):+.4f} .. {max(d):+.4f})")
+    lines += paired_markdown(result) if any(", seed " in name for name in variants) else []
+    return lines
+
+
+def paired_markdown(result: dict) -> list[str]:
+    """Differences paired on the same realizations (which share their draw): each recipe of `--seeds`
+    against the exact denoiser, and against each other recipe at the same seed index (the plain and
+    diffusers' recipes then share initial weights and batches). Mean, and its standard error from the
+    spread over seeds (of the per-seed mean over realizations) and over realizations (of the
+    per-realization mean over seeds)."""
+    exact = result["baselines"]["exact_denoiser"]["sw2_evals"]
+    by_recipe: dict[str, dict[int, list[float]]] = {}
+    for name, r in result["variants"].items():
+        if ", seed " in name:
+            recipe, seed = name.split(", seed ")
+            by_recipe.setdefault(recipe, {})[int(seed)] = r["sw2_evals"]
+    recipes = list(by_recipe)
+    pairs = [(f"{a} - exact denoiser", by_recipe[a], {s: exact for s in by_recipe[a]}) for a in recipes]
+    pairs += [(f"{a} - {b}", by_recipe[a], by_recipe[b])
+              for i, a in enumerate(recipes) for b in recipes[i + 1:]]
+    lines = ["", "Paired differences (the same realizations; between recipes also the same seed index): "
+             "mean, and its standard error from the spread over seeds / over realizations:", ""]
+    for name, a, b in pairs:
+        d = {s: [x - y for x, y in zip(a[s], b[s], strict=True)] for s in a if s in b}
+        per_seed = [statistics.mean(v) for v in d.values()]
+        per_eval = [statistics.mean(col) for col in zip(*d.values(), strict=True)]
+        se = [statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else float("nan")
+              for v in (per_seed, per_eval)]
+        mean = round(statistics.mean(per_seed), 4) + 0.0  # why: no "-0.0000"
+        lines.append(f"- {name}: {mean:+.4f}, standard error {se[0]:.4f} over "
+                     f"{len(per_seed)} seeds / {se[1]:.4f} over {len(per_eval)} realizations")
     return lines
 
 
