@@ -268,8 +268,12 @@ def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
         runs.optimize_grid(ddpm_run, "huen", steps=3, method="dp")
     with pytest.raises(UserError, match=r"'huen' is not a sampler; choose one of dpmpp_2m$"):
         runs.optimize_grid(ddpm_run, "huen", steps=3, method="learned")
+    with pytest.raises(UserError, match=r"'huen' is not a sampler; choose one of euler$"):
+        runs.optimize_grid(ddpm_run, "huen", steps=3, pas=True)
     with pytest.raises(UserError, match="needs a run with model.parameterization = 'average_velocity'"):
         runs.optimize_grid(ddpm_run, "flow_map", steps=3)  # was fitted, then refused by sample
+    with pytest.raises(UserError, match="plans euler or heun"):  # the method's rule first: a map run won't do
+        runs.optimize_grid(ddpm_run, "flow_map", steps=3, method="dp")
     with pytest.raises(UserError, match="method must be"):
         runs.optimize_grid(ddpm_run, "huen", steps=3, method="bogus")
     with pytest.raises(UserError, match=r"candidates \(--candidates\) is for method dp"):

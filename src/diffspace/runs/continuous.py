@@ -94,10 +94,15 @@ class EvalConfig:
     featurenet_steps: int = 1500  # images: training steps of the feature net trained into the run
 
 
+def sampler_fits(sampler: str, m: ModelConfig) -> bool:
+    """False if `sampler` is a few-step sampler (MAP_SAMPLERS) and the model is not the map it needs."""
+    return MAP_SAMPLERS.get(sampler, m.parameterization) == m.parameterization
+
+
 def check_sampler_fits(sampler: str, m: ModelConfig, what: str) -> None:
-    """UserError if `sampler` is a few-step sampler (MAP_SAMPLERS) and the model is not the map it needs."""
-    need = MAP_SAMPLERS.get(sampler, m.parameterization)
-    if m.parameterization != need:
+    """UserError unless `sampler_fits`."""
+    if not sampler_fits(sampler, m):
+        need = MAP_SAMPLERS[sampler]
         raise UserError(f"{what}: sampler {sampler!r} needs a run with model.parameterization = {need!r}, "
                         f"this one has {m.parameterization!r}")
 

@@ -16,11 +16,11 @@ from torch import Tensor
 from diffspace.eval.featurenet import load_classifier
 from diffspace.rng import Streams
 from diffspace.runs.continuous import (
-    MAP_SAMPLERS,
     TABLE_GRIDS,
     as_denoiser,
     build_path,
     check_sampler_fits,
+    sampler_fits,
     to_data_units,
 )
 from diffspace.runs.options import Run, SampleOptions, check_positive, check_steps
@@ -279,8 +279,9 @@ def learn_starts(run: Run, steps: int, lo: float, hi: float,
     return [g for g in grids if g is not None]
 
 
-# optimize-grid's methods that fit one kind of step, and the samplers they fit
+# optimize-grid's methods that fit one kind of step, and the samplers they fit; the samplers PAS corrects
 METHOD_SAMPLERS = {"dp": ("euler", "heun"), "learned": ("dpmpp_2m",)}
+PAS_SAMPLERS = ("euler",)
 
 
 def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: int = 512, seed: int = 0,
@@ -317,22 +318,24 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     model = run.cfg.model
     fixed_step = [name for name, s in SAMPLERS.items() if not s.stochastic and s.nfe is not None]
     if sampler not in fixed_step:
-        fittable = [name for name in METHOD_SAMPLERS.get(method, fixed_step)
-                    if MAP_SAMPLERS.get(name, model.parameterization) == model.parameterization]
+        plannable = [n for n in METHOD_SAMPLERS.get(method, fixed_step) if n in PAS_SAMPLERS or not pas]
+        fittable = [n for n in plannable if sampler_fits(n, model)]
         why = ("is not a sampler" if sampler not in SAMPLERS
                else "is stochastic" if SAMPLERS[sampler].stochastic else "picks its steps")
         raise UserError(f"optimize-grid fits the grid of a deterministic fixed-step sampler; {sampler!r} "
-                        f"{why}; choose one of {', '.join(fittable)}")
-    check_sampler_fits(sampler, model, "optimize-grid")  # why: before fitting a plan `sample` would refuse
-    fn = sampler_fn(sampler)
-    if method == "learned" and sampler != "dpmpp_2m":
-        raise UserError(f"method 'learned' learns the weights of dpmpp_2m, got sampler {sampler!r}")
+                        f"{why}; choose one of {', '.join(fittable) or 'none (no sampler fits all options)'}")
+    if method == "learned" and sampler not in METHOD_SAMPLERS["learned"]:
+        raise UserError(f"method 'learned' learns the weights of {METHOD_SAMPLERS['learned'][0]}, "
+                        f"got sampler {sampler!r}")
     if orders is not None and method != "dp":
         raise UserError(f"solver orders (--orders) choose steps of method 'dp'; method {method!r} has none")
     if method == "dp" and sampler not in METHOD_SAMPLERS["dp"]:
-        raise UserError(f"method 'dp' plans euler or heun steps, got sampler {sampler!r}")
-    if pas and sampler != "euler":
+        raise UserError(f"method 'dp' plans {' or '.join(METHOD_SAMPLERS['dp'])} steps, "
+                        f"got sampler {sampler!r}")
+    if pas and sampler not in PAS_SAMPLERS:
         raise UserError(f"PAS corrects Euler steps; got sampler {sampler!r}")
+    check_sampler_fits(sampler, model, "optimize-grid")  # why: before fitting a plan `sample` would refuse
+    fn = sampler_fn(sampler)
     if pas:  # why: before minutes of fitting, not after
         check_pas_options(pas_k, pas_tol)
     stored = Path(run.dir) / GRIDS_FILE
