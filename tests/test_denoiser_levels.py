@@ -46,6 +46,8 @@ def test_shared_level_is_recognised_by_layout_only():
     assert shared_level(sigma_batch(2.0, x)).shape == (1,)
     assert shared_level(torch.full((B,), 2.0)).shape == (B,)  # equal values but per-example storage
     assert shared_level(torch.tensor([2.0])).shape == (1,)
+    real = shared_level(torch.tensor([3 + 4j], dtype=torch.complex128).real.expand(B))  # its base is complex
+    assert real.dtype == torch.float64 and real.tolist() == [3.0]
 
 
 @pytest.mark.parametrize("path_name", ["ddpm", "vp", "cosine", "subvp", "ve", "edm", "linear"])

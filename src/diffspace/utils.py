@@ -33,7 +33,8 @@ def shared_level(level: Tensor) -> Tensor:
         if torch.compiler.is_compiling():  # why: a traced graph's inputs have no `_base` to read
             return level[:1]
         base = level._base  # why: the (1,) tensor a sampler expanded, without a slicing op per call
-        return base if base is not None and base.shape == (1,) else level[:1]
+        # why: the base of a (1,) reinterpreting view (`.real` of a complex tensor) is another dtype
+        return base if base is not None and base.shape == (1,) and base.dtype == level.dtype else level[:1]
     return level
 
 
