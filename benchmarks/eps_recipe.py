@@ -116,6 +116,26 @@ class DiffusersMLP(nn.Module):
         return self.net(torch.cat([x, emb], dim=1))
 
 
+class PlainEMA:
+    """diffusers' EMAModel with its defaults, written out: at update n (from 0) the average moves towards the
+    parameters with decay min(0.999, (1 + n) / (10 + n)), 0 at n = 0 (a copy)."""
+
+    def __init__(self, parameters):
+        self.shadow, self.n = [p.detach().clone() for p in parameters], 0
+
+    @torch.no_grad()
+    def step(self, parameters) -> None:
+        decay = min(0.999, (1 + self.n) / (10 + self.n)) if self.n else 0.0
+        for s, p in zip(self.shadow, parameters, strict=True):
+            s.lerp_(p, 1 - decay)
+        self.n += 1
+
+    @torch.no_grad()
+    def copy_to(self, parameters) -> None:
+        for s, p in zip(self.shadow, parameters, strict=True):
+            p.copy_(s)
+
+
 def train_reference(dataset: str = "checkerboard", steps: int = 5000, seed: int = 0, batch: int = 1024,
                     cache: Path | None = None, parts: str = "plain") -> tuple[nn.Module, DDPMDiscrete]:
     """The diffusers way, written out, on toy set `dataset`: (the EMA network in eval mode, the path of
@@ -145,38 +165,27 @@ def train_reference(dataset: str = "checkerboard", steps: int = 5000, seed: int 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     abar = path.alphas_cumprod.float()  # diffusers' float32 table, exactly
     if parts == "plain":
-        ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        def add_noise(x0, eps, k):  # diffusers' add_noise, written out
+            return abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps
+        ema = PlainEMA(net.parameters())
     else:
         from diffusers import DDPMScheduler
         from diffusers.training_utils import EMAModel
 
-        scheduler, diffusers_ema = DDPMScheduler(**TABLE), EMAModel(net.parameters(), decay=0.999)
+        add_noise, ema = DDPMScheduler(**TABLE).add_noise, EMAModel(net.parameters(), decay=0.999)
     data = make_toy(dataset, 100_000, seed, "train")
     g = torch.Generator().manual_seed(seed)
-    for step in range(steps):
+    for _ in range(steps):
         x0 = data[torch.randint(len(data), (batch,), generator=g)]
         k = torch.randint(0, len(abar), (batch,), generator=g)
         eps = torch.randn(batch, 2, generator=g)
-        if parts == "plain":
-            x_t = abar[k].sqrt()[:, None] * x0 + (1 - abar[k]).sqrt()[:, None] * eps  # diffusers' add_noise
-        else:
-            x_t = scheduler.add_noise(x0, eps, k)
-        loss = (net(x_t, k.float()) - eps).pow(2).mean()
+        loss = (net(add_noise(x0, eps, k), k.float()) - eps).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
-        if parts == "plain":
-            decay = min(0.999, (1 + step) / (10 + step)) if step else 0.0  # diffusers' EMAModel default
-            with torch.no_grad():
-                for name, v in net.state_dict().items():
-                    ema[name].lerp_(v, 1 - decay)
-        else:
-            diffusers_ema.step(net.parameters())
-    if parts == "plain":
-        net.load_state_dict(ema)
-    else:
-        diffusers_ema.copy_to(net.parameters())
+        ema.step(net.parameters())
+    ema.copy_to(net.parameters())
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         save_file(net.state_dict(), file)
