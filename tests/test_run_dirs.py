@@ -125,8 +125,9 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained, monkeypatch):
                  "--n", "5", "--out", str(tmp_path / "s.npz")]) == 0
     assert titles == ["dpmpp_2m, 2 steps, optimized grid"]  # the picture says an optimized plan drew it
     again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50)
-    assert again.returncode == 0 and "replaced the plan stored there before (method nelder-mead, fitted at " \
-        "step 4)" in again.stdout  # re-fitting says what it replaced
+    assert again.returncode == 0  # re-fitting says what it replaced, and what that was worth
+    assert "replaced the plan stored there before: dpmpp_2m:2: method nelder-mead, fitted at step 4; " \
+        "calibration error" in again.stdout
     table = json.loads((run / "grids.json").read_text())["dpmpp_2m:2"]["calibration"]
     base = table["baseline"]
     said = (f"calibration error {table['rmse']:.4g} against {base['rmse']:.4g} with the {base['grid']} grid "
@@ -157,6 +158,27 @@ def test_a_dp_plan_of_heun_steps_and_info_on_a_broken_grids_file(tmp_path, train
     assert res.returncode == 0, res.stderr
     assert "stored the 3-step grid (NFE 5) for heun" in res.stdout  # 2 + 2 + 1 calls
     assert f"sample with: diffspace sample {run} --sampler heun --steps 5 --grid optimized" in res.stdout
+    # RUN naming a checkpoint in the run: the lines name the run's own grids.json, and a refit tells what
+    # the plan it replaced was worth
+    res = cli("optimize-grid", run / "checkpoints" / "last.safetensors", "--sampler", "heun", "--steps", 5,
+              "--method", "dp", "--n-calib", 16, "--candidates", 16)
+    assert res.returncode == 0, res.stderr
+    assert f"for heun in {run / 'grids.json'}: " in res.stdout
+    assert f"sample with: diffspace sample {run} --sampler heun" in res.stdout
+    assert "it replaced the plan stored there before: heun:5: method dp, fitted at step 4; calibration " \
+        "error" in res.stdout
+    plans = (run / "grids.json").read_text()
+    # refused in one line before any fitting: an NFE Heun steps alone cannot make, orders without the
+    # sampler's own, and an optimized grid for a sampler optimize-grid cannot fit
+    for argv, said in (
+        (("--sampler", "heun", "--steps", 6, "--method", "dp"), "Heun steps alone makes an odd NFE"),
+        (("--sampler", "heun", "--steps", 5, "--method", "dp", "--orders", "1"), "leaves out heun's own"),
+        (("--sampler", "euler", "--steps", 5, "--method", "dp", "--orders", "2"), "leaves out euler's own"),
+    ):
+        assert_one_line_error(cli("optimize-grid", run, *argv), said)
+    res = cli("sample", run, "--sampler", "euler_ancestral", "--steps", 5, "--grid", "optimized", "--n", 4)
+    assert_one_line_error(res, "'euler_ancestral' is stochastic: choose another --grid")
+    assert (run / "grids.json").read_text() == plans
     (run / "grids.json").write_text("{bad")
     res = cli("info", run)
     assert res.returncode == 0 and "plans       unreadable:" in res.stdout and "not valid JSON" in res.stdout

@@ -104,11 +104,15 @@ def test_best_path_refuses_an_nfe_no_path_uses(tiny):
 def test_a_plan_of_heun_steps_alone_ends_with_its_euler_step(nfe):
     """orders (2,), what optimize-grid --method dp plans for heun: the last step into 0 is Heun's Euler
     step (1 call), so odd NFE are reached and sampled by plain heun on the grid; an even NFE is refused
-    (before, no plan of Heun steps could end, whatever the NFE)."""
+    before any network call, naming what would work (before, no plan of Heun steps could end, whatever
+    the NFE; then an even NFE was refused only after the reference solve and the step costs)."""
     den = eight_gaussians_mixture().denoiser
     if nfe % 2 == 0:
-        with pytest.raises(UserError, match=f"exactly {nfe} network calls"):
-            dp_schedule(den, _noise(64, 2, 0), nfe, SIGMA_MIN, SIGMA_MAX, orders=(2,), n_candidates=16)
+        counter = CountingDenoiser(den)
+        with pytest.raises(UserError, match=f"odd NFE .* not {nfe}; ask {nfe - 1} or {nfe + 1}, or allow "
+                                            "Euler steps too"):
+            dp_schedule(counter, _noise(64, 2, 0), nfe, SIGMA_MIN, SIGMA_MAX, orders=(2,), n_candidates=16)
+        assert counter.nfe == 0
         return
     plan = dp_schedule(den, _noise(64, 2, 0), nfe, SIGMA_MIN, SIGMA_MAX, orders=(2,), n_candidates=16)
     counter = CountingDenoiser(den)
@@ -196,3 +200,4 @@ def test_pas_refuses_another_grid():
         sample_euler_pas(eight_gaussians_mixture().denoiser, _noise(4, 2, 0), other, pas=pas)
     with pytest.raises(UserError, match="do not fit"):
         PASCorrection.from_json({"sigmas": sigmas.tolist(), "k": 2, "coords": {"7": [1.0, 0.0]}})
+

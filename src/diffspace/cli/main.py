@@ -472,20 +472,20 @@ def cmd_optimize_grid(args) -> None:
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
     nfe = f" (NFE {args.steps})" if args.method == "dp" else ""  # why: a DP plan's --steps counts calls
-    print(f"stored the {len(sigmas) - 1}-step {what}{nfe} for {args.sampler} in {args.run}/grids.json: "
+    # why: the plans live in the run's directory, also when RUN named a checkpoint file in it
+    print(f"stored the {len(sigmas) - 1}-step {what}{nfe} for {args.sampler} in {run.dir / GRIDS_FILE}: "
           f"{levels}")
     entry = read_plans(Path(run.dir) / GRIDS_FILE)[key]
     print(describe_plan(key, entry))
-    print(f"sample with: diffspace sample {args.run} --sampler {args.sampler} --steps {args.steps} "
+    print(f"sample with: diffspace sample {run.dir} --sampler {args.sampler} --steps {args.steps} "
           "--grid optimized")
     cal, base = entry["calibration"], entry["calibration"]["baseline"]["grid"]
     if cal["rmse"] > cal["baseline"]["rmse"]:  # why: a DP plan minimizes one-step errors, not the whole run's
         logging.getLogger("diffspace").warning(
             f"on its calibration noise this plan is worse than the {base} grid; sample with --grid {base} "
             "instead, or fit another --method")
-    if isinstance(before, dict):
-        print(f"it replaced the plan stored there before (method {before.get('method', 'nelder-mead')}, "
-              f"fitted at step {before.get('step')})")
+    if before is not None:  # why: one plan per key; say what the replaced one was worth
+        print(f"it replaced the plan stored there before: {describe_plan(key, before)}")
 
 
 def cmd_train_images_classifier(args) -> None:

@@ -36,6 +36,7 @@ from diffspace.samplers.learned import LearnedSolver, learn_solver, sample_learn
 from diffspace.samplers.ode import sample_adaptive
 from diffspace.samplers.optimize_grid import (
     candidate_sigmas,
+    check_dp_plan,
     dp_schedule,
     grid_error,
     optimize_sigmas,
@@ -68,6 +69,9 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
     check_sampler_fits(sampler, run.cfg.model, str(run.dir))
     path = build_path(run.cfg)
     if grid == "optimized":
+        if unfittable(sampler):  # why: no plan can exist, so do not suggest fitting one
+            raise UserError(f"--grid optimized holds grids that optimize-grid fits for deterministic "
+                            f"fixed-step samplers; {sampler!r} {unfittable(sampler)}: choose another --grid")
         if sigma_min is not None or sigma_max is not None:
             raise UserError("an optimized grid brings its own noise levels; drop --sigma-min / --sigma-max")
         sigmas = stored_plan(run, sampler, steps)["sigmas"]
@@ -279,6 +283,16 @@ def learn_starts(run: Run, steps: int, lo: float, hi: float,
     return [g for g in grids if g is not None]
 
 
+def unfittable(sampler: str) -> str | None:
+    """Why optimize-grid cannot fit a grid for `sampler` (it fits deterministic fixed-step samplers), or
+    None if it can."""
+    if sampler not in SAMPLERS:
+        return "is not a sampler"
+    if SAMPLERS[sampler].stochastic:
+        return "is stochastic"
+    return "picks its steps" if SAMPLERS[sampler].nfe is None else None
+
+
 # optimize-grid's methods that fit one kind of step, and the samplers they fit; the samplers PAS corrects
 METHOD_SAMPLERS = {"dp": ("euler", "heun"), "learned": ("dpmpp_2m",)}
 PAS_SAMPLERS = ("euler",)
@@ -316,12 +330,11 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         default(pas_tol, 1e-2)
     check_positive(n_calib=n_calib, budget=budget, candidates=candidates)
     model = run.cfg.model
-    fixed_step = [name for name, s in SAMPLERS.items() if not s.stochastic and s.nfe is not None]
-    if sampler not in fixed_step:
+    why = unfittable(sampler)
+    if why:
+        fixed_step = [name for name in SAMPLERS if not unfittable(name)]
         plannable = [n for n in METHOD_SAMPLERS.get(method, fixed_step) if n in PAS_SAMPLERS or not pas]
         fittable = [n for n in plannable if sampler_fits(n, model)]
-        why = ("is not a sampler" if sampler not in SAMPLERS
-               else "is stochastic" if SAMPLERS[sampler].stochastic else "picks its steps")
         raise UserError(f"optimize-grid fits the grid of a deterministic fixed-step sampler; {sampler!r} "
                         f"{why}; choose one of {', '.join(fittable) or 'none (no sampler fits all options)'}")
     if method == "learned" and sampler not in METHOD_SAMPLERS["learned"]:
@@ -332,6 +345,13 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     if method == "dp" and sampler not in METHOD_SAMPLERS["dp"]:
         raise UserError(f"method 'dp' plans {' or '.join(METHOD_SAMPLERS['dp'])} steps, "
                         f"got sampler {sampler!r}")
+    if method == "dp":  # why: before minutes of fitting, not after
+        own = 1 if sampler == "euler" else 2
+        if orders is not None and own not in orders:
+            raise UserError(f"--orders {','.join(map(str, orders))} leaves out {sampler}'s own steps (order "
+                            f"{own}); a plan stored for {sampler} takes them, with others only beside them")
+        orders = tuple(orders or (own,))
+        check_dp_plan(steps, orders)
     if pas and sampler not in PAS_SAMPLERS:
         raise UserError(f"PAS corrects Euler steps; got sampler {sampler!r}")
     check_sampler_fits(sampler, model, "optimize-grid")  # why: before fitting a plan `sample` would refuse
@@ -353,8 +373,7 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         else:
             reference = sample_adaptive(den, x, hi, lo)
     if method == "dp":
-        orders = orders or ((1,) if sampler == "euler" else (2,))
-        schedule = dp_schedule(den, x, steps, lo, hi, orders=tuple(orders), candidates=levels,
+        schedule = dp_schedule(den, x, steps, lo, hi, orders=orders, candidates=levels,
                                reference=trajectory)
         sigmas = schedule.sigmas
         if len(set(schedule.orders)) > 1 or schedule.orders[0] != (1 if sampler == "euler" else 2):

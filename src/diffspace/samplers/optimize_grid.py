@@ -244,6 +244,18 @@ def candidate_sigmas(n_candidates: int, sigma_min: float, sigma_max: float) -> T
     return logsnr_sigmas(n_candidates, sigma_min, sigma_max)
 
 
+def check_dp_plan(nfe: int, orders: tuple[int, ...]) -> None:
+    """UserError unless `orders` is a non-empty subset of STEPS and `nfe` a positive integer that such a
+    plan can spend: Heun steps alone make an odd NFE (2 per step, 1 for the last step into 0)."""
+    if not orders or any(o not in STEPS for o in orders):
+        raise UserError(f"orders must be a non-empty subset of {sorted(STEPS)}, got {orders}")
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise UserError(f"nfe must be a positive integer, got {nfe!r}")
+    if set(orders) == {2} and nfe % 2 == 0:
+        raise UserError(f"a plan of Heun steps alone makes an odd NFE (2 per step, 1 for the last step into "
+                        f"0), not {nfe}; ask {nfe - 1} or {nfe + 1}, or allow Euler steps too (orders 1,2)")
+
+
 def dp_schedule(denoiser: Denoiser, x: Tensor, nfe: int, sigma_min: float, sigma_max: float, *,
                 orders: tuple[int, ...] = (1,), n_candidates: int = 64, candidates: Tensor | None = None,
                 reference: Tensor | None = None, **cond) -> Schedule:
@@ -252,10 +264,7 @@ def dp_schedule(denoiser: Denoiser, x: Tensor, nfe: int, sigma_min: float, sigma
     `candidates` (default `candidate_sigmas(n_candidates, ...)`; descending from sigma_max, ending in 0)
     and the solver `orders` (1: Euler, 2: Heun). `reference`: reference_trajectory(candidates), if
     already computed. Raises UserError for bad orders, candidates or an NFE no path can use."""
-    if not orders or any(o not in STEPS for o in orders):
-        raise UserError(f"orders must be a non-empty subset of {sorted(STEPS)}, got {orders}")
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
-        raise UserError(f"nfe must be a positive integer, got {nfe!r}")
+    check_dp_plan(nfe, orders)
     levels = candidate_sigmas(n_candidates, sigma_min, sigma_max) if candidates is None else \
         check_grid(candidates, what="candidate levels")
     if reference is None:
