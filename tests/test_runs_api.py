@@ -253,6 +253,24 @@ def test_a_broken_grids_file_and_a_range_on_an_optimized_grid_are_refused(ddpm_r
         plan(runs.load_run(ddpm_run.dir), "dpmpp_2m", 3, "optimized", sigma_max=10.0)
 
 
+def test_an_optimized_plan_refuses_sampler_options_it_was_not_fitted_with(ddpm_run):
+    """optimize-grid fits a sampler with its default options: `sample --sampler ddim --eta 1 --grid
+    optimized` sampled stochastic DDIM on deterministic DDIM's grid without a word. Options that change the
+    solver are refused for every kind of plan; the defaults, given explicitly, sample the same values."""
+    from diffspace.runs.sampling import plan
+
+    runs.optimize_grid(ddpm_run, "ddim", steps=3, n_calib=16, budget=10)
+    with pytest.raises(UserError, match=r"ddim:3 was fitted with ddim's default options; --eta would"):
+        plan(ddpm_run, "ddim", 3, "optimized", {"eta": 1.0})
+    given = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="ddim", steps=3, grid="optimized",
+                                                     sampler_options={"eta": 0.0}))
+    plain = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="ddim", steps=3, grid="optimized"))
+    assert torch.equal(given, plain)
+    runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, n_calib=16, method="learned", budget=4)
+    with pytest.raises(UserError, match="--lower-order-final would run another solver"):
+        plan(ddpm_run, "dpmpp_2m", 3, "optimized", {"lower_order_final": False})
+
+
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)

@@ -94,7 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     # why --num-samples: torchrun's own parser rejects "--n" as an ambiguous prefix of its options
     s.add_argument("--n", "--num-samples", dest="n", type=int,
                    help="number of samples; default: the run's [sample] n")
-    s.add_argument("--out", help="output .npz/.npy/.csv, or .png for the picture with the .npz beside it "
+    s.add_argument("--out", help="output .npz/.npy/.csv with its picture (images, points) beside it in .png, "
+                                 "or .png for the picture with the .npz beside it; none of them may exist "
                                  "(default: RUN/samples.npz; text runs: RUN/samples.txt)")
     s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
                    help="class-conditional runs: the class of the samples (several are cycled)")

@@ -144,11 +144,17 @@ def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = N
          sigma_min: float | None = None, sigma_max: float | None = None) -> tuple[Callable, Tensor]:
     """The sampler function and float64 grid of a sampling protocol. A stored optimized plan may bring its
     own step rule (per-step solver orders of a DP plan, PAS coordinates for Euler, a learned solver's
-    weights): same NFE as asked."""
+    weights): same NFE as asked. UserError for sampler options other than the defaults on an optimized
+    plan, which was fitted with them."""
     sigmas = run_sigmas(run, grid, steps, sampler, sigma_min, sigma_max)
     entry = stored_plan(run, sampler, steps) if grid == "optimized" else {}
-    if {"orders", "pas", "learned"} & entry.keys() and options:
-        raise UserError(f"the optimized {sampler} plan takes no sampler options, got {sorted(options)}")
+    if entry:  # why: optimize-grid fits a sampler with its default options (DDIM's grid, not eta = 1's)
+        given, default = check_sampler_options(sampler, options), check_sampler_options(sampler, None)
+        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given) if given[k] != default[k])
+        if flags:
+            raise UserError(f"the optimized plan for {sampler}:{steps} was fitted with {sampler}'s default "
+                            f"options; {flags} would run another solver on it: drop {flags}, or choose "
+                            "another --grid")
     try:  # why: grids.json is a text file a user may edit; a bad entry is one line, not a traceback
         return plan_sampler(entry, sampler, options), sigmas
     except UserError:
