@@ -124,7 +124,13 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained, monkeypatch):
     assert main(["sample", str(run), "--grid", "optimized", "--steps", "2", "--sampler", "dpmpp_2m",
                  "--n", "5", "--out", str(tmp_path / "s.npz")]) == 0
     assert titles == ["dpmpp_2m, 2 steps, optimized grid"]  # the picture says an optimized plan drew it
-    again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50)
+    stored = (run / "grids.json").read_bytes()
+    worse = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50)
+    kept = json.loads(stored)["dpmpp_2m:2"]["calibration"]["rmse"]  # the same noise: seed and n-calib
+    assert_one_line_error(worse, f"kept the nelder-mead plan stored for dpmpp_2m:2: on this calibration "
+                                 f"noise it errs {kept:.4g}, the new nelder-mead plan ", "--overwrite")
+    assert (run / "grids.json").read_bytes() == stored  # a refit that does worse loses nothing
+    again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 50, "--overwrite")
     assert again.returncode == 0  # re-fitting says what it replaced, and what that was worth
     assert "replaced the plan stored there before: dpmpp_2m:2: method nelder-mead, fitted at step 4; " \
         "calibration error" in again.stdout

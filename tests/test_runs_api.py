@@ -271,6 +271,26 @@ def test_an_optimized_plan_refuses_sampler_options_it_was_not_fitted_with(ddpm_r
         plan(ddpm_run, "dpmpp_2m", 3, "optimized", {"lower_order_final": False})
 
 
+def test_a_refit_keeps_a_better_stored_plan_unless_told(ddpm_run):
+    """A refit measures the plan stored under its key on the same calibration noise: a better one is kept
+    (the file unchanged), a worse one replaced; --overwrite replaces it anyway, and a plan from another
+    starting level does not compete (it would run from the wrong noise scale)."""
+    from diffspace.runs.sampling import GRIDS_FILE, stored_plan
+
+    good = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, budget=100)
+    stored = (ddpm_run.dir / GRIDS_FILE).read_bytes()
+    with pytest.raises(UserError, match=r"kept the nelder-mead plan stored for euler:2: on this calibration "
+                                        r"noise it errs [0-9.e-]+, the new dp plan"):
+        runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4)
+    assert (ddpm_run.dir / GRIDS_FILE).read_bytes() == stored
+    coarse = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4,
+                                overwrite=True)
+    assert stored_plan(ddpm_run, "euler", 2)["sigmas"] == coarse.tolist() != good.tolist()
+    assert runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, budget=100).tolist() == good.tolist()
+    low = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4, sigma_max=5.0)
+    assert stored_plan(ddpm_run, "euler", 2)["sigmas"] == low.tolist() and low[0] == 5.0
+
+
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)

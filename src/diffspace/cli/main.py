@@ -184,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "by more than this fraction (default 0.01)")
     o.add_argument("--sigma-min", type=float, help="lowest nonzero noise level (default: the path's own)")
     o.add_argument("--sigma-max", type=float, help="starting noise level (default: the path's own)")
+    o.add_argument("--overwrite", action="store_true",
+                   help="store the new plan even where the one stored for SAMPLER:STEPS does better on "
+                        "the same calibration noise (which is otherwise kept)")
     _add_device(o)
 
     for name, what in (("train-featurenet", "a classifier whose features and predictions score "
@@ -469,7 +472,7 @@ def cmd_optimize_grid(args) -> None:
     before = read_plans(Path(run.dir) / GRIDS_FILE).get(key)
     sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed, args.sigma_min,
                                 args.sigma_max, args.method, args.budget, orders, args.candidates, args.pas,
-                                args.pas_k, args.pas_tol)
+                                args.pas_k, args.pas_tol, args.overwrite)
     levels = ", ".join(f"{v:.4g}" for v in sigmas.tolist())
     what = "solver (weights and grid)" if args.method == "learned" else "grid"
     nfe = f" (NFE {args.steps})" if args.method == "dp" else ""  # why: a DP plan's --steps counts calls

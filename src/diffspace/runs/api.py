@@ -171,11 +171,11 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
                   sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
                   budget: int | None = None, orders: tuple[int, ...] | None = None,
                   candidates: int | None = None, pas: bool = False, pas_k: int | None = None,
-                  pas_tol: float | None = None) -> torch.Tensor:
+                  pas_tol: float | None = None, overwrite: bool = False) -> torch.Tensor:
     """Fit and store a sampler's `steps`-step grid (a DP plan, PAS coordinates) for a continuous run:
     see runs.sampling.optimize_grid."""
     if run.task != "continuous":
         raise UserError(f"optimize-grid needs a continuous run; {run.dir} is a {run.task} run")
     rundir.check_run_dir(run.dir, "grids.json")
     return sampling.optimize_grid(run, sampler, steps, n_calib, seed, sigma_min, sigma_max, method, budget,
-                                  orders, candidates, pas, pas_k, pas_tol)
+                                  orders, candidates, pas, pas_k, pas_tol, overwrite)

@@ -308,9 +308,11 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
                   sigma_min: float | None = None, sigma_max: float | None = None, method: str = "nelder-mead",
                   budget: int | None = None, orders: tuple[int, ...] | None = None,
                   candidates: int | None = None, pas: bool = False, pas_k: int | None = None,
-                  pas_tol: float | None = None) -> Tensor:
+                  pas_tol: float | None = None, overwrite: bool = False) -> Tensor:
     """Fit the sampler's `steps`-step grid to this run on a calibration batch and store it in RUN/grids.json
-    (key "SAMPLER:STEPS") for `grid = "optimized"`; returns the grid.
+    (key "SAMPLER:STEPS") for `grid = "optimized"`; returns the grid. A plan already stored there for the
+    same weights and starting level is run on the same calibration noise, and, unless `overwrite`, kept
+    (UserError, the file unchanged) when it does better than the new one: a refit loses no better plan.
 
     method "nelder-mead": any deterministic sampler, `budget` runs of it (samplers/optimize_grid.py).
     method "dp": dynamic programming over `candidates` levels ([GITS]) for euler (orders (1,)) or heun
@@ -398,9 +400,31 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     nfe = steps if method == "dp" else SAMPLERS[sampler].nfe(steps)
     entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
                                        plan_sampler(entry, sampler), sigmas)
-    table[f"{sampler}:{steps}"] = {**entry, "sigmas": sigmas.tolist()}
+    key = f"{sampler}:{steps}"
+    stored_error = rival_error(run, table.get(key), sampler, den, x, reference, hi)
+    if not overwrite and stored_error is not None and stored_error < entry["calibration"]["rmse"]:
+        old = " ".join(str(table[key].get("method", "nelder-mead")).split())
+        raise UserError(f"kept the {old} plan stored for {key}: on this calibration noise it errs "
+                        f"{stored_error:.4g}, the new {method} plan {entry['calibration']['rmse']:.4g}; "
+                        f"{stored} is unchanged (--overwrite stores the new plan)")
+    table[key] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
     return sigmas
+
+
+def rival_error(run: Run, entry, sampler: str, den, x: Tensor, reference: Tensor, hi: float) -> float | None:
+    """The error (as `calibration` measures it) on the calibration noise x of the plan `entry` stored for
+    `sampler`, or None where it cannot compete: absent, unreadable, fitted to the weights of another step,
+    or starting from another level than hi (x's scale)."""
+    try:
+        if entry["step"] != run.step or float(entry["sigmas"][0]) != hi:
+            return None
+        sigmas = check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), build_path(run.cfg))
+        fn = plan_sampler(entry, sampler)
+    except (UserError, KeyError, TypeError, ValueError, AttributeError, IndexError):
+        return None
+    with torch.no_grad():
+        return grid_error(fn, den, x, sigmas, reference)
 
 
 def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: int, lo: float, hi: float,
