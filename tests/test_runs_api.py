@@ -291,6 +291,48 @@ def test_a_refit_keeps_a_better_stored_plan_unless_told(ddpm_run):
     assert stored_plan(ddpm_run, "euler", 2)["sigmas"] == low.tolist() and low[0] == 5.0
 
 
+@pytest.fixture(scope="module")
+def edm_run(tmp_path_factory):
+    """An EDM run on the checkerboard trained long enough (300 steps, 2 s) for its PF-ODE to have shape."""
+    d = tmp_path_factory.mktemp("api") / "edm"
+    return runs.train({"data": {"name": "checkerboard", "n_train": 2000, "n_test": 100},
+                       "model": {"mlp": {"hidden": 64, "depth": 2}, "path": "edm"}, "run": {"dir": str(d)},
+                       "train": {"steps": 300, "batch_size": 256, "log_every": 1000, "ckpt_every": 1000}})
+
+
+@pytest.mark.parametrize("nfe, warns", [(5, True), (7, False)])
+def test_a_heun_dp_plan_that_euler_beats_is_warned_of(edm_run, nfe, warns, caplog):
+    """The new-user pass: `--sampler heun --method dp` at NFE 5 stored a plan whose last Euler step into 0
+    started at sigma 15 (the samples collapsed onto the posterior mean), with no warning, since Heun on
+    the run's grid at that NFE was worse still. The fit now also runs the DP plan of Euler steps at the
+    same NFE on the calibration noise and warns, with both errors, where that does better."""
+    from diffspace.runs.continuous import as_denoiser, build_path
+    from diffspace.runs.sampling import stored_plan
+    from diffspace.samplers.grids import sampling_range
+    from diffspace.samplers.ode import sample_euler
+    from diffspace.samplers.optimize_grid import (
+        candidate_sigmas,
+        dp_schedule,
+        grid_error,
+        reference_trajectory,
+    )
+
+    with caplog.at_level("WARNING", logger="diffspace"):
+        runs.optimize_grid(edm_run, "heun", steps=nfe, n_calib=64, method="dp", candidates=12)
+    heun = stored_plan(edm_run, "heun", nfe)["calibration"]["rmse"]
+    den, (lo, hi) = as_denoiser(edm_run.cfg, edm_run.module), sampling_range(build_path(edm_run.cfg))
+    x = torch.randn((64, 2), generator=torch.Generator().manual_seed(7919)) * hi  # optimize_grid's, seed 0
+    with torch.no_grad():
+        trajectory = reference_trajectory(den, x, candidate_sigmas(12, lo, hi))
+        euler = dp_schedule(den, x, nfe, lo, hi, n_candidates=12, reference=trajectory)
+        euler = grid_error(sample_euler, den, x, euler.sigmas, trajectory[-1])
+    warned = [r.getMessage() for r in caplog.records if "plan of Heun steps" in r.getMessage()]
+    assert (heun > euler) == warns
+    assert warned == [f"on its calibration noise this plan of Heun steps errs {heun:.4g}, the DP plan of "
+                      f"Euler steps at NFE {nfe} {euler:.4g}: fit that (--sampler euler), let the DP mix the "
+                      "two (--orders 1,2), or search a Heun grid (--method nelder-mead)"] * warns
+
+
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)

@@ -6,6 +6,7 @@ same for any n, chunk size, batch layout or world size.
 """
 
 import json
+import logging
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -47,6 +48,8 @@ from diffspace.samplers.pas import PASCorrection, check_pas_options, learn_pas, 
 from diffspace.samplers.registry import SAMPLERS, check_sampler_options, nfe_steps
 from diffspace.train.distributed import map_chunks, world
 from diffspace.types import UserError
+
+log = logging.getLogger("diffspace")
 
 GRIDS_FILE = "grids.json"  # optimized grids stored with the run: {"SAMPLER:STEPS": {"step", "sigmas"}}
 CHUNK = 2500  # samples per sampling batch
@@ -321,7 +324,9 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     of this range ([S4S], samplers/learned.py); same NFE, sampled by --grid optimized.
     `pas`: learn PAS coordinates ([PAS]) for the Euler grid (no extra network calls when sampling).
     Defaults: budget 600, candidates 64, pas_k 4, pas_tol 0.01; UserError for one given to a method (or,
-    pas_k and pas_tol, without pas) that would ignore it."""
+    pas_k and pas_tol, without pas) that would ignore it. Warns (logger "diffspace") where the plan does
+    worse on its calibration noise than the run's grid, or, a plan of Heun steps alone, than the DP plan
+    of Euler steps at the same NFE."""
     check_steps(steps)
     if method not in ("nelder-mead", "dp", "learned"):
         raise UserError(f"method must be 'nelder-mead', 'dp' or 'learned', got {method!r}")
@@ -380,12 +385,16 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
             reference = trajectory[-1]
         else:
             reference = sample_adaptive(den, x, hi, lo)
+    euler_error = None
     if method == "dp":
         schedule = dp_schedule(den, x, steps, lo, hi, orders=orders, candidates=levels,
                                reference=trajectory)
         sigmas = schedule.sigmas
         if len(set(schedule.orders)) > 1 or schedule.orders[0] != (1 if sampler == "euler" else 2):
             entry["orders"] = list(schedule.orders)
+        if set(orders) == {2}:  # why: the DP's sum of one-step errors can pick a Heun plan that collapses
+            euler = dp_schedule(den, x, steps, lo, hi, candidates=levels, reference=trajectory)
+            euler_error = grid_error(sampler_fn("euler"), den, x, euler.sigmas, reference)
     elif method == "learned":
         solver = learn_solver(den, x, learn_starts(run, steps, lo, hi), lo, iters=budget, reference=reference)
         sigmas, entry["learned"] = solver.sigmas, solver.to_json()
@@ -409,6 +418,15 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
                         f"{stored} is unchanged (--overwrite stores the new plan)")
     table[key] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
+    cal = entry["calibration"]
+    if cal["rmse"] > cal["baseline"]["rmse"]:  # why: a DP plan minimizes one-step errors, not the whole run's
+        base = cal["baseline"]["grid"]
+        log.warning(f"on its calibration noise this plan is worse than the {base} grid; sample with --grid "
+                    f"{base} instead, or fit another --method")
+    if euler_error is not None and cal["rmse"] > euler_error:
+        log.warning(f"on its calibration noise this plan of Heun steps errs {cal['rmse']:.4g}, the DP plan "
+                    f"of Euler steps at NFE {steps} {euler_error:.4g}: fit that (--sampler euler), let the "
+                    "DP mix the two (--orders 1,2), or search a Heun grid (--method nelder-mead)")
     return sigmas
 
 
