@@ -29,7 +29,14 @@ from diffspace.samplers.optimize_grid import (
     step_costs,
     step_nfe,
 )
-from diffspace.samplers.pas import PASCorrection, _fit, direction_basis, learn_pas, sample_euler_pas
+from diffspace.samplers.pas import (
+    PASCorrection,
+    _fit,
+    _principal,
+    direction_basis,
+    learn_pas,
+    sample_euler_pas,
+)
 from diffspace.types import UserError
 
 SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
@@ -159,6 +166,24 @@ def test_pas_with_identity_coordinates_is_euler():
     pas = PASCorrection(sigmas, 3, {i: [1.0, 0.0, 0.0] for i in range(6)})
     torch.testing.assert_close(sample_euler_pas(den, x, sigmas, pas=pas), sample_euler(den, x, sigmas),
                                rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("m, dim", [(3, 2), (12, 2), (5, 16), (4, 4)])
+def test_pas_principal_directions_are_the_svds(m, dim):
+    """_principal reads the singular values and directions of the centred history off the eigenvectors of
+    the smaller of C^T C and C C^T: the SVD's values, and its directions up to sign, wherever the value
+    is not round-off (a centred history of m rows has rank m - 1 at most)."""
+    g = torch.Generator().manual_seed(m * dim)
+    stacked = torch.randn(200, m, dim, generator=g)
+    centred = stacked.double() - stacked.double().mean(1, keepdim=True)
+    _, s_svd, vh_svd = torch.linalg.svd(centred, full_matrices=False)
+    s, vh = _principal(stacked)
+    assert s.shape == s_svd.shape and vh.shape == vh_svd.shape == (200, min(m, dim), dim)
+    torch.testing.assert_close(s, s_svd, rtol=0, atol=1e-7 * float(s_svd.max()))
+    real = s_svd > 1e-6 * s_svd[:, :1]
+    assert real.sum() == 200 * min(m - 1, dim)
+    cos = (vh * vh_svd).sum(-1).abs()[real]
+    torch.testing.assert_close(cos, torch.ones_like(cos))
 
 
 def test_pas_basis_is_orthonormal_and_fit_is_least_squares():
