@@ -90,6 +90,8 @@ def test_bad_prompts_are_one_line_errors(t2i_runs):
         assert "\n" not in str(e.value)
     with pytest.raises(UserError, match=r"needs a prompt \(--prompt\)"):
         runs.sample(run, runs.SampleOptions(n=1, guidance=3.0))
+    with pytest.raises(UserError, match="a text_to_image run has none: choose another --grid"):  # not a
+        runs.sample(run, runs.SampleOptions(n=1, prompts=(RED,), grid="optimized"))  # dead-end suggestion
     for task in ("encoder", "autoencoder"):
         with pytest.raises(UserError, match="cannot use the option 'prompts'"):
             runs.sample(runs.load_run(t2i_runs[task]), runs.SampleOptions(prompts=(RED,)))

@@ -72,6 +72,9 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
     check_sampler_fits(sampler, run.cfg.model, str(run.dir))
     path = build_path(run.cfg)
     if grid == "optimized":
+        if run.task != "continuous":  # why: its grids.json would have to come from a command that refuses it
+            raise UserError(f"--grid optimized holds the plans optimize-grid fits for continuous runs; a "
+                            f"{run.task} run has none: choose another --grid")
         if unfittable(sampler):  # why: no plan can exist, so do not suggest fitting one
             raise UserError(f"--grid optimized holds grids that optimize-grid fits for deterministic "
                             f"fixed-step samplers; {sampler!r} {unfittable(sampler)}: choose another --grid")
