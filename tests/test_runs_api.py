@@ -217,6 +217,7 @@ def test_a_learned_solver_is_stored_and_sampling_uses_it(ddpm_run):
     (lambda e: {k: v for k, v in e.items() if k != "learned"}, "malformed"),
     (lambda e: e | {"sigmas": e["sigmas"][:-1] + [None]}, "malformed"),  # was a TypeError traceback
     (lambda e: e | {"sigmas": [True, *e["sigmas"][1:]]}, "malformed"),  # was silently read as 1.0
+    (lambda e: e | {"sigmas": [e["sigmas"][0], *e["sigmas"]]}, "spends 4 network calls, its key 3"),
 ])
 def test_a_hand_edited_plan_is_one_line(ddpm_run, tmp_path, edit, words):
     """The fresh-user review: a corrupted entry of RUN/grids.json gave tracebacks (KeyError, TypeError,
@@ -267,7 +268,7 @@ def test_an_optimized_plan_refuses_sampler_options_it_was_not_fitted_with(ddpm_r
     plain = runs.sample(ddpm_run, runs.SampleOptions(n=5, sampler="ddim", steps=3, grid="optimized"))
     assert torch.equal(given, plain)
     runs.optimize_grid(ddpm_run, "dpmpp_2m", steps=3, n_calib=16, method="learned", budget=4)
-    with pytest.raises(UserError, match="--lower-order-final would run another solver"):
+    with pytest.raises(UserError, match="; --no-lower-order-final would run another solver"):
         plan(ddpm_run, "dpmpp_2m", 3, "optimized", {"lower_order_final": False})
 
 
@@ -287,8 +288,47 @@ def test_a_refit_keeps_a_better_stored_plan_unless_told(ddpm_run):
                                 overwrite=True)
     assert stored_plan(ddpm_run, "euler", 2)["sigmas"] == coarse.tolist() != good.tolist()
     assert runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, budget=100).tolist() == good.tolist()
-    low = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4, sigma_max=5.0)
-    assert stored_plan(ddpm_run, "euler", 2)["sigmas"] == low.tolist() and low[0] == 5.0
+    assert (ddpm_run.dir / GRIDS_FILE).read_bytes() == stored  # the good plan again
+    with pytest.raises(UserError, match=r"cannot be compared with the nelder-mead plan stored for euler:2, "
+                                        r"fitted over sigma 0.01 .. 157.4 \(this fit: 0.01 .. 5\)"):
+        runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4, sigma_max=5.0)
+    assert (ddpm_run.dir / GRIDS_FILE).read_bytes() == stored
+    low = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4, sigma_max=5.0,
+                             overwrite=True)
+    entry = stored_plan(ddpm_run, "euler", 2)
+    assert entry["sigmas"] == low.tolist() and entry["range"] == [entry["range"][0], 5.0] and low[0] == 5.0
+
+
+def test_plans_of_other_weights_or_nfe_are_replaced_only_when_told(ddpm_run, tmp_path):
+    """The review of the refit rule: heun:5 is 5 calls of a DP plan and 9 of a Nelder-Mead grid, and a plan
+    fitted on a checkpoint has its weights; neither competes with a refit, and neither is replaced without
+    overwrite. A malformed stored plan (orders one short) is replaced, not run."""
+    import json
+    import shutil
+
+    from diffspace.runs.sampling import GRIDS_FILE, stored_plan
+
+    copy = tmp_path / "run"
+    shutil.copytree(ddpm_run.dir, copy)
+    run = runs.load_run(copy)
+    runs.optimize_grid(run, "heun", steps=5, n_calib=16, method="dp", candidates=6, overwrite=True)
+    stored = (copy / GRIDS_FILE).read_bytes()
+    with pytest.raises(UserError, match=r"heun:5, fitted for 5 network calls \(this fit: 9\)"):
+        runs.optimize_grid(run, "heun", steps=5, n_calib=16, budget=4)
+    table = json.loads(stored)
+    table["heun:5"]["step"] += 1
+    (copy / GRIDS_FILE).write_text(json.dumps(table))
+    with pytest.raises(UserError, match=rf"fitted at step {run.step + 1} \(this fit: step {run.step}\)"):
+        runs.optimize_grid(run, "heun", steps=5, n_calib=16, method="dp", candidates=6)
+    runs.optimize_grid(run, "euler", steps=5, n_calib=16, method="dp", orders=(1, 2), candidates=6,
+                       overwrite=True)
+    table = json.loads((copy / GRIDS_FILE).read_text())
+    table["euler:5"]["orders"] = table["euler:5"]["orders"][:-1]
+    (copy / GRIDS_FILE).write_text(json.dumps(table))
+    with pytest.raises(UserError, match="malformed"):
+        stored_plan(run, "euler", 5)
+    runs.optimize_grid(run, "euler", steps=5, n_calib=16, method="dp", orders=(1, 2), candidates=6)
+    assert stored_plan(run, "euler", 5)["step"] == run.step
 
 
 @pytest.fixture(scope="module")
@@ -329,8 +369,9 @@ def test_a_heun_dp_plan_that_euler_beats_is_warned_of(edm_run, nfe, warns, caplo
     warned = [r.getMessage() for r in caplog.records if "plan of Heun steps" in r.getMessage()]
     assert (heun > euler) == warns
     assert warned == [f"on its calibration noise this plan of Heun steps errs {heun:.4g}, the DP plan of "
-                      f"Euler steps at NFE {nfe} {euler:.4g}: fit that (--sampler euler), let the DP mix the "
-                      "two (--orders 1,2), or search a Heun grid (--method nelder-mead)"] * warns
+                      f"Euler steps at NFE {nfe} errs {euler:.4g}: fit that (--sampler euler), let the DP "
+                      "mix the two (--orders 1,2), or search a Heun grid of the same NFE (--method "
+                      f"nelder-mead --steps {(nfe + 1) // 2})"] * warns
 
 
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):

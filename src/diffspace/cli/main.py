@@ -469,7 +469,6 @@ def cmd_optimize_grid(args) -> None:
 
     run = _load(args)
     key = f"{args.sampler}:{args.steps}"
-    before = read_plans(Path(run.dir) / GRIDS_FILE).get(key)
     sigmas = runs.optimize_grid(run, args.sampler, args.steps, args.n_calib, args.seed, args.sigma_min,
                                 args.sigma_max, args.method, args.budget, orders, args.candidates, args.pas,
                                 args.pas_k, args.pas_tol, args.overwrite)
@@ -481,10 +480,12 @@ def cmd_optimize_grid(args) -> None:
           f"{levels}")
     entry = read_plans(Path(run.dir) / GRIDS_FILE)[key]
     print(describe_plan(key, entry))
-    print(f"sample with: diffspace sample {run.dir} --sampler {args.sampler} --steps {args.steps} "
+    from diffspace.runs.rundir import CHECKPOINT
+
+    latest = not Path(args.run).is_file() or Path(args.run).resolve() == (run.dir / CHECKPOINT).resolve()
+    src = run.dir if latest else args.run  # why: the plan of an earlier checkpoint is for its weights
+    print(f"sample with: diffspace sample {src} --sampler {args.sampler} --steps {args.steps} "
           "--grid optimized")
-    if before is not None:  # why: one plan per key; say what the replaced one was worth
-        print(f"it replaced the plan stored there before: {describe_plan(key, before)}")
 
 
 def cmd_train_images_classifier(args) -> None:

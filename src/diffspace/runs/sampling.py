@@ -36,6 +36,7 @@ from diffspace.samplers.guidance import (
 from diffspace.samplers.learned import LearnedSolver, learn_solver, sample_learned
 from diffspace.samplers.ode import sample_adaptive
 from diffspace.samplers.optimize_grid import (
+    Schedule,
     candidate_sigmas,
     check_dp_plan,
     dp_schedule,
@@ -135,15 +136,50 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
         raise UserError(f"no optimized grid for {key} in {stored}{note}; run `diffspace optimize-grid "
                         f"{run.dir} --sampler {sampler} --steps {steps}{method.get(sampler, '')}` first")
     entry = table[key]
-    real = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
-    if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) \
-            or not isinstance(entry.get("sigmas"), list) or not all(map(real, entry["sigmas"])) \
-            or (entry.get("method") == "learned" and "learned" not in entry):
-        raise UserError(f"{stored}: the entry for {key} is malformed; run `diffspace optimize-grid` again")
+    try:
+        check_entry(entry, sampler, steps)
+    except UserError as e:
+        raise UserError(f"{stored}: {e}") from None
     if entry["step"] != run.step:
         raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
                         f"step {run.step}; run `diffspace optimize-grid` again")
     return entry
+
+
+def plan_nfe(entry: dict, sampler: str) -> int:
+    """The network calls a stored plan spends: by its per-step orders (a DP plan of Euler and Heun steps),
+    else by the sampler's rule for its grid's steps. KeyError, TypeError or ValueError for a malformed
+    entry."""
+    if "orders" in entry:
+        sigmas = torch.tensor(entry["sigmas"], dtype=torch.float64)
+        return Schedule(sigmas, tuple(int(o) for o in entry["orders"])).nfe
+    return SAMPLERS[sampler].nfe(len(entry["sigmas"]) - 1)
+
+
+def key_nfe(sampler: str, steps: int, method) -> int:
+    """The NFE a plan stored under SAMPLER:STEPS spends: STEPS for a DP plan (its --steps counts calls),
+    else the sampler's NFE for STEPS steps (heun:5 of Nelder-Mead is 9 calls)."""
+    return steps if method == "dp" else SAMPLERS[sampler].nfe(steps)
+
+
+def check_entry(entry, sampler: str, steps: int) -> None:
+    """UserError (one line) unless `entry` is a stored plan for SAMPLER:STEPS that sampling can run: a
+    step, a list of real noise levels, a step rule that fits them, the NFE its key names."""
+    key = f"{sampler}:{steps}"
+    real = lambda v: isinstance(v, int | float) and not isinstance(v, bool)  # noqa: E731
+    try:
+        if not isinstance(entry, dict) or not isinstance(entry.get("step"), int) \
+                or not isinstance(entry.get("sigmas"), list) or not all(map(real, entry["sigmas"])) \
+                or (entry.get("method") == "learned" and "learned" not in entry):
+            raise ValueError("a step, noise levels and the step rule of its method")
+        nfe, want = plan_nfe(entry, sampler), key_nfe(sampler, steps, entry.get("method"))
+        if nfe != want:  # why: a hand-edited grid of 60 levels was sampled as 60 steps under --steps 5
+            raise ValueError(f"its plan spends {nfe} network calls, its key {want}")
+        plan_sampler(entry, sampler)
+        check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), what="optimized grid")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UserError(f"the entry for {key} is malformed ({e}); run `diffspace optimize-grid` again") \
+            from None
 
 
 def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = None,
@@ -156,18 +192,13 @@ def plan(run: Run, sampler: str, steps: int, grid: str, options: dict | None = N
     entry = stored_plan(run, sampler, steps) if grid == "optimized" else {}
     if entry:  # why: optimize-grid fits a sampler with its default options (DDIM's grid, not eta = 1's)
         given, default = check_sampler_options(sampler, options), check_sampler_options(sampler, None)
-        flags = ", ".join("--" + k.replace("_", "-") for k in sorted(given) if given[k] != default[k])
+        flags = ", ".join("--" + "no-" * (given[k] is False) + k.replace("_", "-")  # a bool's off switch
+                          for k in sorted(given) if given[k] != default[k])
         if flags:
             raise UserError(f"the optimized plan for {sampler}:{steps} was fitted with {sampler}'s default "
                             f"options; {flags} would run another solver on it: drop {flags}, or choose "
                             "another --grid")
-    try:  # why: grids.json is a text file a user may edit; a bad entry is one line, not a traceback
-        return plan_sampler(entry, sampler, options), sigmas
-    except UserError:
-        raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise UserError(f"{run.dir / GRIDS_FILE}: the entry for {sampler}:{steps} is malformed ({e}); run "
-                        "`diffspace optimize-grid` again") from None
+    return plan_sampler(entry, sampler, options), sigmas
 
 
 def plan_sampler(entry: dict, sampler: str, options: dict | None = None) -> Callable:
@@ -377,10 +408,15 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     stored = Path(run.dir) / GRIDS_FILE
     table = read_plans(stored)  # why: a bad file is refused before minutes of fitting, not after
     lo, hi = sampling_range(build_path(run.cfg), sigma_min, sigma_max)
+    key, nfe = f"{sampler}:{steps}", key_nfe(sampler, steps, method)
+    rival, apart = rival_plan(run, table.get(key), sampler, steps, lo, hi, nfe)
+    if apart and not overwrite:  # why: before minutes of fitting, not after
+        raise UserError(f"this fit cannot be compared with the {apart}, so {stored} is unchanged "
+                        "(--overwrite replaces that plan)")
     g = torch.Generator().manual_seed(seed + 7919)  # calibration noise apart from sampling seeds
     x = (torch.randn((n_calib, *run.meta["data_shape"]), generator=g) * hi).to(run.device)
     den = as_denoiser(run.cfg, run.module)
-    entry = {"step": run.step, "method": method}
+    entry = {"step": run.step, "method": method, "range": [lo, hi]}
     with torch.no_grad():  # the adaptive PF-ODE solution of the calibration noise, what every method fits
         if method == "dp":
             levels = candidate_sigmas(candidates, lo, hi)
@@ -409,43 +445,56 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         if "orders" in entry:
             raise UserError("PAS corrects a plain Euler grid; drop --orders or --pas")
         entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
-    nfe = steps if method == "dp" else SAMPLERS[sampler].nfe(steps)
     entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
                                        plan_sampler(entry, sampler), sigmas)
-    key = f"{sampler}:{steps}"
-    stored_error = rival_error(run, table.get(key), sampler, den, x, reference, hi)
-    if not overwrite and stored_error is not None and stored_error < entry["calibration"]["rmse"]:
-        old = " ".join(str(table[key].get("method", "nelder-mead")).split())
-        raise UserError(f"kept the {old} plan stored for {key}: on this calibration noise it errs "
-                        f"{stored_error:.4g}, the new {method} plan {entry['calibration']['rmse']:.4g}; "
-                        f"{stored} is unchanged (--overwrite stores the new plan)")
+    cal = entry["calibration"]
+    if rival is not None:  # a plan of the same weights, range and NFE: run it on the same noise
+        rival_sigmas = torch.tensor(rival["sigmas"], dtype=torch.float64)
+        with torch.no_grad():
+            kept = grid_error(plan_sampler(rival, sampler), den, x, rival_sigmas, reference)
+        old = " ".join(str(rival.get("method", "nelder-mead")).split())
+        if kept < cal["rmse"] and not overwrite:
+            raise UserError(f"kept the {old} plan stored for {key}: on this calibration noise it errs "
+                            f"{kept:.4g}, the new {method} plan {cal['rmse']:.4g}; {stored} is unchanged "
+                            "(--overwrite stores the new plan)")
+        log.info(f"replaced the {old} plan stored for {key}, which errs {kept:.4g} on this calibration noise")
+    elif apart:
+        log.info(f"replaced the {apart}")
     table[key] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
-    cal = entry["calibration"]
     if cal["rmse"] > cal["baseline"]["rmse"]:  # why: a DP plan minimizes one-step errors, not the whole run's
         base = cal["baseline"]["grid"]
         log.warning(f"on its calibration noise this plan is worse than the {base} grid; sample with --grid "
                     f"{base} instead, or fit another --method")
     if euler_error is not None and cal["rmse"] > euler_error:
         log.warning(f"on its calibration noise this plan of Heun steps errs {cal['rmse']:.4g}, the DP plan "
-                    f"of Euler steps at NFE {steps} {euler_error:.4g}: fit that (--sampler euler), let the "
-                    "DP mix the two (--orders 1,2), or search a Heun grid (--method nelder-mead)")
+                    f"of Euler steps at NFE {steps} errs {euler_error:.4g}: fit that (--sampler euler), let "
+                    f"the DP mix the two (--orders 1,2), or search a Heun grid of the same NFE (--method "
+                    f"nelder-mead --steps {(steps + 1) // 2})")
     return sigmas
 
 
-def rival_error(run: Run, entry, sampler: str, den, x: Tensor, reference: Tensor, hi: float) -> float | None:
-    """The error (as `calibration` measures it) on the calibration noise x of the plan `entry` stored for
-    `sampler`, or None where it cannot compete: absent, unreadable, fitted to the weights of another step,
-    or starting from another level than hi (x's scale)."""
+def rival_plan(run: Run, entry, sampler: str, steps: int, lo: float, hi: float,
+               nfe: int) -> tuple[dict | None, str | None]:
+    """How a plan stored under SAMPLER:STEPS meets a refit over [lo, hi] at `nfe`: (entry, None) where
+    the two compete (the same weights, range and NFE: the better one on the refit's calibration noise is
+    kept), (None, what sets it apart) where they cannot be compared, (None, None) where there is none or
+    it is malformed (it is replaced). The range of a plan stored before ranges were recorded is its first
+    level alone."""
     try:
-        if entry["step"] != run.step or float(entry["sigmas"][0]) != hi:
-            return None
-        sigmas = check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), build_path(run.cfg))
-        fn = plan_sampler(entry, sampler)
-    except (UserError, KeyError, TypeError, ValueError, AttributeError, IndexError):
-        return None
-    with torch.no_grad():
-        return grid_error(fn, den, x, sigmas, reference)
+        check_entry(entry, sampler, steps)
+        stored_lo, stored_hi = (float(v) for v in entry.get("range", [lo, entry["sigmas"][0]]))
+    except (UserError, TypeError, ValueError):
+        return None, None
+    what = f"{' '.join(str(entry.get('method', 'nelder-mead')).split())} plan stored for {sampler}:{steps}"
+    if entry["step"] != run.step:
+        return None, f"{what}, fitted at step {entry['step']} (this fit: step {run.step})"
+    if (stored_lo, stored_hi) != (lo, hi):
+        return None, (f"{what}, fitted over sigma {stored_lo:.4g} .. {stored_hi:.4g} (this fit: {lo:.4g} .. "
+                      f"{hi:.4g})")
+    if plan_nfe(entry, sampler) != nfe:  # heun:5 is 5 calls of a DP plan, 9 of a Nelder-Mead grid
+        return None, f"{what}, fitted for {plan_nfe(entry, sampler)} network calls (this fit: {nfe})"
+    return entry, None
 
 
 def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: int, lo: float, hi: float,
