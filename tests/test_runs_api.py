@@ -273,15 +273,24 @@ def test_an_optimized_plan_refuses_sampler_options_it_was_not_fitted_with(ddpm_r
 
 
 def test_a_refit_keeps_a_better_stored_plan_unless_told(ddpm_run):
-    """A refit measures the plan stored under its key on the same calibration noise: a better one is kept
-    (the file unchanged), a worse one replaced; --overwrite replaces it anyway, and a plan from another
-    starting level does not compete (it would run from the wrong noise scale)."""
-    from diffspace.runs.sampling import GRIDS_FILE, stored_plan
+    """A refit runs the plan stored under its key and the new one on noise neither was fitted to (the new
+    plan's calibration error is in-sample: a refit on 2 noises replaced a 4x better plan): a better stored
+    plan is kept (the file unchanged), a worse one replaced; overwrite replaces it anyway, and a plan over
+    another range does not compete."""
+    from diffspace.runs.continuous import as_denoiser
+    from diffspace.runs.sampling import GRIDS_FILE, HOLDOUT_SEED, stored_plan
+    from diffspace.samplers.grids import sampling_range
+    from diffspace.samplers.ode import sample_adaptive, sample_euler
+    from diffspace.samplers.optimize_grid import grid_error
 
     good = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, budget=100)
     stored = (ddpm_run.dir / GRIDS_FILE).read_bytes()
-    with pytest.raises(UserError, match=r"kept the nelder-mead plan stored for euler:2: on this calibration "
-                                        r"noise it errs [0-9.e-]+, the new dp plan"):
+    den, (lo, hi) = as_denoiser(ddpm_run.cfg, ddpm_run.module), sampling_range(build_path(ddpm_run.cfg))
+    held_out = torch.randn((256, 2), generator=torch.Generator().manual_seed(HOLDOUT_SEED)) * hi  # seed 0
+    with torch.no_grad():
+        kept = grid_error(sample_euler, den, held_out, good, sample_adaptive(den, held_out, hi, lo))
+    with pytest.raises(UserError, match=rf"kept the nelder-mead plan stored for euler:2: on 256 noises "
+                                        rf"neither plan was fitted to it errs {kept:.4g}, the new dp plan"):
         runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4)
     assert (ddpm_run.dir / GRIDS_FILE).read_bytes() == stored
     coarse = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4,
@@ -374,7 +383,42 @@ def test_a_heun_dp_plan_that_euler_beats_is_warned_of(edm_run, nfe, warns, caplo
                       f"nelder-mead --steps {(nfe + 1) // 2})"] * warns
 
 
+def test_what_a_stored_plan_is_told_by_info_and_eval(ddpm_run, tmp_path):
+    """The new-user pass: `eval --grid optimized` recorded the path's noise range, not the plan's, and
+    nothing of the plan; `info` listed a malformed plan, or one of older weights, as usable."""
+    import json
+    import shutil
+
+    from diffspace.runs.sampling import GRIDS_FILE, describe_plan, plan_problem, stored_plan
+
+    copy = tmp_path / "run"
+    shutil.copytree(ddpm_run.dir, copy)
+    run = runs.load_run(copy)
+    runs.optimize_grid(run, "ddim", steps=3, n_calib=16, budget=10, sigma_max=20.0, overwrite=True)
+    entry = stored_plan(run, "ddim", 3)
+    m = runs.evaluate(run, runs.EvalOptions(n=20, sampler="ddim", steps=3, grid="optimized"))
+    assert m["sigma_range"] == entry["range"] and entry["range"][1] == 20.0
+    assert m["plan"] == describe_plan("ddim:3", entry)
+    assert plan_problem(run, "ddim:3", entry) is None
+    assert plan_problem(run, "ddim:3", entry | {"step": run.step + 1}) == \
+        f"fitted at step {run.step + 1}, the run is at step {run.step}: refit it to sample with it"
+    assert "malformed (its plan spends 4 network calls, its key 3)" in \
+        plan_problem(run, "ddim:3", entry | {"sigmas": [entry["sigmas"][0], *entry["sigmas"]]})
+    table = json.loads((copy / GRIDS_FILE).read_text())
+    table["ddim:3"]["step"] += 1
+    (copy / GRIDS_FILE).write_text(json.dumps(table))
+    with pytest.raises(UserError, match=rf"fitted at step {run.step + 1}, these weights are step {run.step}; "
+                                        r"fit one for them \(it replaces that plan\): `diffspace "
+                                        r"optimize-grid RUN --sampler ddim --steps 3 --overwrite`"):
+        runs.sample(run, runs.SampleOptions(n=2, sampler="ddim", steps=3, grid="optimized"))
+
+
 def test_optimize_grid_refuses_what_it_cannot_plan(ddpm_run):
+    with pytest.raises(UserError, match=r"orders are solver orders such as \(1, 2\) \(--orders 1,2\), got "
+                                        r"'1,2'"):
+        runs.optimize_grid(ddpm_run, "euler", steps=5, method="dp", orders="1,2")  # was a TypeError
+    with pytest.raises(UserError, match="PAS corrects a plain Euler grid, and --orders lets the DP plan"):
+        runs.optimize_grid(ddpm_run, "euler", steps=5, method="dp", orders=(1, 2), pas=True)  # before fitting
     with pytest.raises(UserError, match="stochastic"):
         runs.optimize_grid(ddpm_run, "ddpm", steps=3)
     with pytest.raises(UserError, match="picks its steps"):

@@ -20,6 +20,9 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):  # why: `--order 1` was read as optimize-grid's --orders
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
     def error(self, message):  # argparse's own errors: one line, exit 2
         self.exit(2, f"diffspace: error: {message}\n")
 
@@ -551,7 +554,7 @@ def cmd_info(args) -> None:
         stale = "" if m.get("step") == run.step else f" (stale: from step {m.get('step')})"
         print(f"metrics{stale}  " + json.dumps(m))
     if run.task == "continuous":
-        from diffspace.runs.sampling import GRIDS_FILE, describe_plan, read_plans
+        from diffspace.runs.sampling import GRIDS_FILE, describe_plan, plan_problem, read_plans
 
         try:
             plans = read_plans(run.dir / GRIDS_FILE)
@@ -559,7 +562,8 @@ def cmd_info(args) -> None:
             plans = {}
             print(f"plans       unreadable: {e}")
         for key, entry in plans.items():  # sample them with --grid optimized
-            print(f"plan        {describe_plan(key, entry)}")
+            problem = plan_problem(run, key, entry)
+            print(f"plan        {describe_plan(key, entry)}" + (f" [unusable: {problem}]" if problem else ""))
     print("\n" + to_toml(run.meta["config"]))
 
 

@@ -27,7 +27,7 @@ from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
 from diffspace.runs.options import EvalOptions, Run, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
-from diffspace.runs.sampling import generate, guided_denoiser, plan, sample_chunk
+from diffspace.runs.sampling import describe_plan, generate, guided_denoiser, plan, sample_chunk, stored_plan
 from diffspace.samplers.grids import sampling_range
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
@@ -39,9 +39,15 @@ def _protocol(run: Run, opts: EvalOptions) -> dict:
     sc = run.cfg.sample
     steps = opts.steps or sc.steps
     check_steps(steps)
-    return {"step": run.step, "seed": opts.seed, "sampler": opts.sampler or sc.sampler, "steps": steps,
-            "grid": opts.grid or sc.grid, "sampler_options": dict(opts.sampler_options),
-            "sigma_range": list(sampling_range(build_path(run.cfg), opts.sigma_min, opts.sigma_max))}
+    protocol = {"step": run.step, "seed": opts.seed, "sampler": opts.sampler or sc.sampler, "steps": steps,
+                "grid": opts.grid or sc.grid, "sampler_options": dict(opts.sampler_options),
+                "sigma_range": list(sampling_range(build_path(run.cfg), opts.sigma_min, opts.sigma_max))}
+    if protocol["grid"] == "optimized":  # why: the stored plan sets the range and the step rule
+        entry = stored_plan(run, protocol["sampler"], steps)
+        levels = entry["sigmas"]
+        protocol["sigma_range"] = entry.get("range", [min(v for v in levels if v > 0), levels[0]])
+        protocol["plan"] = describe_plan(f"{protocol['sampler']}:{steps}", entry)
+    return protocol
 
 
 def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:

@@ -96,8 +96,8 @@ def read_plans(stored: Path) -> dict:
     try:
         table = json.loads(stored.read_text()) if stored.is_file() else {}
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{stored}: not valid JSON ({e}); delete it and run `diffspace optimize-grid` "
-                        "again") from None
+        raise UserError(f"{stored}: not valid JSON ({e}); mend it, or move it aside (it holds every stored "
+                        "plan) and run `diffspace optimize-grid` again") from None
     if not isinstance(table, dict):
         raise UserError(f"{stored}: expected a JSON object of optimized grids")
     return table
@@ -132,7 +132,8 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
     if key not in table:
         earlier = sorted(Path(run.dir).glob(f"stale/step_*/{GRIDS_FILE}"))  # moved when training resumed
         note = f" (those fitted to earlier weights are in {earlier[-1].parent})" if earlier else ""
-        method = {"euler": " [--method dp]", "heun": " [--method dp]", "dpmpp_2m": " [--method learned]"}
+        method = {"euler": " [--method dp]", "heun": " [--method dp]" * (steps % 2),  # a DP Heun NFE is odd
+                  "dpmpp_2m": " [--method learned]"}
         raise UserError(f"no optimized grid for {key} in {stored}{note}; run `diffspace optimize-grid "
                         f"{run.dir} --sampler {sampler} --steps {steps}{method.get(sampler, '')}` first")
     entry = table[key]
@@ -140,10 +141,26 @@ def stored_plan(run: Run, sampler: str, steps: int) -> dict:
         check_entry(entry, sampler, steps)
     except UserError as e:
         raise UserError(f"{stored}: {e}") from None
-    if entry["step"] != run.step:
-        raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, the run is at "
-                        f"step {run.step}; run `diffspace optimize-grid` again")
+    if entry["step"] != run.step:  # why: one plan per key, so a fit for these weights replaces that one
+        how = f" --method {entry['method']}" if entry.get("method") in ("dp", "learned") else ""
+        raise UserError(f"the optimized grid for {key} was fitted at step {entry['step']}, these weights are "
+                        f"step {run.step}; fit one for them (it replaces that plan): `diffspace "
+                        f"optimize-grid RUN --sampler {sampler} --steps {steps}{how} --overwrite`, RUN as "
+                        "given here")
     return entry
+
+
+def plan_problem(run: Run, key: str, entry) -> str | None:
+    """Why `sample --grid optimized` would refuse the plan stored under `key` for this run's weights (a
+    malformed entry, another step), or None: what `diffspace info` shows beside each plan."""
+    sampler, _, steps = key.rpartition(":")
+    try:
+        check_entry(entry, sampler, int(steps))
+    except (UserError, ValueError) as e:
+        return str(e)
+    if entry["step"] != run.step:
+        return f"fitted at step {entry['step']}, the run is at step {run.step}: refit it to sample with it"
+    return None
 
 
 def plan_nfe(entry: dict, sampler: str) -> int:
@@ -389,6 +406,12 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
                         f"got sampler {sampler!r}")
     if orders is not None and method != "dp":
         raise UserError(f"solver orders (--orders) choose steps of method 'dp'; method {method!r} has none")
+    if orders is not None and (not isinstance(orders, tuple | list)
+                               or not all(isinstance(o, int) and not isinstance(o, bool) for o in orders)):
+        raise UserError(f"orders are solver orders such as (1, 2) (--orders 1,2), got {orders!r}")
+    if pas and orders is not None and set(orders) != {1}:  # why: before minutes of fitting, not after
+        raise UserError("PAS corrects a plain Euler grid, and --orders lets the DP plan Heun steps; drop "
+                        "--orders or --pas")
     if method == "dp" and sampler not in METHOD_SAMPLERS["dp"]:
         raise UserError(f"method 'dp' plans {' or '.join(METHOD_SAMPLERS['dp'])} steps, "
                         f"got sampler {sampler!r}")
@@ -442,22 +465,21 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         sigmas = optimize_sigmas(fn, den, x, steps, lo, hi, starts=starts, max_evals=budget,
                                  reference=reference)
     if pas:
-        if "orders" in entry:
-            raise UserError("PAS corrects a plain Euler grid; drop --orders or --pas")
         entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
     entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
                                        plan_sampler(entry, sampler), sigmas)
     cal = entry["calibration"]
-    if rival is not None:  # a plan of the same weights, range and NFE: run it on the same noise
-        rival_sigmas = torch.tensor(rival["sigmas"], dtype=torch.float64)
-        with torch.no_grad():
-            kept = grid_error(plan_sampler(rival, sampler), den, x, rival_sigmas, reference)
-        old = " ".join(str(rival.get("method", "nelder-mead")).split())
-        if kept < cal["rmse"] and not overwrite:
-            raise UserError(f"kept the {old} plan stored for {key}: on this calibration noise it errs "
-                            f"{kept:.4g}, the new {method} plan {cal['rmse']:.4g}; {stored} is unchanged "
-                            "(--overwrite stores the new plan)")
-        log.info(f"replaced the {old} plan stored for {key}, which errs {kept:.4g} on this calibration noise")
+    if rival is not None:  # the same weights, range and NFE: both run on noise neither was fitted to
+        fitted = (plan_sampler(entry, sampler), sigmas)
+        kept_plan = (plan_sampler(rival, sampler), torch.tensor(rival["sigmas"], dtype=torch.float64))
+        new_error, kept = holdout_errors(run, den, [fitted, kept_plan], n_calib, seed, lo, hi)
+        old, n = " ".join(str(rival.get("method", "nelder-mead")).split()), max(n_calib, HOLDOUT_MIN)
+        said = (f"on {n} noises neither plan was fitted to it errs {kept:.4g}, the new {method} plan "
+                f"{new_error:.4g}")
+        if kept < new_error and not overwrite:
+            raise UserError(f"kept the {old} plan stored for {key}: {said}; {stored} is unchanged "
+                            "(--overwrite, or overwrite=True, stores the new plan)")
+        log.info(f"replaced the {old} plan stored for {key}: {said}")
     elif apart:
         log.info(f"replaced the {apart}")
     table[key] = {**entry, "sigmas": sigmas.tolist()}
@@ -466,12 +488,28 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
         base = cal["baseline"]["grid"]
         log.warning(f"on its calibration noise this plan is worse than the {base} grid; sample with --grid "
                     f"{base} instead, or fit another --method")
-    if euler_error is not None and cal["rmse"] > euler_error:
+    if euler_error is not None and cal["rmse"] > euler_error < cal["baseline"]["rmse"]:  # else: the grid's
         log.warning(f"on its calibration noise this plan of Heun steps errs {cal['rmse']:.4g}, the DP plan "
                     f"of Euler steps at NFE {steps} errs {euler_error:.4g}: fit that (--sampler euler), let "
                     f"the DP mix the two (--orders 1,2), or search a Heun grid of the same NFE (--method "
                     f"nelder-mead --steps {(steps + 1) // 2})")
     return sigmas
+
+
+HOLDOUT_SEED, HOLDOUT_MIN = 104729, 256  # why: a refit's new plan was fitted to its calibration noise
+
+
+def holdout_errors(run: Run, den, plans: list[tuple[Callable, Tensor]], n_calib: int, seed: int, lo: float,
+                   hi: float) -> list[float]:
+    """The error (as `calibration` measures it) of each (sampler function, grid) on max(n_calib, 256)
+    noises apart from the calibration noise of `seed` (stream seed + HOLDOUT_SEED), against their adaptive
+    PF-ODE solution over [lo, hi]: a fair comparison of a plan fitted to the calibration noise with one
+    that was not."""
+    g = torch.Generator().manual_seed(seed + HOLDOUT_SEED)
+    x = (torch.randn((max(n_calib, HOLDOUT_MIN), *run.meta["data_shape"]), generator=g) * hi).to(run.device)
+    with torch.no_grad():
+        reference = sample_adaptive(den, x, hi, lo)
+        return [grid_error(fn, den, x, sigmas, reference) for fn, sigmas in plans]
 
 
 def rival_plan(run: Run, entry, sampler: str, steps: int, lo: float, hi: float,

@@ -253,7 +253,8 @@ def check_dp_plan(nfe: int, orders: tuple[int, ...]) -> None:
         raise UserError(f"nfe must be a positive integer, got {nfe!r}")
     if set(orders) == {2} and nfe % 2 == 0:
         raise UserError(f"a plan of Heun steps alone makes an odd NFE (2 per step, 1 for the last step into "
-                        f"0), not {nfe}; ask {nfe - 1} or {nfe + 1}, or allow Euler steps too (orders 1,2)")
+                        f"0), not {nfe}; ask {nfe - 1} or {nfe + 1}, or allow Euler steps too "
+                        "(orders (1, 2), --orders 1,2)")
 
 
 def dp_schedule(denoiser: Denoiser, x: Tensor, nfe: int, sigma_min: float, sigma_max: float, *,
