@@ -401,7 +401,16 @@ def test_what_a_stored_plan_is_told_by_info_and_eval(ddpm_run, tmp_path):
     assert m["plan"] == describe_plan("ddim:3", entry)
     assert plan_problem(run, "ddim:3", entry) is None
     assert plan_problem(run, "ddim:3", entry | {"step": run.step + 1}) == \
-        f"fitted at step {run.step + 1}, the run is at step {run.step}: refit it to sample with it"
+        f"fitted at step {run.step + 1}, the run is at step {run.step}: refit it with --overwrite to " \
+        "sample with it"
+    assert plan_problem(run, "bogus", entry) == "its key is not SAMPLER:STEPS"
+    assert m["nfe"] == 3
+    from diffspace.runs.report import write_report
+
+    runs.optimize_grid(run, "heun", steps=5, n_calib=16, method="dp", candidates=6, overwrite=True)
+    m = runs.evaluate(run, runs.EvalOptions(n=20, sampler="heun", steps=5, grid="optimized"))
+    page = write_report(run.dir).read_text()  # a DP plan's --steps counts calls: 5, not Heun's 2 * 5 - 1
+    assert m["nfe"] == 5 and '<td>NFE per sample</td><td class="num">5</td>' in page and "method dp" in page
     assert "malformed (its plan spends 4 network calls, its key 3)" in \
         plan_problem(run, "ddim:3", entry | {"sigmas": [entry["sigmas"][0], *entry["sigmas"]]})
     table = json.loads((copy / GRIDS_FILE).read_text())

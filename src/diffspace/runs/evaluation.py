@@ -27,7 +27,15 @@ from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
 from diffspace.runs.options import EvalOptions, Run, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
-from diffspace.runs.sampling import describe_plan, generate, guided_denoiser, plan, sample_chunk, stored_plan
+from diffspace.runs.sampling import (
+    describe_plan,
+    generate,
+    guided_denoiser,
+    plan,
+    plan_nfe,
+    sample_chunk,
+    stored_plan,
+)
 from diffspace.samplers.grids import sampling_range
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
@@ -47,6 +55,7 @@ def _protocol(run: Run, opts: EvalOptions) -> dict:
         levels = entry["sigmas"]
         protocol["sigma_range"] = entry.get("range", [min(v for v in levels if v > 0), levels[0]])
         protocol["plan"] = describe_plan(f"{protocol['sampler']}:{steps}", entry)
+        protocol["nfe"] = plan_nfe(entry, protocol["sampler"])
     return protocol
 
 

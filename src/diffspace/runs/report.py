@@ -23,7 +23,7 @@ from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.samplers.registry import SAMPLERS
 
 REPORT = "report.html"
-PROTOCOL = ("step", "seed", "n", "sampler", "steps", "grid", "sampler_options", "sigma_range", "cfg",
+PROTOCOL = ("step", "seed", "n", "sampler", "steps", "grid", "plan", "sampler_options", "sigma_range", "cfg",
             "featurenet", "featurenet_test_accuracy")
 BASELINES = ("_data_baseline", "_real_baseline")
 STYLE = """
@@ -99,8 +99,9 @@ def _metrics(m: dict, step: int) -> str:
 
 def _protocol(m: dict, guided: bool) -> str:
     rows = [[k, json.dumps(m[k]) if isinstance(m[k], dict | list) else m[k]] for k in PROTOCOL if k in m]
-    if "sampler" in m and "steps" in m:
-        rows.append(["NFE per sample", nfe_of(m["sampler"], m["steps"], guided)])
+    if "sampler" in m and "steps" in m:  # a stored plan records its own NFE (a DP plan's steps are calls)
+        nfe = m["nfe"] * (2 if guided else 1) if "nfe" in m else nfe_of(m["sampler"], m["steps"], guided)
+        rows.append(["NFE per sample", nfe])
     return "<h3>Protocol</h3>" + _table(["setting", "value"], rows)
 
 

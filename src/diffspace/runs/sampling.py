@@ -154,12 +154,15 @@ def plan_problem(run: Run, key: str, entry) -> str | None:
     """Why `sample --grid optimized` would refuse the plan stored under `key` for this run's weights (a
     malformed entry, another step), or None: what `diffspace info` shows beside each plan."""
     sampler, _, steps = key.rpartition(":")
+    if not steps.isdigit():
+        return "its key is not SAMPLER:STEPS"
     try:
         check_entry(entry, sampler, int(steps))
-    except (UserError, ValueError) as e:
+    except UserError as e:
         return str(e)
     if entry["step"] != run.step:
-        return f"fitted at step {entry['step']}, the run is at step {run.step}: refit it to sample with it"
+        return (f"fitted at step {entry['step']}, the run is at step {run.step}: refit it with --overwrite "
+                "to sample with it")
     return None
 
 
