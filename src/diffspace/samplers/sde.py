@@ -25,7 +25,7 @@ from torch import Tensor
 
 from diffspace.rng import Generator, randn_like
 from diffspace.samplers.multistep import History, multistep_loop, phi_weights
-from diffspace.samplers.ode import Callback, heun_step, run_steps, sigma_batch
+from diffspace.samplers.ode import Callback, euler_step, heun_step, run_steps, sigma_batch
 from diffspace.types import Denoiser
 from diffspace.utils import bcast, lincomb
 
@@ -103,6 +103,8 @@ def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
 def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0,
                 generator: Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
     """DDIM with eta (0: deterministic, equal to Euler in sigma). One NFE per step."""
+    if eta == 0:  # why: the same lerp as ddim_step's, without a wrapper frame per step (host time on the CPU)
+        return run_steps(euler_step, denoiser, x, sigmas, callback, cond)
     step = lambda d, y, s, s_next, **c: ddim_step(d, y, s, s_next, eta=eta, generator=generator, **c)
     return run_steps(step, denoiser, x, sigmas, callback, cond)
 
