@@ -131,9 +131,7 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained, monkeypatch):
     assert (run / "grids.json").read_bytes() == stored  # a refit that does worse loses nothing
     again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 3, "--overwrite")
     assert again.returncode == 0  # re-fitting says what it replaced, and what that was worth on this noise
-    said = worse.stderr.split("plan was fitted to it errs ")[1].split("; ")[0]  # the same held-out errors
-    assert "diffspace: replaced the nelder-mead plan stored for dpmpp_2m:2: on 256 noises neither plan " \
-        f"was fitted to it errs {said}\n" in again.stderr
+    assert "diffspace: replaced the plan stored for dpmpp_2m:2 (--overwrite)" in again.stderr  # no comparison
     table = json.loads((run / "grids.json").read_text())["dpmpp_2m:2"]["calibration"]
     base = table["baseline"]
     said = (f"calibration error {table['rmse']:.4g} against {base['rmse']:.4g} with the {base['grid']} grid "

@@ -188,8 +188,9 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--sigma-min", type=float, help="lowest nonzero noise level (default: the path's own)")
     o.add_argument("--sigma-max", type=float, help="starting noise level (default: the path's own)")
     o.add_argument("--overwrite", action="store_true",
-                   help="store the new plan even where the one stored for SAMPLER:STEPS does better on "
-                        "the same calibration noise (which is otherwise kept)")
+                   help="store the new plan whatever is stored for SAMPLER:STEPS (otherwise a plan that "
+                        "does better on held-out noise is kept, and one of other weights, range or NFE "
+                        "is refused)")
     _add_device(o)
 
     for name, what in (("train-featurenet", "a classifier whose features and predictions score "

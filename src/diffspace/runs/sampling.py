@@ -472,19 +472,19 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
                                        plan_sampler(entry, sampler), sigmas)
     cal = entry["calibration"]
-    if rival is not None:  # the same weights, range and NFE: both run on noise neither was fitted to
+    if rival is not None and not overwrite:  # the same weights, range and NFE: both run on held-out noise
         fitted = (plan_sampler(entry, sampler), sigmas)
         kept_plan = (plan_sampler(rival, sampler), torch.tensor(rival["sigmas"], dtype=torch.float64))
         new_error, kept = holdout_errors(run, den, [fitted, kept_plan], n_calib, seed, lo, hi)
         old, n = " ".join(str(rival.get("method", "nelder-mead")).split()), max(n_calib, HOLDOUT_MIN)
         said = (f"on {n} noises neither plan was fitted to it errs {kept:.4g}, the new {method} plan "
                 f"{new_error:.4g}")
-        if kept < new_error and not overwrite:
+        if kept < new_error:
             raise UserError(f"kept the {old} plan stored for {key}: {said}; {stored} is unchanged "
                             "(--overwrite, or overwrite=True, stores the new plan)")
         log.info(f"replaced the {old} plan stored for {key}: {said}")
-    elif apart:
-        log.info(f"replaced the {apart}")
+    elif apart or rival is not None:
+        log.info(f"replaced the {apart or 'plan stored for ' + key} (--overwrite)")
     table[key] = {**entry, "sigmas": sigmas.tolist()}
     write_atomic(stored, json.dumps(table, indent=1) + "\n")
     if cal["rmse"] > cal["baseline"]["rmse"]:  # why: a DP plan minimizes one-step errors, not the whole run's
@@ -518,10 +518,10 @@ def holdout_errors(run: Run, den, plans: list[tuple[Callable, Tensor]], n_calib:
 def rival_plan(run: Run, entry, sampler: str, steps: int, lo: float, hi: float,
                nfe: int) -> tuple[dict | None, str | None]:
     """How a plan stored under SAMPLER:STEPS meets a refit over [lo, hi] at `nfe`: (entry, None) where
-    the two compete (the same weights, range and NFE: the better one on the refit's calibration noise is
-    kept), (None, what sets it apart) where they cannot be compared, (None, None) where there is none or
-    it is malformed (it is replaced). The range of a plan stored before ranges were recorded is its first
-    level alone."""
+    the two compete (the same weights, range and NFE: the better one on held-out noise is kept, see
+    `holdout_errors`), (None, what sets it apart) where they cannot be compared, (None, None) where there
+    is none or it is malformed (it is replaced). The range of a plan stored before ranges were recorded is
+    its first level alone."""
     try:
         check_entry(entry, sampler, steps)
         stored_lo, stored_hi = (float(v) for v in entry.get("range", [lo, entry["sigmas"][0]]))
