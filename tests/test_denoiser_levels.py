@@ -239,3 +239,26 @@ def test_transformer_broadcasts_a_one_level_condition(randomize):
     with torch.no_grad():
         torch.testing.assert_close(net(ids, torch.tensor([300.0])), net(ids, torch.full((B,), 300.0)),
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("path_name", ["ddpm", "vp", "ve", "edm", "linear"])
+@pytest.mark.parametrize("prediction", sorted(PREDICTIONS))
+def test_a_wrappers_slope_is_the_pf_odes(path_name, prediction):
+    """slope(x, sigma) = (x - D(x, sigma)) / sigma ([EDM] Eq. 4) at shared and per-example levels; for an
+    eps network it is the prediction itself ([DDIM] Eq. 14), with no arithmetic on it."""
+    path, x = PATHS[path_name](), _x()
+    den = NetDenoiser(Smooth(), path, prediction)
+    for sigma in (path.sigma_min * 1.5, 0.3, 7.0, path.sigma_max / 1.5):
+        with torch.no_grad():
+            for level in (sigma_batch(sigma, x), torch.full((B,), sigma, dtype=x.dtype)):
+                expected = (x - den(x, level)) / sigma
+                torch.testing.assert_close(den.slope(x, level), expected, rtol=1e-9, atol=1e-9 / sigma)
+    if prediction == "eps":
+        level = sigma_batch(0.3, x)
+        c_in, _, _, c_noise = den.level(level, x)
+        assert torch.equal(den.slope(x, level), Smooth()(c_in * x, c_noise))
+    edm = EDMPrecond(Smooth(), 0.5)
+    for sigma in (0.002, 0.3, 80.0):
+        level = sigma_batch(sigma, x)
+        expected = (x - edm(x, level)) / sigma
+        torch.testing.assert_close(edm.slope(x, level), expected, rtol=1e-9, atol=1e-9 / sigma)

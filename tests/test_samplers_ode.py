@@ -151,3 +151,88 @@ def test_every_sampler_has_the_uniform_signature_and_passes_cond(name):
     out = SAMPLERS[name].fn(denoiser, x, karras_sigmas(3, SIGMA_MIN, SIGMA_MAX),
                             generator=torch.Generator().manual_seed(1), callback=None, class_labels=labels)
     assert out.shape == x.shape and seen and all(c is labels for c in seen)
+
+
+class _Forwarding:
+    """A wrapper that forwards attribute reads to the module it wraps (as torch.compile's and DDP's do)
+    and counts its own calls."""
+
+    def __init__(self, module):
+        self.module, self.calls = module, 0
+
+    def __call__(self, x, sigma, **cond):
+        self.calls += 1
+        return self.module(x, sigma, **cond)
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "midpoint", "rk4"])
+def test_one_step_samplers_use_a_denoisers_slope_and_still_report_x0_hat(name):
+    """An eps NetDenoiser's slope (its prediction) and the generic (x - D) / sigma give the same samples;
+    the callback's x0_hat is D at the step's start either way; a wrapper that only forwards attributes
+    is called as a Denoiser (its own forward runs)."""
+    from diffspace.param import NetDenoiser
+    from diffspace.paths import DDPMDiscrete
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    den = NetDenoiser(lambda x, c: net(x) * (1 + c[:, None] / 1000), DDPMDiscrete(), "eps")
+    plain = lambda x, s: den(x, s)  # noqa: E731  a Denoiser without slope
+    sigmas = karras_sigmas(6, 0.01, 20.0)
+    x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 20.0
+    seen = {"own": [], "plain": []}
+    record = lambda key: lambda i, s, y, x0: seen[key].append((s, y, x0))  # noqa: E731
+    fn = SAMPLERS[name].fn
+    own = fn(den, x, sigmas, callback=record("own"))
+    torch.testing.assert_close(own, fn(plain, x, sigmas, callback=record("plain")), rtol=1e-12, atol=1e-12)
+    start = x
+    for (s, y, x0), (_, _, x0_plain) in zip(seen["own"], seen["plain"], strict=True):
+        at_start = den(start, torch.full((64,), s, dtype=torch.float64))
+        torch.testing.assert_close(x0, at_start, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(x0, x0_plain, rtol=1e-12, atol=1e-12)
+        start = y
+    wrapped = _Forwarding(den)
+    torch.testing.assert_close(fn(wrapped, x, sigmas), own, rtol=1e-12, atol=1e-12)
+    assert wrapped.calls == SAMPLERS[name].nfe(len(sigmas) - 1)
+
+
+@pytest.mark.parametrize("name, passes", [("euler", lambda n: 2 * n), ("ddim", lambda n: 2 * n),
+                                          ("heun", lambda n: 5 * (n - 1) + 2)])
+def test_passes_over_the_batch_per_step_with_an_eps_network(name, passes):
+    """The host work of a step with an eps NetDenoiser, counted as tensor ops on the batch outside the
+    network: per call, the input scaling and one update (the step adds the prediction, the slope, to x);
+    Heun adds its half step before the second call. why pinned: on the CPU these passes, paid with caches
+    the network left cold, are the sampler's time per call (benchmarks/samplers.py)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from diffspace.param import NetDenoiser
+    from diffspace.paths import DDPMDiscrete
+
+    batch = 64
+
+    class Count(TorchDispatchMode):
+        inside, ops = False, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            shapes = [a.shape for a in args if isinstance(a, torch.Tensor)]
+            if not self.inside and any(s[:1] == (batch,) for s in shapes):
+                self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    class Net(torch.nn.Module):
+        def forward(self, x, c):
+            Count.inside = True
+            out = torch.tanh(x) * (1 + c[:, None] / 1000)
+            Count.inside = False
+            return out
+
+    den = NetDenoiser(Net(), DDPMDiscrete(), "eps")
+    sigmas = karras_sigmas(7, 0.01, 20.0)
+    x = torch.randn(batch, 2, generator=torch.Generator().manual_seed(0)) * 20.0
+    with torch.no_grad():
+        SAMPLERS[name].fn(den, x, sigmas)  # the levels' coefficients are computed once, here
+        with Count():
+            SAMPLERS[name].fn(den, x, sigmas)
+    assert len(Count.ops) == passes(len(sigmas) - 1), Count.ops

@@ -41,12 +41,10 @@ class NetDenoiser(nn.Module):
     def __init__(self, net: nn.Module, path: GaussianPath, prediction: str):
         super().__init__()
         self.net, self.path, self.prediction = net, path, prediction
-        self._memo = LevelMemo()
+        self._memo, self._slope_memo = LevelMemo(), LevelMemo()
 
-    def level(self, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(c_in, c_skip, c_out) broadcast against x and c_noise in x's dtype, at sigma of shape (1,) or
-        (B,), computed in float64."""
-        s = sigma.double()
+    def _coefficients(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(alpha_t, c_skip, c_out, t) in float64 at the float64 level s."""
         t = self.path.t_from_sigma(s)
         if self.prediction in NEEDS_DERIVATIVES:
             c = self.path.coeffs(t)
@@ -56,13 +54,37 @@ class NetDenoiser(nn.Module):
         zero, one = torch.zeros_like(s), torch.ones_like(s)
         c_skip = x0_eps(self.prediction, c.alpha_t, zero, c)[0]  # x0 at x = 1 (x_t = alpha_t), F = 0
         c_out = x0_eps(self.prediction, zero, one, c)[0]  # x0 at x = 0, F = 1
-        return bcast(c.alpha_t, x), bcast(c_skip, x), bcast(c_out, x), self.path.noise_cond(t).to(x.dtype)
+        return c.alpha_t, c_skip, c_out, t
+
+    def level(self, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(c_in, c_skip, c_out) broadcast against x and c_noise in x's dtype, at sigma of shape (1,) or
+        (B,), computed in float64."""
+        c_in, c_skip, c_out, t = self._coefficients(sigma.double())
+        return bcast(c_in, x), bcast(c_skip, x), bcast(c_out, x), self.path.noise_cond(t).to(x.dtype)
+
+    def slope_level(self, sigma: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`level` for `slope`: c_in, (1 - c_skip) / sigma, -c_out / sigma and c_noise, formed in float64."""
+        s = sigma.double()
+        c_in, c_skip, c_out, t = self._coefficients(s)
+        return (bcast(c_in, x), bcast((1 - c_skip) / s, x), bcast(-c_out / s, x),
+                self.path.noise_cond(t).to(x.dtype))
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_in, c_skip, c_out, c_noise = self._memo(self.level, sigma, x)
         f = in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
         # why: where c_skip is 1 by construction, one pass over the batch instead of two
         return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
+
+    def slope(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        """(x - D(x, sigma)) / sigma for sigma > 0 (B,), the PF-ODE's slope ([EDM] Eq. 4, s = 1), with a
+        pass over the batch less than through `forward`: for an eps network the prediction itself ([DDIM]
+        Eq. 14, dx/dsigma = eps(x / sqrt(sigma^2 + 1))), else (1 - c_skip) / sigma x - c_out / sigma F.
+        Samplers reach it through `samplers.ode.slope`."""
+        if self.prediction == "eps":
+            c_in, _, _, c_noise = self._memo(self.level, sigma, x)
+            return in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
+        c_in, k_x, k_f, c_noise = self._slope_memo(self.slope_level, sigma, x)
+        return torch.addcmul(k_x * x, k_f, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
 
 
 class EDMPrecond(nn.Module):
@@ -71,7 +93,7 @@ class EDMPrecond(nn.Module):
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
         super().__init__()
         self.net, self.sigma_data = net, sigma_data
-        self._memo = LevelMemo()
+        self._memo, self._slope_memo = LevelMemo(), LevelMemo()
 
     def level(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in) broadcast against x and c_noise, at s of shape (1,) or (B,)."""
@@ -82,9 +104,20 @@ class EDMPrecond(nn.Module):
         # [EDM] Table 1 has c_noise = ln(sigma) / 4; times 1000 to put it in timestep units
         return bcast(c_skip, x), bcast(c_out, x), bcast(c_in, x), 250.0 * torch.log(s)
 
+    def slope_level(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """`level` for `slope`: c_in, (1 - c_skip) / s = s / (s^2 + sigma_data^2), -c_out / s and c_noise."""
+        sd, norm = self.sigma_data, torch.sqrt(s**2 + self.sigma_data**2)
+        return bcast(1 / norm, x), bcast(s / norm**2, x), bcast(-sd / norm, x), 250.0 * torch.log(s)
+
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_skip, c_out, c_in, c_noise = self._memo(self.level, sigma, x)
         return torch.addcmul(c_skip * x, c_out, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
+
+    def slope(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        """(x - D(x, sigma)) / sigma for sigma > 0 (B,) in as many passes over the batch as `forward`
+        (see `NetDenoiser.slope`)."""
+        c_in, k_x, k_f, c_noise = self._slope_memo(self.slope_level, sigma, x)
+        return torch.addcmul(k_x * x, k_f, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
 
 
 class VelocityFromDenoiser(nn.Module):

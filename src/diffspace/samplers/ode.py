@@ -43,32 +43,51 @@ def sigma_batch(sigma: float, x: Tensor) -> Tensor:
     return level
 
 
-def _slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
-    return (x - denoiser(x, sigma_batch(sigma, x), **cond)) / sigma
+def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
+    """The PF-ODE's slope dx/dsigma = (x - D(x, sigma)) / sigma at one level sigma > 0 ([EDM] Eq. 4, s = 1).
+
+    A Denoiser may compute it itself, as a method `slope(x, sigma (B,), **cond)` (`NetDenoiser`,
+    `EDMPrecond`): for an eps network it is the prediction itself ([DDIM] Eq. 14), so an Euler step is one
+    pass over the batch after the network instead of two. why: on the CPU a sampler's host time per call is
+    a handful of passes over the batch, each paid with the caches the network left cold (`sigma_batch`).
+    The method is called directly, not through `__call__` (module hooks do not see it), and looked up on
+    the denoiser's class: a wrapper that forwards attributes to a module (`torch.compile`'s, DDP) is
+    called as a Denoiser, so its compiled or synchronised forward runs."""
+    level = sigma_batch(sigma, x)
+    own = getattr(type(denoiser), "slope", None)
+    if own is not None:
+        return own(denoiser, x, level, **cond)
+    return torch.sub(x, denoiser(x, level, **cond)).div_(sigma)
+
+
+def x0_of(x0_hat) -> Tensor:
+    """A step's x0_hat as a tensor. Steps that work with the slope d return it deferred, as a function
+    that forms x - sigma d: it is a pass over the batch, made only when a callback asks for x0_hat.
+    why a closure: it costs a fraction of a `functools.partial` with keywords, on the host path of every
+    step."""
+    return x0_hat() if callable(x0_hat) else x0_hat
 
 
 def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
-    """One Euler step of the PF-ODE; returns (x_next, x0_hat). [EDM] Alg. 1 lines 4-5:
-    x + (sigma_next - sigma) (x - x0) / sigma = x0 + (sigma_next / sigma) (x - x0), one lerp."""
-    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
-    return torch.lerp(x0, x, sigma_next / sigma), x0
+    """One Euler step of the PF-ODE, x + (sigma_next - sigma) d with d the slope at (x, sigma) ([EDM]
+    Alg. 1 lines 4-5); returns (x_next, x0_hat), x0_hat = x - sigma d deferred (`x0_of`)."""
+    d = slope(denoiser, x, sigma, cond)
+    return torch.add(x, d, alpha=sigma_next - sigma), lambda: torch.add(x, d, alpha=-sigma)
 
 
 def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """[EDM] Alg. 1: Euler step, then the 2nd-order correction unless sigma_next = 0 (1 NFE there).
 
-    The correction x + (h / 2) (d + d') (h = sigma_next - sigma, d = (x - x0) / sigma, d' = (x_e - x0') /
-    sigma_next at the Euler point x_e = x + h d) is x_e + q (x0 - x0') with q = h / (2 sigma_next): d'
-    holds x_e / sigma_next = x0 / sigma_next + d. why: the term x_e + q x0 is formed before the second
-    network call, while x_e and x0 are in cache, so one pass over the batch follows that call instead
-    of two (the share of host time that counts on the CPU, see `sigma_batch`)."""
-    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
-    x_next = torch.lerp(x0, x, sigma_next / sigma)  # Euler step
+    x_next = x + (h / 2) (d + d') with h = sigma_next - sigma, d the slope at (x, sigma) and d' at the
+    Euler point x + h d. why: x + (h / 2) d is formed before the second network call, while x and d are
+    in cache, so one pass over the batch follows that call. Returns (x_next, x0_hat deferred, `x0_of`)."""
+    d = slope(denoiser, x, sigma, cond)
+    h = sigma_next - sigma
+    x_next = torch.add(x, d, alpha=h)  # Euler step
     if sigma_next > 0:
-        q = (sigma_next - sigma) / (2 * sigma_next)
-        partial = torch.add(x_next, x0, alpha=q)
-        x_next = torch.add(partial, denoiser(x_next, sigma_batch(sigma_next, x), **cond), alpha=-q)
-    return x_next, x0
+        half = torch.add(x, d, alpha=h / 2)
+        x_next = half.add_(slope(denoiser, x_next, sigma_next, cond), alpha=h / 2)
+    return x_next, lambda: torch.add(x, d, alpha=-sigma)
 
 
 def midpoint_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
@@ -88,18 +107,18 @@ def rk4_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
 
 def midpoint_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """Midpoint rule in sigma: 2 NFE per step (the midpoint sigma / 2 of a last step is still > 0)."""
-    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
-    f = lambda y, s: _slope(denoiser, y, s, cond)
-    return midpoint_from(f, x, sigma, sigma_next, (x - x0) / sigma), x0
+    d = slope(denoiser, x, sigma, cond)
+    f = lambda y, s: slope(denoiser, y, s, cond)
+    return midpoint_from(f, x, sigma, sigma_next, d), lambda: torch.add(x, d, alpha=-sigma)
 
 
 def rk4_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """RK4 in sigma: 4 NFE per step; a last step to sigma = 0 (where the slope is undefined) is Euler."""
     if sigma_next == 0:
         return euler_step(denoiser, x, sigma, sigma_next, **cond)
-    x0 = denoiser(x, sigma_batch(sigma, x), **cond)
-    f = lambda y, s: _slope(denoiser, y, s, cond)
-    return rk4_from(f, x, sigma, sigma_next, (x - x0) / sigma), x0
+    d = slope(denoiser, x, sigma, cond)
+    f = lambda y, s: slope(denoiser, y, s, cond)
+    return rk4_from(f, x, sigma, sigma_next, d), lambda: torch.add(x, d, alpha=-sigma)
 
 
 def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, cond: dict) -> Tensor:
@@ -108,7 +127,7 @@ def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | No
     for i in range(len(grid) - 1):
         x, x0 = step(denoiser, x, grid[i], grid[i + 1], **cond)
         if callback is not None:
-            callback(i, grid[i], x, x0)
+            callback(i, grid[i], x, x0_of(x0))
     return x
 
 

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from diffspace.samplers.grids import check_grid
-from diffspace.samplers.ode import Callback, sigma_batch
+from diffspace.samplers.ode import Callback, slope
 from diffspace.samplers.optimize_grid import reference_trajectory
 from diffspace.types import Denoiser, UserError
 
@@ -147,8 +147,7 @@ def learn_pas(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, k: int = 4, tol:
         ref = reference_trajectory(denoiser, x, sigmas, **cond) if reference is None else reference
         x_start, coords, history = _flat(x), {}, [_flat(x) / grid[0]]
         for i in range(len(grid) - 1):
-            x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
-            d = _flat(x - x0) / grid[i]
+            d = _flat(slope(denoiser, x, grid[i], cond))
             history.append(d)
             h, target = grid[i + 1] - grid[i], _flat(ref[i + 1])
             basis = direction_basis(history, d, _flat(x), x_start, k)
@@ -172,13 +171,13 @@ def sample_euler_pas(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, pas: PASC
     grid = sigmas.tolist()
     x_start, history = _flat(x), [_flat(x) / grid[0]]
     for i in range(len(grid) - 1):
-        x0 = denoiser(x, sigma_batch(grid[i], x), **cond)
-        d = _flat(x - x0) / grid[i]
+        d = _flat(slope(denoiser, x, grid[i], cond))
         history.append(d)
+        x_prev, d_prev = x, d
         if i in pas.coords:
             basis = direction_basis(history, d, _flat(x), x_start, pas.k)
             d = _corrected(d, basis, torch.tensor(pas.coords[i], dtype=torch.float64))
         x = (_flat(x) + (grid[i + 1] - grid[i]) * d).reshape(x.shape)
         if callback is not None:
-            callback(i, grid[i], x, x0)
+            callback(i, grid[i], x, x_prev - grid[i] * d_prev.reshape(x.shape))  # x0_hat
     return x
