@@ -244,21 +244,26 @@ def test_transformer_broadcasts_a_one_level_condition(randomize):
 @pytest.mark.parametrize("path_name", ["ddpm", "vp", "ve", "edm", "linear"])
 @pytest.mark.parametrize("prediction", sorted(PREDICTIONS))
 def test_a_wrappers_slope_is_the_pf_odes(path_name, prediction):
-    """slope(x, sigma) = (x - D(x, sigma)) / sigma ([EDM] Eq. 4) at shared and per-example levels; for an
-    eps network it is the prediction itself ([DDIM] Eq. 14), with no arithmetic on it."""
+    """slope(x, sigma) = (x - D(x, sigma)) / sigma ([EDM] Eq. 4) at a level given as a float, under
+    no_grad and under autograd (input gradients too); for an eps network it is the prediction itself
+    ([DDIM] Eq. 14), with no arithmetic on it."""
     path, x = PATHS[path_name](), _x()
     den = NetDenoiser(Smooth(), path, prediction)
     for sigma in (path.sigma_min * 1.5, 0.3, 7.0, path.sigma_max / 1.5):
+        expected = lambda y: (y - den(y, torch.full((B,), sigma, dtype=y.dtype))) / sigma  # noqa: B023, E731
         with torch.no_grad():
-            for level in (sigma_batch(sigma, x), torch.full((B,), sigma, dtype=x.dtype)):
-                expected = (x - den(x, level)) / sigma
-                torch.testing.assert_close(den.slope(x, level), expected, rtol=1e-9, atol=1e-9 / sigma)
+            torch.testing.assert_close(den.slope(x, sigma), expected(x), rtol=1e-9, atol=1e-9 / sigma)
+        xg = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(den.slope(xg, sigma).pow(2).sum(), xg)
+        (grad_expected,) = torch.autograd.grad(expected(xg).pow(2).sum(), xg)
+        torch.testing.assert_close(grad, grad_expected, rtol=1e-9, atol=1e-9 / sigma**2)
     if prediction == "eps":
-        level = sigma_batch(0.3, x)
-        c_in, _, _, c_noise = den.level(level, x)
-        assert torch.equal(den.slope(x, level), Smooth()(c_in * x, c_noise))
+        c_in, _, _, c_noise = den.level(torch.tensor([0.3], dtype=torch.float64), x)
+        assert torch.equal(den.slope(x, 0.3), Smooth()(c_in * x, c_noise))
     edm = EDMPrecond(Smooth(), 0.5)
     for sigma in (0.002, 0.3, 80.0):
-        level = sigma_batch(sigma, x)
-        expected = (x - edm(x, level)) / sigma
-        torch.testing.assert_close(edm.slope(x, level), expected, rtol=1e-9, atol=1e-9 / sigma)
+        expected = (x - edm(x, torch.full((B,), sigma, dtype=x.dtype))) / sigma
+        torch.testing.assert_close(edm.slope(x, sigma), expected, rtol=1e-9, atol=1e-9 / sigma)
+    x32 = x.float()  # a float32 batch: the coefficients formed in float64 reach it in float32
+    assert edm.slope(x32, 0.3).dtype == torch.float32 and den.slope(x32, 0.3).dtype == torch.float32
+

@@ -176,9 +176,16 @@ def test_one_step_samplers_use_a_denoisers_slope_and_still_report_x0_hat(name):
     from diffspace.param import NetDenoiser
     from diffspace.paths import DDPMDiscrete
 
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2))
+
+        def forward(self, x, c):
+            return self.mlp(x) * (1 + c[:, None] / 1000)
+
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
-    den = NetDenoiser(lambda x, c: net(x) * (1 + c[:, None] / 1000), DDPMDiscrete(), "eps")
+    den = NetDenoiser(Net().double(), DDPMDiscrete(), "eps")
     plain = lambda x, s: den(x, s)  # noqa: E731  a Denoiser without slope
     sigmas = karras_sigmas(6, 0.01, 20.0)
     x = torch.randn(64, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 20.0

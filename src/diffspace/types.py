@@ -12,8 +12,8 @@ from torch import Tensor
 class Denoiser(Protocol):
     """EDM space: x = x_t / alpha_t, sigma = sigma_t / alpha_t of shape (B,); returns x0_hat shaped like x.
 
-    Optionally a method `slope(x, sigma, **cond)`, the PF-ODE's slope (x - x0_hat) / sigma for sigma > 0,
-    which the one-step samplers use instead when it is cheaper (`samplers.ode.slope`)."""
+    Optionally a method `slope(x, sigma: float, **cond)`, the PF-ODE's slope (x - x0_hat) / sigma at one
+    level sigma > 0 for the batch, which the one-step samplers use instead (`samplers.ode.slope`)."""
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond) -> Tensor: ...
 

@@ -58,7 +58,26 @@ class LevelMemo:
     `fn` must depend on the level, x's dtype and x.ndim only."""
 
     def __init__(self, size: int = 1024):
-        self.size, self.by_value, self.by_object = size, {}, {}
+        self.size, self.by_value, self.by_object, self.by_float = size, {}, {}, {}
+
+    def at(self, fn, sigma: float, x: Tensor):
+        """`fn(level, x)` at a level given as a Python float for the whole batch, the level a float64 (1,)
+        tensor on x's device; remembered by (value, x's dtype, ndim and device, inference mode).
+
+        why: a sampler that holds its levels as floats (`samplers.ode.slope`) then pays one dict lookup
+        per call, in place of making a level tensor and finding it by identity: host work that runs with
+        the caches the network left cold. The coefficients are constants (they depend on no tensor that
+        requires grad), so they are remembered under autograd too; under torch.compile they are
+        computed in the graph."""
+        if torch.compiler.is_compiling():
+            return fn(torch.tensor([sigma], dtype=torch.float64, device=x.device), x)
+        key = (sigma, x.dtype, x.ndim, x.device, torch.is_inference_mode_enabled())
+        out = self.by_float.get(key)
+        if out is None:
+            if len(self.by_float) >= self.size:
+                self.by_float.clear()
+            out = self.by_float[key] = fn(torch.tensor([sigma], dtype=torch.float64, device=x.device), x)
+        return out
 
     def __call__(self, fn, level: Tensor, x: Tensor):
         if torch.is_grad_enabled() or torch.compiler.is_compiling():

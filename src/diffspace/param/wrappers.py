@@ -75,16 +75,18 @@ class NetDenoiser(nn.Module):
         # why: where c_skip is 1 by construction, one pass over the batch instead of two
         return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
 
-    def slope(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        """(x - D(x, sigma)) / sigma for sigma > 0 (B,), the PF-ODE's slope ([EDM] Eq. 4, s = 1), with a
-        pass over the batch less than through `forward`: for an eps network the prediction itself ([DDIM]
-        Eq. 14, dx/dsigma = eps(x / sqrt(sigma^2 + 1))), else (1 - c_skip) / sigma x - c_out / sigma F.
-        Samplers reach it through `samplers.ode.slope`."""
-        if self.prediction == "eps":
-            c_in, _, _, c_noise = self._memo(self.level, sigma, x)
-            return in_dtype_of(self.net(c_in * x, c_noise, **cond), x)
-        c_in, k_x, k_f, c_noise = self._slope_memo(self.slope_level, sigma, x)
-        return torch.addcmul(k_x * x, k_f, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
+    def slope(self, x: Tensor, sigma: float, **cond) -> Tensor:
+        """(x - D(x, sigma)) / sigma at one level sigma > 0 for the batch (a Python float), the PF-ODE's
+        slope ([EDM] Eq. 4, s = 1), with a pass over the batch less than through `forward`: for an eps
+        network the prediction itself ([DDIM] Eq. 14, dx/dsigma = eps(x / sqrt(sigma^2 + 1))), else
+        (1 - c_skip) / sigma x - c_out / sigma F. Samplers reach it through `samplers.ode.slope`; the
+        coefficients are remembered by the float (`LevelMemo.at`)."""
+        c_in, k_x, k_f, c_noise = self._slope_memo.at(self.slope_level, sigma, x)
+        # why not `self.net`: nn.Module.__getattr__ is a Python call per network call, on a path that runs
+        # with the caches the network left cold (a plain function given as the net is a plain attribute)
+        net = self._modules.get("net") or self.net
+        f = in_dtype_of(net(c_in * x, c_noise, **cond), x)
+        return f if self.prediction == "eps" else torch.addcmul(k_x * x, k_f, f)
 
 
 class EDMPrecond(nn.Module):
@@ -107,17 +109,20 @@ class EDMPrecond(nn.Module):
     def slope_level(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """`level` for `slope`: c_in, (1 - c_skip) / s = s / (s^2 + sigma_data^2), -c_out / s and c_noise."""
         sd, norm = self.sigma_data, torch.sqrt(s**2 + self.sigma_data**2)
-        return bcast(1 / norm, x), bcast(s / norm**2, x), bcast(-sd / norm, x), 250.0 * torch.log(s)
+        return (bcast(1 / norm, x), bcast(s / norm**2, x), bcast(-sd / norm, x),
+                (250.0 * torch.log(s)).to(x.dtype))
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         c_skip, c_out, c_in, c_noise = self._memo(self.level, sigma, x)
         return torch.addcmul(c_skip * x, c_out, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
 
-    def slope(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
-        """(x - D(x, sigma)) / sigma for sigma > 0 (B,) in as many passes over the batch as `forward`
-        (see `NetDenoiser.slope`)."""
-        c_in, k_x, k_f, c_noise = self._slope_memo(self.slope_level, sigma, x)
-        return torch.addcmul(k_x * x, k_f, in_dtype_of(self.net(c_in * x, c_noise, **cond), x))
+    def slope(self, x: Tensor, sigma: float, **cond) -> Tensor:
+        """(x - D(x, sigma)) / sigma at one level sigma > 0 (a Python float), in as many passes over the
+        batch as `forward` (see `NetDenoiser.slope`)."""
+        c_in, k_x, k_f, c_noise = self._slope_memo.at(self.slope_level, sigma, x)
+        net = self._modules.get("net") or self.net  # why: see NetDenoiser.slope
+        f = in_dtype_of(net(c_in * x, c_noise, **cond), x)
+        return torch.addcmul(k_x * x, k_f, f)
 
 
 class VelocityFromDenoiser(nn.Module):

@@ -46,18 +46,17 @@ def sigma_batch(sigma: float, x: Tensor) -> Tensor:
 def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
     """The PF-ODE's slope dx/dsigma = (x - D(x, sigma)) / sigma at one level sigma > 0 ([EDM] Eq. 4, s = 1).
 
-    A Denoiser may compute it itself, as a method `slope(x, sigma (B,), **cond)` (`NetDenoiser`,
+    A Denoiser may compute it itself, as a method `slope(x, sigma: float, **cond)` (`NetDenoiser`,
     `EDMPrecond`): for an eps network it is the prediction itself ([DDIM] Eq. 14), so an Euler step is one
     pass over the batch after the network instead of two. why: on the CPU a sampler's host time per call is
     a handful of passes over the batch, each paid with the caches the network left cold (`sigma_batch`).
     The method is called directly, not through `__call__` (module hooks do not see it), and looked up on
     the denoiser's class: a wrapper that forwards attributes to a module (`torch.compile`'s, DDP) is
     called as a Denoiser, so its compiled or synchronised forward runs."""
-    level = sigma_batch(sigma, x)
     own = getattr(type(denoiser), "slope", None)
     if own is not None:
-        return own(denoiser, x, level, **cond)
-    return torch.sub(x, denoiser(x, level, **cond)).div_(sigma)
+        return own(denoiser, x, sigma, **cond)
+    return torch.sub(x, denoiser(x, sigma_batch(sigma, x), **cond)).div_(sigma)
 
 
 def x0_of(x0_hat) -> Tensor:
