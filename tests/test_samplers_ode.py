@@ -243,3 +243,97 @@ def test_passes_over_the_batch_per_step_with_an_eps_network(name, passes):
         with Count():
             SAMPLERS[name].fn(den, x, sigmas)
     assert len(Count.ops) == passes(len(sigmas) - 1), Count.ops
+
+
+class _OneBuffer(torch.nn.Module):
+    """An eps network that writes every output into one buffer, as a CUDA-graph replay does."""
+
+    def __init__(self, reuse: bool, dim: int = 2):
+        super().__init__()
+        self.reuse, self.out = reuse, None
+        self.lin = torch.nn.Linear(dim, dim).double()
+
+    def forward(self, x, c):
+        y = torch.tanh(self.lin(x)) * (1 + c[:, None] / 1000)
+        if not self.reuse:
+            return y
+        if self.out is None or self.out.shape != y.shape:
+            self.out = torch.empty_like(y)
+        return self.out.copy_(y)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "midpoint", "rk4", "schedule", "pas"])
+def test_a_network_that_reuses_its_output_buffer_samples_the_same(name):
+    """The slope may be the network's own output (`ode.slope`): no step uses it after the next call, so
+    a network that overwrites its output each call gives the same samples and callback x0_hat as one
+    that returns fresh tensors. In 8 dimensions, so PAS's k = 3 basis depends on the whole history."""
+    from diffspace.param import NetDenoiser
+    from diffspace.paths import DDPMDiscrete
+    from diffspace.samplers.optimize_grid import sample_schedule
+    from diffspace.samplers.pas import learn_pas, sample_euler_pas
+
+    torch.manual_seed(0)
+    fresh, reused = _OneBuffer(False, 8), _OneBuffer(True, 8)
+    reused.load_state_dict(fresh.state_dict())
+    sigmas = karras_sigmas(5, 0.01, 20.0)
+    x = torch.randn(32, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) * 20.0
+    outs = []
+    for net in (fresh, reused):
+        den, seen = NetDenoiser(net, DDPMDiscrete(), "eps"), []
+        record = lambda i, s, y, x0: seen.append(x0.clone())  # noqa: B023, E731
+        if name == "schedule":
+            out = sample_schedule(den, x, sigmas, orders=(2, 1, 2, 2, 1), callback=record)
+        elif name == "pas":
+            pas = learn_pas(den, x, sigmas, k=3, tol=0.0)
+            assert pas.coords  # some steps are corrected, so the history's directions matter
+            out = sample_euler_pas(den, x, sigmas, pas=pas, callback=record)
+            seen.append(torch.tensor([c for i in sorted(pas.coords) for c in pas.coords[i]]))
+        else:
+            out = SAMPLERS[name].fn(den, x, sigmas, callback=record)
+        outs.append((out, torch.cat([s.flatten() for s in seen])))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(outs[1][1], outs[0][1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["euler", "ddim", "heun", "rk4"])
+def test_the_step_into_zero_is_x0_hat_exactly(name):
+    """One step from sigma = 80 into 0 returns D(x, 80) bit for bit in float32 (not x - 80 (x - D) / 80,
+    which rounds at the scale of |x|), for a plain callable, EDMPrecond and NetDenoiser's x0 and v."""
+    from diffspace.param import EDMPrecond, NetDenoiser
+    from diffspace.paths import PATHS
+
+    class Net(torch.nn.Module):
+        def forward(self, x, c):
+            return torch.tanh(x) * (1 + c[:, None] / 1000)
+
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)) * 80.0
+    sigmas = torch.tensor([80.0, 0.0], dtype=torch.float64)
+    plain = lambda y, s: torch.tanh(y / 80.0) * 0.7  # noqa: E731
+    for den in (plain, EDMPrecond(Net(), 0.5), NetDenoiser(Net(), PATHS["ve"](), "x0"),
+                NetDenoiser(Net(), PATHS["vp"](), "v")):
+        expected = den(x, torch.full((64,), 80.0))
+        assert torch.equal(SAMPLERS[name].fn(den, x, sigmas), expected)
+
+
+def test_a_denoiser_with_hooks_or_compiled_is_called_through_its_module():
+    """A slope method would skip a module's hooks and Module.compile()'s compiled call: with either, the
+    samplers call the module, so every network evaluation passes through them."""
+    from diffspace.param import NetDenoiser
+    from diffspace.paths import DDPMDiscrete
+
+    den = NetDenoiser(_OneBuffer(False), DDPMDiscrete(), "eps")
+    x = torch.randn(16, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 20.0
+    sigmas = karras_sigmas(4, 0.01, 20.0)
+    plain = SAMPLERS["heun"].fn(den, x, sigmas)
+    calls = []
+    handle = den.register_forward_pre_hook(lambda module, args: calls.append(1))
+    torch.testing.assert_close(SAMPLERS["heun"].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)
+    assert len(calls) == SAMPLERS["heun"].nfe(4)
+    handle.remove()
+    den.compile(backend="eager")
+    compiled_calls = []
+    inner = den._compiled_call_impl
+    den._compiled_call_impl = lambda *a, **k: compiled_calls.append(1) or inner(*a, **k)
+    torch.testing.assert_close(SAMPLERS["euler"].fn(den, x, sigmas), SAMPLERS["euler"].fn(
+        NetDenoiser(den.net, DDPMDiscrete(), "eps"), x, sigmas), rtol=1e-12, atol=1e-12)
+    assert len(compiled_calls) == SAMPLERS["euler"].nfe(4)

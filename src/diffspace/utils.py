@@ -55,6 +55,9 @@ class LevelMemo:
     has no version counter), on the CPU, the level's value. Per-example levels, and calls under autograd
     (where no cached tensor may be saved for backward), and calls traced by torch.compile (whose graph
     computes the coefficients itself, and which cannot trace a lookup by object), run `fn` every time.
+    `at` is for a level given as a Python float, whose coefficients depend on no tensor: it remembers
+    them under autograd too, keyed by the inference mode (an inference tensor cannot be saved for
+    backward).
     `fn` must depend on the level, x's dtype and x.ndim only."""
 
     def __init__(self, size: int = 1024):

@@ -13,7 +13,7 @@ step coefficients are exact float64 scalars whatever the dtype of x. Every loop 
 from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from diffspace.samplers.grids import check_sigmas
 from diffspace.types import Denoiser, VelocityField
@@ -50,26 +50,43 @@ def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
     `EDMPrecond`): for an eps network it is the prediction itself ([DDIM] Eq. 14), so an Euler step is one
     pass over the batch after the network instead of two. why: on the CPU a sampler's host time per call is
     a handful of passes over the batch, each paid with the caches the network left cold (`sigma_batch`).
-    The method is called directly, not through `__call__` (module hooks do not see it), and looked up on
-    the denoiser's class: a wrapper that forwards attributes to a module (`torch.compile`'s, DDP) is
-    called as a Denoiser, so its compiled or synchronised forward runs."""
+    The method is looked up on the denoiser's class and called directly, unless calling the module does
+    more than its forward (hooks, or `Module.compile()`'s compiled call): a wrapper that forwards
+    attributes to a module (torch.compile's, DDP) or a module with hooks is called as a Denoiser.
+    The result may be the network's own output: a step uses it before the next network call (a network
+    may reuse its output buffer, as CUDA graphs do)."""
     own = getattr(type(denoiser), "slope", None)
-    if own is not None:
+    if own is not None and _forward_only(denoiser):
         return own(denoiser, x, sigma, **cond)
     return torch.sub(x, denoiser(x, sigma_batch(sigma, x), **cond)).div_(sigma)
 
 
+def _forward_only(denoiser) -> bool:
+    """Whether calling `denoiser` runs just its forward: not an nn.Module, or one without hooks (its own
+    or global) and without a compiled call from `Module.compile()`."""
+    if not isinstance(denoiser, nn.Module):
+        return True
+    hooks = torch.nn.modules.module
+    return denoiser._compiled_call_impl is None and not (
+        denoiser._forward_hooks or denoiser._forward_pre_hooks or denoiser._backward_hooks
+        or denoiser._backward_pre_hooks or hooks._global_forward_hooks or hooks._global_forward_pre_hooks
+        or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
+
+
 def x0_of(x0_hat) -> Tensor:
     """A step's x0_hat as a tensor. Steps that work with the slope d return it deferred, as a function
-    that forms x - sigma d: it is a pass over the batch, made only when a callback asks for x0_hat.
-    why a closure: it costs a fraction of a `functools.partial` with keywords, on the host path of every
-    step."""
+    that forms x - sigma d from the step's own tensors: a pass over the batch, made only when a callback
+    asks for x0_hat."""
     return x0_hat() if callable(x0_hat) else x0_hat
 
 
 def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """One Euler step of the PF-ODE, x + (sigma_next - sigma) d with d the slope at (x, sigma) ([EDM]
-    Alg. 1 lines 4-5); returns (x_next, x0_hat), x0_hat = x - sigma d deferred (`x0_of`)."""
+    Alg. 1 lines 4-5); returns (x_next, x0_hat), x0_hat = x - sigma d deferred (`x0_of`). The step into
+    sigma = 0 is x0_hat itself, returned exactly (not rounded through the slope)."""
+    if sigma_next == 0:
+        x0 = denoiser(x, sigma_batch(sigma, x), **cond)
+        return x0, x0
     d = slope(denoiser, x, sigma, cond)
     return torch.add(x, d, alpha=sigma_next - sigma), lambda: torch.add(x, d, alpha=-sigma)
 
@@ -78,46 +95,58 @@ def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **
     """[EDM] Alg. 1: Euler step, then the 2nd-order correction unless sigma_next = 0 (1 NFE there).
 
     x_next = x + (h / 2) (d + d') with h = sigma_next - sigma, d the slope at (x, sigma) and d' at the
-    Euler point x + h d. why: x + (h / 2) d is formed before the second network call, while x and d are
-    in cache, so one pass over the batch follows that call. Returns (x_next, x0_hat deferred, `x0_of`)."""
+    Euler point x_e = x + h d. why: x + (h / 2) d is formed before the second network call, while x and d
+    are in cache, so one pass over the batch follows that call. Returns (x_next, x0_hat deferred,
+    `x0_of`: x - sigma d = x + (-sigma / h) (x_e - x), from the step's own tensors)."""
+    if sigma_next == 0:
+        return euler_step(denoiser, x, sigma, sigma_next, **cond)
     d = slope(denoiser, x, sigma, cond)
     h = sigma_next - sigma
-    x_next = torch.add(x, d, alpha=h)  # Euler step
-    if sigma_next > 0:
-        half = torch.add(x, d, alpha=h / 2)
-        x_next = half.add_(slope(denoiser, x_next, sigma_next, cond), alpha=h / 2)
-    return x_next, lambda: torch.add(x, d, alpha=-sigma)
+    x_euler = torch.add(x, d, alpha=h)
+    half = torch.add(x, d, alpha=h / 2)
+    x_next = half.add_(slope(denoiser, x_euler, sigma_next, cond), alpha=h / 2)
+    return x_next, lambda: torch.lerp(x, x_euler, -sigma / h)
 
 
-def midpoint_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
-    """Explicit midpoint rule for dx/ds = f(x, s) given k1 = f(x, s)."""
+def midpoint_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> tuple[Tensor, Tensor]:
+    """Explicit midpoint rule for dx/ds = f(x, s) given k1 = f(x, s); returns (x_next, x + (h / 2) k1)."""
     h = s_next - s
-    return x + h * f(x + 0.5 * h * k1, s + 0.5 * h)
+    half = torch.add(x, k1, alpha=h / 2)
+    return torch.add(x, f(half, s + h / 2), alpha=h), half
 
 
-def rk4_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
-    """Classical 4th-order Runge-Kutta for dx/ds = f(x, s) given k1 = f(x, s)."""
+def rk4_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> tuple[Tensor, Tensor]:
+    """Classical 4th-order Runge-Kutta for dx/ds = f(x, s) given k1 = f(x, s); returns (x_next,
+    x + (h / 2) k1). The sum x + h (k1 + 2 k2 + 2 k3 + k4) / 6 is accumulated stage by stage, so no
+    stage's value is used after the next call of f (which may reuse its output buffer)."""
     h = s_next - s
-    k2 = f(x + 0.5 * h * k1, s + 0.5 * h)
-    k3 = f(x + 0.5 * h * k2, s + 0.5 * h)
-    k4 = f(x + h * k3, s_next)
-    return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    half = torch.add(x, k1, alpha=h / 2)
+    acc = torch.add(x, k1, alpha=h / 6)
+    k = f(half, s + h / 2)  # k2
+    acc.add_(k, alpha=h / 3)
+    k = f(torch.add(x, k, alpha=h / 2), s + h / 2)  # k3
+    acc.add_(k, alpha=h / 3)
+    return acc.add_(f(torch.add(x, k, alpha=h), s_next), alpha=h / 6), half  # k4
 
 
 def midpoint_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """Midpoint rule in sigma: 2 NFE per step (the midpoint sigma / 2 of a last step is still > 0)."""
-    d = slope(denoiser, x, sigma, cond)
-    f = lambda y, s: slope(denoiser, y, s, cond)
-    return midpoint_from(f, x, sigma, sigma_next, d), lambda: torch.add(x, d, alpha=-sigma)
+    return _staged(midpoint_from, denoiser, x, sigma, sigma_next, cond)
 
 
 def rk4_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
     """RK4 in sigma: 4 NFE per step; a last step to sigma = 0 (where the slope is undefined) is Euler."""
     if sigma_next == 0:
         return euler_step(denoiser, x, sigma, sigma_next, **cond)
-    d = slope(denoiser, x, sigma, cond)
+    return _staged(rk4_from, denoiser, x, sigma, sigma_next, cond)
+
+
+def _staged(rule, denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, cond: dict):
+    """A Runge-Kutta rule's step on the slope; x0_hat = x - sigma k1 deferred, formed from the first
+    stage's point x + (h / 2) k1."""
     f = lambda y, s: slope(denoiser, y, s, cond)
-    return rk4_from(f, x, sigma, sigma_next, d), lambda: torch.add(x, d, alpha=-sigma)
+    x_next, half = rule(f, x, sigma, sigma_next, f(x, sigma))
+    return x_next, lambda: torch.lerp(x, half, -2 * sigma / (sigma_next - sigma))
 
 
 def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, cond: dict) -> Tensor:
@@ -156,7 +185,7 @@ def _velocity_loop(rule, velocity: VelocityField, x_t: Tensor, ts: Tensor, callb
     f = lambda y, t: velocity(y, sigma_batch(t, y), **cond)
     grid = ts.tolist()
     for i in range(len(grid) - 1):
-        x_t = rule(f, x_t, grid[i], grid[i + 1], f(x_t, grid[i]))
+        x_t = rule(f, x_t, grid[i], grid[i + 1], f(x_t, grid[i]))[0]
         if callback is not None:
             callback(i, grid[i], x_t, None)
     return x_t

@@ -148,7 +148,7 @@ def learn_pas(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, k: int = 4, tol:
         x_start, coords, history = _flat(x), {}, [_flat(x) / grid[0]]
         for i in range(len(grid) - 1):
             d = _flat(slope(denoiser, x, grid[i], cond))
-            history.append(d)
+            history.append(d.clone())  # why: d may be the network's output buffer (`ode.slope`)
             h, target = grid[i + 1] - grid[i], _flat(ref[i + 1])
             basis = direction_basis(history, d, _flat(x), x_start, k)
             c = _fit(_flat(x), d, basis, h, target)
@@ -172,7 +172,7 @@ def sample_euler_pas(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, pas: PASC
     x_start, history = _flat(x), [_flat(x) / grid[0]]
     for i in range(len(grid) - 1):
         d = _flat(slope(denoiser, x, grid[i], cond))
-        history.append(d)
+        history.append(d.clone())  # why: d may be the network's output buffer (`ode.slope`)
         x_prev, d_prev = x, d
         if i in pas.coords:
             basis = direction_basis(history, d, _flat(x), x_start, pas.k)

@@ -103,7 +103,7 @@ def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
 def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0,
                 generator: Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
     """DDIM with eta (0: deterministic, equal to Euler in sigma). One NFE per step."""
-    if eta == 0:  # why: the same lerp as ddim_step's, without a wrapper frame per step (host time on the CPU)
+    if eta == 0:  # why: ddim_step's update at eta = 0 is Euler's step; euler_step takes it on the slope
         return run_steps(euler_step, denoiser, x, sigmas, callback, cond)
     step = lambda d, y, s, s_next, **c: ddim_step(d, y, s, s_next, eta=eta, generator=generator, **c)
     return run_steps(step, denoiser, x, sigmas, callback, cond)
