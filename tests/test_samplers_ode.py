@@ -316,8 +316,8 @@ def test_the_step_into_zero_is_x0_hat_exactly(name):
 
 
 def test_a_denoiser_with_hooks_or_compiled_is_called_through_its_module():
-    """A slope method would skip a module's hooks and Module.compile()'s compiled call: with either, the
-    samplers call the module, so every network evaluation passes through them."""
+    """A slope method would skip a module's hooks, a forward set on the instance and Module.compile()'s
+    compiled call: with any, the samplers call the module, so every network evaluation passes through."""
     from diffspace.param import NetDenoiser
     from diffspace.paths import DDPMDiscrete
 
@@ -330,6 +330,11 @@ def test_a_denoiser_with_hooks_or_compiled_is_called_through_its_module():
     torch.testing.assert_close(SAMPLERS["heun"].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)
     assert len(calls) == SAMPLERS["heun"].nfe(4)
     handle.remove()
+    patched_calls = []
+    den.forward = lambda *a, **k: patched_calls.append(1) or type(den).forward(den, *a, **k)
+    torch.testing.assert_close(SAMPLERS["heun"].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)
+    assert len(patched_calls) == SAMPLERS["heun"].nfe(4)  # a forward set on the instance runs
+    del den.forward
     den.compile(backend="eager")
     compiled_calls = []
     inner = den._compiled_call_impl
@@ -337,3 +342,25 @@ def test_a_denoiser_with_hooks_or_compiled_is_called_through_its_module():
     torch.testing.assert_close(SAMPLERS["euler"].fn(den, x, sigmas), SAMPLERS["euler"].fn(
         NetDenoiser(den.net, DDPMDiscrete(), "eps"), x, sigmas), rtol=1e-12, atol=1e-12)
     assert len(compiled_calls) == SAMPLERS["euler"].nfe(4)
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "midpoint", "rk4", "edm_sde", "ddim"])
+def test_a_callbacks_x0_hat_is_d_at_the_steps_start_to_float32_rounding(name):
+    """x0_hat = x - sigma d is formed while d is the step's first slope, so on a fine float32 grid it is
+    D(x_i, sigma_i) up to a few roundings at the scale of |x_i| (a form rebuilt from a later stage
+    point would scale that rounding by sigma / h, up to 100x here)."""
+    from diffspace.param import EDMPrecond
+
+    class Net(torch.nn.Module):
+        def forward(self, x, c):
+            return torch.tanh(x) * (1 + c[:, None] / 1000)
+
+    den = EDMPrecond(Net(), 0.5)
+    x = torch.randn(256, 2, generator=torch.Generator().manual_seed(0)) * 80.0
+    seen, starts = [], [x]
+    options = {"s_churn": 0.0} if name == "edm_sde" else {}
+    SAMPLERS[name].fn(den, x, karras_sigmas(200, 0.002, 80.0), callback=lambda i, s, y, x0: (
+        seen.append((s, x0)), starts.append(y)), **options)
+    worst = max(((x0 - den(start, torch.full((256,), s))).abs().max() / start.abs().max()).item()
+                for (s, x0), start in zip(seen, starts, strict=False))
+    assert worst <= 4 * torch.finfo(torch.float32).eps, worst

@@ -105,7 +105,7 @@ def straightness(velocity: VelocityField, x_start: Tensor, ts: Tensor, **cond) -
     with torch.no_grad():
         for i in range(len(grid) - 1):
             vs.append(f(x, grid[i]).clone())  # why: kept across calls, and a net may reuse its output buffer
-            x = rk4_from(f, x, grid[i], grid[i + 1], vs[-1])[0]
+            x = rk4_from(f, x, grid[i], grid[i + 1], vs[-1])
         vs.append(f(x, grid[-1]))
     chord = (x_start - x) / (grid[0] - grid[-1])
     dev = torch.stack([((chord - v) ** 2).flatten(1).sum(1) for v in vs])  # (n + 1, B)

@@ -86,7 +86,7 @@ def sample_map_jumps(denoiser, x: Tensor, sigmas: Tensor, *, generator: Generato
         if hasattr(denoiser, "jump"):
             x_next = denoiser.jump(x, sigma_batch(grid[i], x), sigma_batch(grid[i + 1], x), **cond)
         else:
-            x_next = euler_step(denoiser, x, grid[i], grid[i + 1], **cond)[0]
+            x_next = euler_step(denoiser, x, grid[i], grid[i + 1], want_x0=False, **cond)[0]
         if callback is not None:
             x0 = torch.lerp(x, x_next, grid[i] / (grid[i] - grid[i + 1]))  # the chord's value at sigma = 0
             callback(i, grid[i], x_next, x0)

@@ -11,6 +11,7 @@ step coefficients are exact float64 scalars whatever the dtype of x. Every loop 
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -51,7 +52,7 @@ def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
     pass over the batch after the network instead of two. why: on the CPU a sampler's host time per call is
     a handful of passes over the batch, each paid with the caches the network left cold (`sigma_batch`).
     The method is looked up on the denoiser's class and called directly, unless calling the module does
-    more than its forward (hooks, or `Module.compile()`'s compiled call): a wrapper that forwards
+    more than its class's forward (hooks, a compiled call, a patched forward): a wrapper that forwards
     attributes to a module (torch.compile's, DDP) or a module with hooks is called as a Denoiser.
     The result may be the network's own output: a step uses it before the next network call (a network
     may reuse its output buffer, as CUDA graphs do)."""
@@ -62,91 +63,89 @@ def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
 
 
 def _forward_only(denoiser) -> bool:
-    """Whether calling `denoiser` runs just its forward: not an nn.Module, or one without hooks (its own
-    or global) and without a compiled call from `Module.compile()`."""
+    """Whether calling `denoiser` runs just its class's forward: not an nn.Module, or one without hooks
+    (its own or global), without a compiled call from `Module.compile()` and without a `forward` set on
+    the instance (`den.forward = torch.compile(den.forward)`)."""
     if not isinstance(denoiser, nn.Module):
         return True
     hooks = torch.nn.modules.module
-    return denoiser._compiled_call_impl is None and not (
+    return denoiser._compiled_call_impl is None and "forward" not in denoiser.__dict__ and not (
         denoiser._forward_hooks or denoiser._forward_pre_hooks or denoiser._backward_hooks
         or denoiser._backward_pre_hooks or hooks._global_forward_hooks or hooks._global_forward_pre_hooks
         or hooks._global_backward_hooks or hooks._global_backward_pre_hooks)
 
 
-def x0_of(x0_hat) -> Tensor:
-    """A step's x0_hat as a tensor. Steps that work with the slope d return it deferred, as a function
-    that forms x - sigma d from the step's own tensors: a pass over the batch, made only when a callback
-    asks for x0_hat."""
-    return x0_hat() if callable(x0_hat) else x0_hat
-
-
-def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
+def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, want_x0: bool = True,
+               **cond):
     """One Euler step of the PF-ODE, x + (sigma_next - sigma) d with d the slope at (x, sigma) ([EDM]
-    Alg. 1 lines 4-5); returns (x_next, x0_hat), x0_hat = x - sigma d deferred (`x0_of`). The step into
-    sigma = 0 is x0_hat itself, returned exactly (not rounded through the slope)."""
+    Alg. 1 lines 4-5); returns (x_next, x0_hat), x0_hat = x - sigma d (None unless `want_x0`: a pass over
+    the batch that samplers make only for a callback). The step into sigma = 0 is x0_hat itself, returned
+    exactly (not rounded through the slope)."""
     if sigma_next == 0:
         x0 = denoiser(x, sigma_batch(sigma, x), **cond)
         return x0, x0
     d = slope(denoiser, x, sigma, cond)
-    return torch.add(x, d, alpha=sigma_next - sigma), lambda: torch.add(x, d, alpha=-sigma)
+    return torch.add(x, d, alpha=sigma_next - sigma), torch.add(x, d, alpha=-sigma) if want_x0 else None
 
 
-def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
+def heun_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, want_x0: bool = True,
+              **cond):
     """[EDM] Alg. 1: Euler step, then the 2nd-order correction unless sigma_next = 0 (1 NFE there).
 
     x_next = x + (h / 2) (d + d') with h = sigma_next - sigma, d the slope at (x, sigma) and d' at the
-    Euler point x_e = x + h d. why: x + (h / 2) d is formed before the second network call, while x and d
-    are in cache, so one pass over the batch follows that call. Returns (x_next, x0_hat deferred,
-    `x0_of`: x - sigma d = x + (-sigma / h) (x_e - x), from the step's own tensors)."""
+    Euler point x + h d. why: x + (h / 2) d is formed before the second network call, while x and d are
+    in cache, so one pass over the batch follows that call. x0_hat = x - sigma d (None unless `want_x0`)
+    is formed before that call too: d may be the network's output buffer (`slope`)."""
     if sigma_next == 0:
         return euler_step(denoiser, x, sigma, sigma_next, **cond)
     d = slope(denoiser, x, sigma, cond)
     h = sigma_next - sigma
+    x0 = torch.add(x, d, alpha=-sigma) if want_x0 else None
     x_euler = torch.add(x, d, alpha=h)
     half = torch.add(x, d, alpha=h / 2)
-    x_next = half.add_(slope(denoiser, x_euler, sigma_next, cond), alpha=h / 2)
-    return x_next, lambda: torch.lerp(x, x_euler, -sigma / h)
+    return half.add_(slope(denoiser, x_euler, sigma_next, cond), alpha=h / 2), x0
 
 
-def midpoint_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> tuple[Tensor, Tensor]:
-    """Explicit midpoint rule for dx/ds = f(x, s) given k1 = f(x, s); returns (x_next, x + (h / 2) k1)."""
+def midpoint_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
+    """Explicit midpoint rule for dx/ds = f(x, s) given k1 = f(x, s)."""
     h = s_next - s
-    half = torch.add(x, k1, alpha=h / 2)
-    return torch.add(x, f(half, s + h / 2), alpha=h), half
+    return torch.add(x, f(torch.add(x, k1, alpha=h / 2), s + h / 2), alpha=h)
 
 
-def rk4_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> tuple[Tensor, Tensor]:
-    """Classical 4th-order Runge-Kutta for dx/ds = f(x, s) given k1 = f(x, s); returns (x_next,
-    x + (h / 2) k1). The sum x + h (k1 + 2 k2 + 2 k3 + k4) / 6 is accumulated stage by stage, so no
-    stage's value is used after the next call of f (which may reuse its output buffer)."""
+def rk4_from(f, x: Tensor, s: float, s_next: float, k1: Tensor) -> Tensor:
+    """Classical 4th-order Runge-Kutta for dx/ds = f(x, s) given k1 = f(x, s). The sum
+    x + h (k1 + 2 k2 + 2 k3 + k4) / 6 is accumulated stage by stage, so no stage's value is used after the
+    next call of f (which may reuse its output buffer)."""
     h = s_next - s
-    half = torch.add(x, k1, alpha=h / 2)
     acc = torch.add(x, k1, alpha=h / 6)
-    k = f(half, s + h / 2)  # k2
+    k = f(torch.add(x, k1, alpha=h / 2), s + h / 2)  # k2
     acc.add_(k, alpha=h / 3)
     k = f(torch.add(x, k, alpha=h / 2), s + h / 2)  # k3
     acc.add_(k, alpha=h / 3)
-    return acc.add_(f(torch.add(x, k, alpha=h), s_next), alpha=h / 6), half  # k4
+    return acc.add_(f(torch.add(x, k, alpha=h), s_next), alpha=h / 6)  # k4
 
 
-def midpoint_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
+def midpoint_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, want_x0: bool = True,
+                  **cond):
     """Midpoint rule in sigma: 2 NFE per step (the midpoint sigma / 2 of a last step is still > 0)."""
-    return _staged(midpoint_from, denoiser, x, sigma, sigma_next, cond)
+    return _staged(midpoint_from, denoiser, x, sigma, sigma_next, want_x0, cond)
 
 
-def rk4_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, **cond):
+def rk4_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, want_x0: bool = True,
+             **cond):
     """RK4 in sigma: 4 NFE per step; a last step to sigma = 0 (where the slope is undefined) is Euler."""
     if sigma_next == 0:
         return euler_step(denoiser, x, sigma, sigma_next, **cond)
-    return _staged(rk4_from, denoiser, x, sigma, sigma_next, cond)
+    return _staged(rk4_from, denoiser, x, sigma, sigma_next, want_x0, cond)
 
 
-def _staged(rule, denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, cond: dict):
-    """A Runge-Kutta rule's step on the slope; x0_hat = x - sigma k1 deferred, formed from the first
-    stage's point x + (h / 2) k1."""
+def _staged(rule, denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, want_x0: bool, cond: dict):
+    """A Runge-Kutta rule's step on the slope; x0_hat = x - sigma k1 (None unless `want_x0`), formed
+    before the rule's further calls."""
     f = lambda y, s: slope(denoiser, y, s, cond)
-    x_next, half = rule(f, x, sigma, sigma_next, f(x, sigma))
-    return x_next, lambda: torch.lerp(x, half, -2 * sigma / (sigma_next - sigma))
+    k1 = f(x, sigma)
+    x0 = torch.add(x, k1, alpha=-sigma) if want_x0 else None
+    return rule(f, x, sigma, sigma_next, k1), x0
 
 
 def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, cond: dict) -> Tensor:
@@ -155,37 +154,43 @@ def run_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | No
     for i in range(len(grid) - 1):
         x, x0 = step(denoiser, x, grid[i], grid[i + 1], **cond)
         if callback is not None:
-            callback(i, grid[i], x, x0_of(x0))
+            callback(i, grid[i], x, x0)
     return x
+
+
+def slope_steps(step, denoiser, x: Tensor, sigmas: Tensor, callback: Callback | None, cond: dict) -> Tensor:
+    """`run_steps` for a step on the slope (`euler_step`, `heun_step`, ...), which forms x0_hat only for
+    a callback (`want_x0`)."""
+    return run_steps(partial(step, want_x0=callback is not None), denoiser, x, sigmas, callback, cond)
 
 
 def sample_euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
                  callback: Callback | None = None, **cond) -> Tensor:
     """x: noise already scaled by sigmas[0]. One NFE per step."""
-    return run_steps(euler_step, denoiser, x, sigmas, callback, cond)
+    return slope_steps(euler_step, denoiser, x, sigmas, callback, cond)
 
 
 def sample_heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
                 callback: Callback | None = None, **cond) -> Tensor:
     """Two NFE per step, one on a final step to sigma = 0."""
-    return run_steps(heun_step, denoiser, x, sigmas, callback, cond)
+    return slope_steps(heun_step, denoiser, x, sigmas, callback, cond)
 
 
 def sample_midpoint(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
                     callback: Callback | None = None, **cond) -> Tensor:
-    return run_steps(midpoint_step, denoiser, x, sigmas, callback, cond)
+    return slope_steps(midpoint_step, denoiser, x, sigmas, callback, cond)
 
 
 def sample_rk4(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, generator=None,
                callback: Callback | None = None, **cond) -> Tensor:
-    return run_steps(rk4_step, denoiser, x, sigmas, callback, cond)
+    return slope_steps(rk4_step, denoiser, x, sigmas, callback, cond)
 
 
 def _velocity_loop(rule, velocity: VelocityField, x_t: Tensor, ts: Tensor, callback, cond) -> Tensor:
     f = lambda y, t: velocity(y, sigma_batch(t, y), **cond)
     grid = ts.tolist()
     for i in range(len(grid) - 1):
-        x_t = rule(f, x_t, grid[i], grid[i + 1], f(x_t, grid[i]))[0]
+        x_t = rule(f, x_t, grid[i], grid[i + 1], f(x_t, grid[i]))
         if callback is not None:
             callback(i, grid[i], x_t, None)
     return x_t

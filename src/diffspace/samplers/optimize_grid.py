@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from diffspace.samplers.grids import check_grid, check_sigmas, karras_sigmas, logsnr_sigmas
-from diffspace.samplers.ode import Callback, euler_step, heun_step, sample_adaptive, sigma_batch, x0_of
+from diffspace.samplers.ode import Callback, euler_step, heun_step, sample_adaptive, sigma_batch
 from diffspace.types import Denoiser, UserError
 from diffspace.utils import lincomb
 
@@ -133,9 +133,9 @@ def sample_schedule(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, orders: tu
     if len(orders) != len(grid) - 1 or any(o not in STEPS for o in orders):
         raise UserError(f"expected {len(grid) - 1} step orders from {sorted(STEPS)}, got {list(orders)}")
     for i, order in enumerate(orders):
-        x, x0 = STEPS[order](denoiser, x, grid[i], grid[i + 1], **cond)
+        x, x0 = STEPS[order](denoiser, x, grid[i], grid[i + 1], want_x0=callback is not None, **cond)
         if callback is not None:
-            callback(i, grid[i], x, x0_of(x0))
+            callback(i, grid[i], x, x0)
     return x
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from diffspace.rng import Generator, randn_like
 from diffspace.samplers.multistep import History, multistep_loop, phi_weights
-from diffspace.samplers.ode import Callback, euler_step, heun_step, run_steps, sigma_batch
+from diffspace.samplers.ode import Callback, euler_step, heun_step, run_steps, sigma_batch, slope_steps
 from diffspace.types import Denoiser
 from diffspace.utils import bcast, lincomb
 
@@ -75,7 +75,8 @@ def langevin_correct(denoiser: Denoiser, x: Tensor, sigma: float, *, snr: float,
 
 def edm_churn_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, gamma: float,
                    s_noise: float = 1.0, generator: Generator | None = None, **cond):
-    """[EDM] Alg. 2: raise the noise to sigma_hat = (1 + gamma) sigma, then a Heun step to sigma_next."""
+    """[EDM] Alg. 2: raise the noise to sigma_hat = (1 + gamma) sigma, then a Heun step to sigma_next
+    (`cond` may hold heun_step's `want_x0`)."""
     sigma_hat = sigma * (1 + gamma)  # Increase noise temporarily
     if gamma > 0:
         x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
@@ -104,7 +105,7 @@ def sample_ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0
                 generator: Generator | None = None, callback: Callback | None = None, **cond) -> Tensor:
     """DDIM with eta (0: deterministic, equal to Euler in sigma). One NFE per step."""
     if eta == 0:  # why: ddim_step's update at eta = 0 is Euler's step; euler_step takes it on the slope
-        return run_steps(euler_step, denoiser, x, sigmas, callback, cond)
+        return slope_steps(euler_step, denoiser, x, sigmas, callback, cond)
     step = lambda d, y, s, s_next, **c: ddim_step(d, y, s, s_next, eta=eta, generator=generator, **c)
     return run_steps(step, denoiser, x, sigmas, callback, cond)
 
@@ -149,7 +150,7 @@ def sample_edm_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, s_churn: fl
         gamma = min(s_churn / n, math.sqrt(2) - 1) if s_tmin <= s <= s_tmax else 0.0
         return edm_churn_step(d, y, s, s_next, gamma=gamma, s_noise=s_noise, generator=generator, **c)
 
-    return run_steps(step, denoiser, x, sigmas, callback, cond)
+    return slope_steps(step, denoiser, x, sigmas, callback, cond)
 
 
 def sample_dpmpp_2m_sde(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, lower_order_final: bool = True,
