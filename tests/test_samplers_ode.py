@@ -330,6 +330,12 @@ def test_a_denoiser_with_hooks_or_compiled_is_called_through_its_module():
     torch.testing.assert_close(SAMPLERS["heun"].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)
     assert len(calls) == SAMPLERS["heun"].nfe(4)
     handle.remove()
+    global_calls = []
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: global_calls.append(1) if module is den else None)
+    torch.testing.assert_close(SAMPLERS["heun"].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)
+    handle.remove()
+    assert len(global_calls) == SAMPLERS["heun"].nfe(4)  # a global hook sees the denoiser's calls
     patched_calls = []
     den.forward = lambda *a, **k: patched_calls.append(1) or type(den).forward(den, *a, **k)
     torch.testing.assert_close(SAMPLERS["heun"].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)

@@ -84,8 +84,8 @@ class NetDenoiser(nn.Module):
         c_in, k_x, k_f, c_noise = self._slope_memo.at(self.slope_level, sigma, x)
         # why not `self.net`: nn.Module.__getattr__ is a Python call per network call, on a path that runs
         # with the caches the network left cold (a plain function given as the net is a plain attribute)
-        net = self._modules.get("net") or self.net
-        f = in_dtype_of(net(c_in * x, c_noise, **cond), x)
+        f = (self._modules.get("net") or self.net)(c_in * x, c_noise, **cond)
+        f = f if f.dtype is x.dtype else f.to(x.dtype)  # `in_dtype_of` inline (one frame less per call)
         return f if self.prediction == "eps" else torch.addcmul(k_x * x, k_f, f)
 
 
@@ -120,8 +120,8 @@ class EDMPrecond(nn.Module):
         """(x - D(x, sigma)) / sigma at one level sigma > 0 (a Python float), in as many passes over the
         batch as `forward` (see `NetDenoiser.slope`)."""
         c_in, k_x, k_f, c_noise = self._slope_memo.at(self.slope_level, sigma, x)
-        net = self._modules.get("net") or self.net  # why: see NetDenoiser.slope
-        f = in_dtype_of(net(c_in * x, c_noise, **cond), x)
+        f = (self._modules.get("net") or self.net)(c_in * x, c_noise, **cond)  # why: see NetDenoiser.slope
+        f = f if f.dtype is x.dtype else f.to(x.dtype)
         return torch.addcmul(k_x * x, k_f, f)
 
 
