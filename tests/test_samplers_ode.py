@@ -370,3 +370,28 @@ def test_a_callbacks_x0_hat_is_d_at_the_steps_start_to_float32_rounding(name):
     worst = max(((x0 - den(start, torch.full((256,), s))).abs().max() / start.abs().max()).item()
                 for (s, x0), start in zip(seen, starts, strict=False))
     assert worst <= 4 * torch.finfo(torch.float32).eps, worst
+
+
+def test_a_subclass_that_overrides_the_call_is_called():
+    """A slope method stands for its class's forward: a subclass that overrides forward (here clamping
+    x0_hat) or __call__ samples as the plain callable of the same object, for every sampler on the slope."""
+    from diffspace.param import EDMPrecond
+
+    class Net(torch.nn.Module):
+        def forward(self, x, c):
+            return torch.tanh(x) * (1 + c[:, None] / 1000)
+
+    class Clamped(EDMPrecond):
+        def forward(self, x, sigma, **cond):
+            return super().forward(x, sigma, **cond).clamp(-0.5, 0.5)
+
+    class CalledClamped(EDMPrecond):
+        def __call__(self, x, sigma, **cond):
+            return super().__call__(x, sigma, **cond).clamp(-0.5, 0.5)
+
+    x = torch.randn(32, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 80.0
+    sigmas = karras_sigmas(5, 0.01, 80.0)
+    for den in (Clamped(Net(), 0.5).double(), CalledClamped(Net(), 0.5).double()):
+        for name in ("euler", "heun", "rk4"):
+            plain = SAMPLERS[name].fn(lambda y, s: den(y, s), x, sigmas)  # noqa: B023
+            torch.testing.assert_close(SAMPLERS[name].fn(den, x, sigmas), plain, rtol=1e-12, atol=1e-12)

@@ -15,6 +15,7 @@ stream i of seed run.seed + 1 (rng.Streams), so they are the same at every (re)s
 """
 
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -62,7 +63,7 @@ from diffspace.types import UserError
 
 Batch = dict[str, Tensor]
 DISTANCES = {"pseudo_huber": pseudo_huber, "l2": squared_l2}
-TEACHER_STEPS = {"heun": heun_step, "euler": euler_step}
+TEACHER_STEPS = {"heun": partial(heun_step, want_x0=False), "euler": partial(euler_step, want_x0=False)}
 
 
 class Objective(NamedTuple):

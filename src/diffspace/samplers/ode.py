@@ -55,12 +55,14 @@ def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
     `EDMPrecond`): for an eps network it is the prediction itself ([DDIM] Eq. 14), so an Euler step is one
     pass over the batch after the network instead of two. why: on the CPU a sampler's host time per call is
     a handful of passes over the batch, each paid with the caches the network left cold (`sigma_batch`).
-    The method is looked up on the denoiser's class and called directly, unless calling the module does
+    The method is looked up on the denoiser's class (`_class_slope`: not where a subclass overrides the
+    forward or __call__ that the method stands for) and called directly, unless calling the module does
     more than its class's forward (hooks, a compiled call, a patched forward): a wrapper that forwards
     attributes to a module (torch.compile's, DDP) or a module with hooks is called as a Denoiser.
     The result may be the network's own output: a step uses it before the next network call (a network
     may reuse its output buffer, as CUDA graphs do)."""
-    own = getattr(type(denoiser), "slope", None)
+    cls = type(denoiser)
+    own = _SLOPES[cls] if cls in _SLOPES else _class_slope(cls)
     if own is not None:
         # why inline (not a helper): it runs before every network call, with the caches the last one left
         # cold, where each Python frame costs microseconds. A module calls just its class's forward when
@@ -72,6 +74,25 @@ def slope(denoiser: Denoiser, x: Tensor, sigma: float, cond: dict) -> Tensor:
                 or attrs["_backward_pre_hooks"] or any(_GLOBAL_HOOKS))):
             return own(denoiser, x, sigma, **cond)
     return torch.sub(x, denoiser(x, sigma_batch(sigma, x), **cond)).div_(sigma)
+
+
+_SLOPES: dict[type, Callable | None] = {}
+
+
+def _class_slope(cls: type) -> Callable | None:
+    """cls.slope where it computes what calling an instance computes, else None (remembered per class):
+    the class that defines `slope` must also define the call it stands for (an nn.Module's forward, with
+    Module's own __call__; another callable's __call__), so a subclass that overrides forward (to clamp
+    x0_hat, say) or __call__ is called as a Denoiser."""
+    own = getattr(cls, "slope", None)
+    if own is not None:
+        owner = next(k for k in cls.__mro__ if "slope" in vars(k))
+        call = "forward" if issubclass(cls, nn.Module) else "__call__"
+        if (next((k for k in cls.__mro__ if call in vars(k)), None) is not owner
+                or issubclass(cls, nn.Module) and cls.__call__ is not nn.Module.__call__):
+            own = None
+    _SLOPES[cls] = own
+    return own
 
 
 def euler_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, want_x0: bool = True,

@@ -74,13 +74,13 @@ def langevin_correct(denoiser: Denoiser, x: Tensor, sigma: float, *, snr: float,
 
 
 def edm_churn_step(denoiser: Denoiser, x: Tensor, sigma: float, sigma_next: float, *, gamma: float,
-                   s_noise: float = 1.0, generator: Generator | None = None, **cond):
+                   s_noise: float = 1.0, generator: Generator | None = None, want_x0: bool = True, **cond):
     """[EDM] Alg. 2: raise the noise to sigma_hat = (1 + gamma) sigma, then a Heun step to sigma_next
-    (`cond` may hold heun_step's `want_x0`)."""
+    (x0_hat at sigma_hat, None unless `want_x0`)."""
     sigma_hat = sigma * (1 + gamma)  # Increase noise temporarily
     if gamma > 0:
         x = x + math.sqrt(sigma_hat**2 - sigma**2) * s_noise * randn_like(x, generator)
-    return heun_step(denoiser, x, sigma_hat, sigma_next, **cond)
+    return heun_step(denoiser, x, sigma_hat, sigma_next, want_x0=want_x0, **cond)
 
 
 def dpmpp_2m_sde_step(x: Tensor, sigma_next: float, hist: History, *,
