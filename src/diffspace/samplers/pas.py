@@ -173,11 +173,11 @@ def sample_euler_pas(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, pas: PASC
     for i in range(len(grid) - 1):
         d = _flat(slope(denoiser, x, grid[i], cond))
         history.append(d.clone())  # why: d may be the network's output buffer (`ode.slope`)
-        x_prev, d_prev = x, d
+        x_prev = x
         if i in pas.coords:
             basis = direction_basis(history, d, _flat(x), x_start, pas.k)
             d = _corrected(d, basis, torch.tensor(pas.coords[i], dtype=torch.float64))
         x = (_flat(x) + (grid[i + 1] - grid[i]) * d).reshape(x.shape)
         if callback is not None:
-            callback(i, grid[i], x, x_prev - grid[i] * d_prev.reshape(x.shape))  # x0_hat
+            callback(i, grid[i], x, x_prev - grid[i] * history[-1].reshape(x.shape))  # x0_hat
     return x
