@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of samples; default: the run's [sample] n")
     s.add_argument("--out", help="output .npz/.npy/.csv with its picture (images, points) beside it in .png, "
                                  "or .png for the picture with the .npz beside it; none of them may exist "
-                                 "(default: RUN/samples.npz; text runs: RUN/samples.txt)")
+                                 "(default: RUN/samples.npz; text runs: RUN/samples.txt; these are the "
+                                 "run's own files, which each sample command replaces)")
     s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
                    help="class-conditional runs: the class of the samples (several are cycled)")
     s.add_argument("--classifier", metavar="FILE",
