@@ -28,9 +28,10 @@ Everything is seeded and runs on one thread, so a rerun gives the same numbers.
 Time: "outside the network" is a loop's time minus the network's own, per network call; for each pair
 (diffspace sampler, diffusers scheduler of the same method) on the same network and batch, the median of
 interleaved repeats, in process CPU time (`time.process_time`: on a shared machine wall-clock time
-charges the waits for a core to whatever was running). Both loops hand the network a (1,) timestep; the
-network's own time per call under diffspace is reported beside its time when called directly with a
-(1,) timestep in the same loop. The fitted plans (PAS, Euler or Heun per step) are timed the same way
+charges the waits for a core to whatever was running), with glibc's malloc told to keep the memory it
+frees (`steady_allocator`). Both loops hand the network a (1,) timestep; the network's own time per
+call under diffspace is reported beside its time when called directly with a (1,) timestep in the same
+loop. The fitted plans (PAS, Euler or Heun per step) are timed the same way
 against diffusers' Euler and Heun. Load averages are recorded. Beside them, each loop alone: the same
 loops with a zero-cost network (a stored output), what the sampler and its wrapper cost by themselves.
 
@@ -43,6 +44,7 @@ another run's; a second run from a clean checkout is `--no-cache --against FIRST
 """
 
 import argparse
+import ctypes
 import json
 import math
 import os
@@ -128,6 +130,23 @@ class Stored(torch.nn.Module):
 
     def forward(self, x, t):
         return self.out
+
+
+def steady_allocator() -> str:
+    """Tell glibc's malloc to keep freed memory for reuse (mmap threshold 32 MiB, trim threshold 1 GiB);
+    what was set, for the record. why: by default it hands the network's megabytes of activations back
+    to the system after a call and faults them in again on the next (about 3700 page faults per call
+    on the 10k batch), and that system time falls on either side of the stopwatch at random: a loop's
+    time outside the network then varied 2-4x between repeats and a ratio's median moved up to 12 %
+    between runs. Both libraries' loops run under the same setting."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return "the platform's default malloc"
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    if libc.mallopt(m_mmap_threshold, 32 << 20) != 1 or libc.mallopt(m_trim_threshold, 1 << 30) != 1:
+        return "glibc malloc, defaults (mallopt refused)"
+    return "glibc malloc keeping freed memory (mallopt: mmap threshold 32 MiB, trim threshold 1 GiB)"
 
 
 class Stopwatch(torch.nn.Module):
@@ -490,7 +509,8 @@ def write_markdown(result: dict, out: Path) -> None:
     t = result["timing"]
     lines += [f"### Time per network call (microseconds; {t['batch']} samples, {t['nfe']} NFE, samplers on "
               f"trailing spacing, median of {t['repeats']} interleaved repeats; load average "
-              f"{t['load_before'][0]:.2f} before, {t['load_after'][0]:.2f} after)", "",
+              f"{t['load_before'][0]:.2f} before, {t['load_after'][0]:.2f} after; "
+              f"{result.get('allocator', 'the default malloc')})", "",
               "| diffspace / diffusers | outside the net: diffspace | diffusers | ratio (goal <= 0.5) | net "
               "under diffspace | net called directly, (1,) timestep | ratio (goal 1 +- 0.05) | loop alone: "
               "diffspace | diffusers | ratio |",
@@ -560,8 +580,10 @@ def report(result: dict, against: tuple[Path, dict] | None) -> None:
 def main(setup: Setup, cache: Path | None, against: tuple[Path, dict] | None) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    allocator = steady_allocator()
     load_start = os.getloadavg()
-    result = {"setup": asdict(setup), "command": "benchmarks/samplers.py " + " ".join(sys.argv[1:]),
+    result = {"setup": asdict(setup), "allocator": allocator,
+              "command": "benchmarks/samplers.py " + " ".join(sys.argv[1:]),
               "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
                          f"1 thread, {os.cpu_count()} cores", "accuracy": {}}
     first = {}
