@@ -135,10 +135,11 @@ class Stored(torch.nn.Module):
 def steady_allocator() -> str:
     """Tell glibc's malloc to keep freed memory for reuse (mmap threshold 32 MiB, trim threshold 1 GiB);
     what was set, for the record. why: by default it hands the network's megabytes of activations back
-    to the system after a call and faults them in again on the next (about 3700 page faults per call
+    to the system after a call and faults them in again on the next (thousands of page faults per call
     on the 10k batch), and that system time falls on either side of the stopwatch at random: a loop's
-    time outside the network then varied 2-4x between repeats and a ratio's median moved up to 12 %
-    between runs. Both libraries' loops run under the same setting."""
+    time outside the network then varies severalfold between repeats, and the ratios' medians of the
+    pair committed before this setting differed by up to 12.5 % between runs. Both libraries' loops run
+    under the same setting."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
