@@ -79,6 +79,13 @@ def test_describe_plan_is_one_line_whatever_the_entry():
     assert describe_plan("euler:5", [1, 2]) == "euler:5: malformed"
     assert describe_plan("euler:5", {"method": "dp", "step": 4, "pas": {}}) == \
         "euler:5: method dp with PAS coordinates, fitted at step 4"  # the plan says what it brings
+    cal = {"n": 64, "nfe": 5, "rmse": 0.25, "baseline": {"grid": "karras", "steps": 5, "rmse": 0.5}}
+    said = ("euler:5: method dp, fitted at step 4; calibration error 0.25 against 0.5 with the karras grid "
+            "of 5 steps (RMS per coordinate to the adaptive PF-ODE, 64 noises, NFE 5)")
+    assert describe_plan("euler:5", {"method": "dp", "step": 4, "calibration": cal}) == said
+    held = {"n": 256, "rmse": 0.3, "baseline_rmse": 0.5}
+    assert describe_plan("euler:5", {"method": "dp", "step": 4, "calibration": cal | {"holdout": held}}) == \
+        said + "; held-out error 0.3 against 0.5 (256 other noises)"
 
 
 def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):
@@ -166,13 +173,19 @@ def _check_calibration(run, sampler, steps, entry, nfe, candidates=None):
         fn, grid = plan(run, sampler, steps, "optimized")
         fitted = grid_error(fn, den, x, grid, ref)
         base_steps = max(n for n in range(1, nfe + 1) if SAMPLERS[sampler].nfe(n) <= nfe)
-        baseline = grid_error(SAMPLERS[sampler].fn, den, x, GRIDS[run.cfg.sample.grid](base_steps, lo, hi,
-                                                                                      path=path), ref)
+        base_grid = GRIDS[run.cfg.sample.grid](base_steps, lo, hi, path=path)
+        baseline = grid_error(SAMPLERS[sampler].fn, den, x, base_grid, ref)
+        # the held-out noise: 256 (at least) apart from the calibration noise, its own adaptive solution
+        x = torch.randn((256, *run.meta["data_shape"]), generator=torch.Generator().manual_seed(104729)) * hi
+        ref = sample_adaptive(den, x, hi, lo)
+        held = [grid_error(fn, den, x, grid, ref), grid_error(SAMPLERS[sampler].fn, den, x, base_grid, ref)]
     cal = entry["calibration"]
     assert (cal["n"], cal["nfe"], cal["baseline"]["grid"], cal["baseline"]["steps"]) == \
         (64, nfe, run.cfg.sample.grid, base_steps)
     assert cal["rmse"] == pytest.approx(fitted, rel=1e-9)
     assert cal["baseline"]["rmse"] == pytest.approx(baseline, rel=1e-9)
+    assert cal["holdout"]["n"] == 256
+    assert [cal["holdout"]["rmse"], cal["holdout"]["baseline_rmse"]] == pytest.approx(held, rel=1e-9)
     return cal
 
 

@@ -166,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="fit a sampler's noise grid to a trained run",
                        description="Choose the STEPS noise levels that minimize the sampler's error "
                                    "against the adaptive PF-ODE solution on a calibration batch, and store "
-                                   "them in RUN/grids.json; then sample with --grid optimized.")
+                                   "them in RUN/grids.json with the plan's error and the run's grid's, on "
+                                   "the calibration batch and on other noises; then sample with --grid "
+                                   "optimized.")
     o.add_argument("run", help="run directory")
     o.add_argument("--sampler", default="dpmpp_2m", help="deterministic sampler to fit the grid for")
     o.add_argument("--steps", type=int, default=5, help="number of steps of the grid")

@@ -104,8 +104,8 @@ def read_plans(stored: Path) -> dict:
 
 
 def describe_plan(key: str, entry: dict) -> str:
-    """One line on a stored plan: its key, method, step and its calibration error beside the baseline
-    grid's (see `calibration`), where the entry records them."""
+    """One line on a stored plan: its key, method, step and its calibration and held-out errors beside the
+    baseline grid's (see `calibration`), where the entry records them."""
     if not isinstance(entry, dict):
         return f"{key}: malformed"
     method = " ".join(str(entry.get("method", "nelder-mead")).split())  # why: a hand edit stays one line
@@ -116,10 +116,16 @@ def describe_plan(key: str, entry: dict) -> str:
         cal = entry["calibration"]
         base = cal["baseline"]
         steps = int(base["steps"])
-        return line + (f"; calibration error {float(cal['rmse']):.4g} against {float(base['rmse']):.4g} with "
-                       f"the {base['grid']} grid of {steps} step{'s' * (steps != 1)} (RMS per coordinate to "
-                       f"the adaptive PF-ODE, {int(cal['n'])} noises, NFE {int(cal['nfe'])})")
+        line += (f"; calibration error {float(cal['rmse']):.4g} against {float(base['rmse']):.4g} with the "
+                 f"{base['grid']} grid of {steps} step{'s' * (steps != 1)} (RMS per coordinate to the "
+                 f"adaptive PF-ODE, {int(cal['n'])} noises, NFE {int(cal['nfe'])})")
     except (KeyError, TypeError, ValueError):  # why: plans stored before it was recorded, or hand-edited
+        return line
+    try:
+        held = cal["holdout"]
+        return line + (f"; held-out error {float(held['rmse']):.4g} against "
+                       f"{float(held['baseline_rmse']):.4g} ({int(held['n'])} other noises)")
+    except (KeyError, TypeError, ValueError):  # why: plans stored before held-out errors were recorded
         return line
 
 
@@ -470,12 +476,12 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     if pas:
         entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
     entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
-                                       plan_sampler(entry, sampler), sigmas)
+                                       plan_sampler(entry, sampler), sigmas, seed)
     cal = entry["calibration"]
     if rival is not None and not overwrite:  # the same weights, range and NFE: both run on held-out noise
-        fitted = (plan_sampler(entry, sampler), sigmas)
         kept_plan = (plan_sampler(rival, sampler), torch.tensor(rival["sigmas"], dtype=torch.float64))
-        new_error, kept = holdout_errors(run, den, [fitted, kept_plan], n_calib, seed, lo, hi)
+        (kept,) = holdout_errors(run, den, [kept_plan], n_calib, seed, lo, hi)  # the noise of cal["holdout"]
+        new_error = cal["holdout"]["rmse"]
         old, n = " ".join(str(rival.get("method", "nelder-mead")).split()), max(n_calib, HOLDOUT_MIN)
         said = (f"on {n} noises neither plan was fitted to it errs {kept:.4g}, the new {method} plan "
                 f"{new_error:.4g}")
@@ -539,16 +545,21 @@ def rival_plan(run: Run, entry, sampler: str, steps: int, lo: float, hi: float,
 
 
 def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: int, lo: float, hi: float,
-                fitted: Callable, sigmas: Tensor) -> dict:
-    """How much a fitted plan gained on its calibration noise x: the RMS error per coordinate against the
-    adaptive PF-ODE solution `reference`, of the plan and of the sampler on the run's [sample] grid (karras
-    where that is "optimized" or has no grid over [lo, hi]) with the most steps that fit the plan's NFE."""
+                fitted: Callable, sigmas: Tensor, seed: int) -> dict:
+    """How much a fitted plan gained: the RMS error per coordinate against the adaptive PF-ODE solution, of
+    the plan and of the sampler on the run's [sample] grid (karras where that is "optimized" or has no grid
+    over [lo, hi]) with the most steps that fit the plan's NFE, on its calibration noise x (`reference`:
+    their solution) and, under "holdout", on the max(len(x), 256) noises of `holdout_errors` (the
+    calibration error flatters the plan, which was fitted to that noise)."""
     grid = run.cfg.sample.grid if run.cfg.sample.grid != "optimized" else "karras"
     steps = nfe_steps(sampler, nfe)[0]
     baseline = range_grid(run, grid, steps, lo, hi)
     if baseline is None:
         grid, baseline = "karras", GRIDS["karras"](steps, lo, hi)
+    plans = [(fitted, sigmas), (sampler_fn(sampler), baseline)]
     with torch.no_grad():
-        return {"n": len(x), "nfe": nfe, "rmse": grid_error(fitted, den, x, sigmas, reference),
-                "baseline": {"grid": grid, "steps": steps,
-                             "rmse": grid_error(sampler_fn(sampler), den, x, baseline, reference)}}
+        errors = [grid_error(fn, den, x, grid_sigmas, reference) for fn, grid_sigmas in plans]
+    held = holdout_errors(run, den, plans, len(x), seed, lo, hi)
+    return {"n": len(x), "nfe": nfe, "rmse": errors[0],
+            "baseline": {"grid": grid, "steps": steps, "rmse": errors[1]},
+            "holdout": {"n": max(len(x), HOLDOUT_MIN), "rmse": held[0], "baseline_rmse": held[1]}}
