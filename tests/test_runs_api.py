@@ -86,6 +86,9 @@ def test_describe_plan_is_one_line_whatever_the_entry():
     held = {"n": 256, "rmse": 0.3, "baseline_rmse": 0.5}
     assert describe_plan("euler:5", {"method": "dp", "step": 4, "calibration": cal | {"holdout": held}}) == \
         said + "; held-out error 0.3 against 0.5 (256 other noises)"
+    assert describe_plan("euler:1", {"method": "dp", "step": 4, "calibration": cal | {
+        "n": 1, "baseline": {"grid": "karras", "steps": 1, "rmse": 0.5}}}).endswith(
+        "karras grid of 1 step (RMS per coordinate to the adaptive PF-ODE, 1 noise, NFE 5)")
 
 
 def test_a_ddpm_run_starts_at_the_tables_sigma_max(ddpm_run):

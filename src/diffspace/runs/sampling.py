@@ -115,10 +115,10 @@ def describe_plan(key: str, entry: dict) -> str:
     try:
         cal = entry["calibration"]
         base = cal["baseline"]
-        steps = int(base["steps"])
+        steps, n = int(base["steps"]), int(cal["n"])
         line += (f"; calibration error {float(cal['rmse']):.4g} against {float(base['rmse']):.4g} with the "
                  f"{base['grid']} grid of {steps} step{'s' * (steps != 1)} (RMS per coordinate to the "
-                 f"adaptive PF-ODE, {int(cal['n'])} noises, NFE {int(cal['nfe'])})")
+                 f"adaptive PF-ODE, {n} noise{'s' * (n != 1)}, NFE {int(cal['nfe'])})")
     except (KeyError, TypeError, ValueError):  # why: plans stored before it was recorded, or hand-edited
         return line
     try:
