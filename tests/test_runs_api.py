@@ -253,6 +253,21 @@ def test_a_hand_edited_plan_is_one_line(ddpm_run, tmp_path, edit, words):
         plan(runs.load_run(copy), "dpmpp_2m", 3, "optimized")
 
 
+@pytest.mark.parametrize("extra", [
+    {"orders": [float("inf"), 1, 1, 1, 1]},  # JSON's Infinity: int(inf) raised OverflowError, a traceback
+    {"pas": {"sigmas": [80.0, 1.0, 0.5, 0.1, 0.01, 0.0], "k": float("inf"), "coords": {}}},
+])
+def test_an_infinite_count_in_a_stored_plan_is_one_line(extra):
+    from diffspace.runs.sampling import check_entry, describe_plan
+
+    entry = {"step": 4, "method": "dp", "sigmas": [80.0, 1.0, 0.5, 0.1, 0.01, 0.0]}
+    check_entry(entry, "euler", 5)  # the plan itself is sound
+    with pytest.raises(UserError, match="the entry for euler:5 is malformed"):
+        check_entry(entry | extra, "euler", 5)
+    cal = {"n": float("inf"), "nfe": 5, "rmse": 0.2, "baseline": {"grid": "karras", "steps": 5, "rmse": 0.5}}
+    assert describe_plan("euler:5", entry | {"calibration": cal}) == "euler:5: method dp, fitted at step 4"
+
+
 def test_a_broken_grids_file_and_a_range_on_an_optimized_grid_are_refused(ddpm_run, tmp_path):
     import shutil
 

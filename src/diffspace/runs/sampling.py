@@ -119,13 +119,13 @@ def describe_plan(key: str, entry: dict) -> str:
         line += (f"; calibration error {float(cal['rmse']):.4g} against {float(base['rmse']):.4g} with the "
                  f"{base['grid']} grid of {steps} step{'s' * (steps != 1)} (RMS per coordinate to the "
                  f"adaptive PF-ODE, {n} noise{'s' * (n != 1)}, NFE {int(cal['nfe'])})")
-    except (KeyError, TypeError, ValueError):  # why: plans stored before it was recorded, or hand-edited
+    except (KeyError, TypeError, ValueError, OverflowError):  # why: older plans, or hand edits (Infinity)
         return line
     try:
         held = cal["holdout"]
         return line + (f"; held-out error {float(held['rmse']):.4g} against "
                        f"{float(held['baseline_rmse']):.4g} ({int(held['n'])} other noises)")
-    except (KeyError, TypeError, ValueError):  # why: plans stored before held-out errors were recorded
+    except (KeyError, TypeError, ValueError, OverflowError):  # why: older plans, or hand edits
         return line
 
 
@@ -203,7 +203,7 @@ def check_entry(entry, sampler: str, steps: int) -> None:
             raise ValueError(f"its plan spends {nfe} network calls, its key {want}")
         plan_sampler(entry, sampler)
         check_grid(torch.tensor(entry["sigmas"], dtype=torch.float64), what="optimized grid")
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:  # Infinity: int(inf)
         raise UserError(f"the entry for {key} is malformed ({e}); run `diffspace optimize-grid` again") \
             from None
 
