@@ -475,14 +475,16 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
                                  reference=reference)
     if pas:
         entry["pas"] = learn_pas(den, x, sigmas, k=pas_k, tol=pas_tol).to_json()
+    held_out = holdout_batch(run, den, n_calib, seed, lo, hi)
     entry["calibration"] = calibration(run, den, x, reference, sampler, nfe, lo, hi,
-                                       plan_sampler(entry, sampler), sigmas, seed)
+                                       plan_sampler(entry, sampler), sigmas, held_out)
     cal = entry["calibration"]
     if rival is not None and not overwrite:  # the same weights, range and NFE: both run on held-out noise
-        kept_plan = (plan_sampler(rival, sampler), torch.tensor(rival["sigmas"], dtype=torch.float64))
-        (kept,) = holdout_errors(run, den, [kept_plan], n_calib, seed, lo, hi)  # the noise of cal["holdout"]
-        new_error = cal["holdout"]["rmse"]
-        old, n = " ".join(str(rival.get("method", "nelder-mead")).split()), max(n_calib, HOLDOUT_MIN)
+        with torch.no_grad():
+            kept = grid_error(plan_sampler(rival, sampler), den, held_out[0],
+                              torch.tensor(rival["sigmas"], dtype=torch.float64), held_out[1])
+        new_error, n = cal["holdout"]["rmse"], cal["holdout"]["n"]
+        old = " ".join(str(rival.get("method", "nelder-mead")).split())
         said = (f"on {n} noises neither plan was fitted to it errs {kept:.4g}, the new {method} plan "
                 f"{new_error:.4g}")
         if kept < new_error:
@@ -505,27 +507,24 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     return sigmas
 
 
-HOLDOUT_SEED, HOLDOUT_MIN = 104729, 256  # why: a refit's new plan was fitted to its calibration noise
+HOLDOUT_SEED, HOLDOUT_MIN = 104729, 256  # why: a plan is fitted to its calibration noise, which flatters it
 
 
-def holdout_errors(run: Run, den, plans: list[tuple[Callable, Tensor]], n_calib: int, seed: int, lo: float,
-                   hi: float) -> list[float]:
-    """The error (as `calibration` measures it) of each (sampler function, grid) on max(n_calib, 256)
-    noises apart from the calibration noise of `seed` (stream seed + HOLDOUT_SEED), against their adaptive
-    PF-ODE solution over [lo, hi]: a fair comparison of a plan fitted to the calibration noise with one
-    that was not."""
+def holdout_batch(run: Run, den, n_calib: int, seed: int, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """max(n_calib, 256) noises apart from the calibration noise of `seed` (stream seed + HOLDOUT_SEED),
+    scaled to hi, and their adaptive PF-ODE solution over [lo, hi]: where a fitted plan is compared fairly
+    with one that was not fitted to them (`calibration`, a refit's stored plan)."""
     g = torch.Generator().manual_seed(seed + HOLDOUT_SEED)
     x = (torch.randn((max(n_calib, HOLDOUT_MIN), *run.meta["data_shape"]), generator=g) * hi).to(run.device)
     with torch.no_grad():
-        reference = sample_adaptive(den, x, hi, lo)
-        return [grid_error(fn, den, x, sigmas, reference) for fn, sigmas in plans]
+        return x, sample_adaptive(den, x, hi, lo)
 
 
 def rival_plan(run: Run, entry, sampler: str, steps: int, lo: float, hi: float,
                nfe: int) -> tuple[dict | None, str | None]:
     """How a plan stored under SAMPLER:STEPS meets a refit over [lo, hi] at `nfe`: (entry, None) where
     the two compete (the same weights, range and NFE: the better one on held-out noise is kept, see
-    `holdout_errors`), (None, what sets it apart) where they cannot be compared, (None, None) where there
+    `holdout_batch`), (None, what sets it apart) where they cannot be compared, (None, None) where there
     is none or it is malformed (it is replaced). The range of a plan stored before ranges were recorded is
     its first level alone."""
     try:
@@ -545,21 +544,21 @@ def rival_plan(run: Run, entry, sampler: str, steps: int, lo: float, hi: float,
 
 
 def calibration(run: Run, den, x: Tensor, reference: Tensor, sampler: str, nfe: int, lo: float, hi: float,
-                fitted: Callable, sigmas: Tensor, seed: int) -> dict:
+                fitted: Callable, sigmas: Tensor, held_out: tuple[Tensor, Tensor]) -> dict:
     """How much a fitted plan gained: the RMS error per coordinate against the adaptive PF-ODE solution, of
     the plan and of the sampler on the run's [sample] grid (karras where that is "optimized" or has no grid
     over [lo, hi]) with the most steps that fit the plan's NFE, on its calibration noise x (`reference`:
-    their solution) and, under "holdout", on the max(len(x), 256) noises of `holdout_errors` (the
-    calibration error flatters the plan, which was fitted to that noise)."""
+    their solution) and, under "holdout", on the noises of `holdout_batch` (held_out: (noise, solution)),
+    since the calibration error flatters the plan fitted to that noise."""
     grid = run.cfg.sample.grid if run.cfg.sample.grid != "optimized" else "karras"
     steps = nfe_steps(sampler, nfe)[0]
     baseline = range_grid(run, grid, steps, lo, hi)
     if baseline is None:
         grid, baseline = "karras", GRIDS["karras"](steps, lo, hi)
-    plans = [(fitted, sigmas), (sampler_fn(sampler), baseline)]
+    plans, x_held, held_reference = [(fitted, sigmas), (sampler_fn(sampler), baseline)], *held_out
     with torch.no_grad():
         errors = [grid_error(fn, den, x, grid_sigmas, reference) for fn, grid_sigmas in plans]
-    held = holdout_errors(run, den, plans, len(x), seed, lo, hi)
+        held = [grid_error(fn, den, x_held, grid_sigmas, held_reference) for fn, grid_sigmas in plans]
     return {"n": len(x), "nfe": nfe, "rmse": errors[0],
             "baseline": {"grid": grid, "steps": steps, "rmse": errors[1]},
-            "holdout": {"n": max(len(x), HOLDOUT_MIN), "rmse": held[0], "baseline_rmse": held[1]}}
+            "holdout": {"n": len(x_held), "rmse": held[0], "baseline_rmse": held[1]}}
