@@ -127,7 +127,8 @@ def test_artefacts_of_older_weights_are_retired(tmp_path, trained, monkeypatch):
     stored = (run / "grids.json").read_bytes()
     worse = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 3)
     assert_one_line_error(worse, "kept the nelder-mead plan stored for dpmpp_2m:2: on 256 noises neither "
-                                 "plan was fitted to it errs ", ", the new nelder-mead plan ", "--overwrite")
+                                 "plan was fitted to, the stored plan errs ", ", the new nelder-mead plan ",
+                          "--overwrite")
     assert (run / "grids.json").read_bytes() == stored  # a refit that does worse loses nothing
     again = cli("optimize-grid", run, "--steps", 2, "--n-calib", 16, "--budget", 3, "--overwrite")
     assert again.returncode == 0  # re-fitting says what it replaced, and what that was worth on this noise
@@ -169,7 +170,7 @@ def test_a_dp_plan_of_heun_steps_and_info_on_a_broken_grids_file(tmp_path, train
     assert res.returncode == 0, res.stderr
     assert f"for heun in {run / 'grids.json'}: " in res.stdout
     assert f"sample with: diffspace sample {run} --sampler heun" in res.stdout
-    said = res.stderr.split("neither plan was fitted to it errs ")[1].split("\n")[0]
+    said = res.stderr.split("neither plan was fitted to, the stored plan errs ")[1].split("\n")[0]
     kept, new = said.split(", the new dp plan ")
     assert kept == new  # the same plan again, run on the same held-out noise
     plans = (run / "grids.json").read_text()

@@ -321,7 +321,8 @@ def test_a_refit_keeps_a_better_stored_plan_unless_told(ddpm_run):
     with torch.no_grad():
         kept = grid_error(sample_euler, den, held_out, good, sample_adaptive(den, held_out, hi, lo))
     with pytest.raises(UserError, match=rf"kept the nelder-mead plan stored for euler:2: on 256 noises "
-                                        rf"neither plan was fitted to it errs {kept:.4g}, the new dp plan"):
+                                        rf"neither plan was fitted to, the stored plan errs {kept:.4g}, "
+                                        rf"the new dp plan"):
         runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4)
     assert (ddpm_run.dir / GRIDS_FILE).read_bytes() == stored
     coarse = runs.optimize_grid(ddpm_run, "euler", steps=2, n_calib=32, method="dp", candidates=4,

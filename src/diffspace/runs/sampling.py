@@ -485,8 +485,8 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
                               torch.tensor(rival["sigmas"], dtype=torch.float64), held_out[1])
         new_error, n = cal["holdout"]["rmse"], cal["holdout"]["n"]
         old = " ".join(str(rival.get("method", "nelder-mead")).split())
-        said = (f"on {n} noises neither plan was fitted to it errs {kept:.4g}, the new {method} plan "
-                f"{new_error:.4g}")
+        said = (f"on {n} noises neither plan was fitted to, the stored plan errs {kept:.4g}, the new "
+                f"{method} plan {new_error:.4g}")
         if kept < new_error:
             raise UserError(f"kept the {old} plan stored for {key}: {said}; {stored} is unchanged "
                             "(--overwrite, or overwrite=True, stores the new plan)")
