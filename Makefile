@@ -42,6 +42,7 @@ $(VENV)/.bench: $(STAMP)
 
 bench-samplers: $(VENV)/.bench
 	$(BIN)/python benchmarks/samplers.py
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/pas_cost.py
 
 bench-likelihood: $(VENV)/.bench
 	$(BIN)/python benchmarks/likelihood.py
