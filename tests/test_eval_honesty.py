@@ -1,9 +1,10 @@
 """Evaluation that says how much to trust it: bootstrap standard errors (checked against the analytic
-standard error of a mean), metrics marked UNRELIABLE when the feature net is near chance, and progress
-logged while a scorer trains."""
+standard error of a mean), metrics marked UNRELIABLE when the feature net is near chance, progress
+logged while a scorer trains, and samples with NaN or inf refused before anything is written."""
 
 import logging
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,11 @@ import torch
 from diffspace import runs
 from diffspace.eval.featurenet import train_featurenet
 from diffspace.eval.metrics import bootstrap_se
+from diffspace.runs.options import check_finite_samples
+from diffspace.types import UserError
+from test_cli import assert_one_line_error, cli
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def test_bootstrap_se_of_a_mean_matches_sigma_over_sqrt_n():
@@ -46,3 +52,54 @@ def test_metrics_of_a_chance_level_feature_net_are_marked(tmp_path, caplog):
                                               f"{meta['test_accuracy']:.3f} < 0.9")
     assert [r.message for r in caplog.records if r.levelno == logging.WARNING] == [m["featurenet_warning"]]
     assert m["fid_se"] > 0 and m["fid_real_baseline_se"] > 0
+
+
+def _nan_checkpoint(run_dir):
+    """Set one weight of the run's last checkpoint to NaN (a run saved just before it diverged)."""
+    from diffspace.train.checkpoint import load_checkpoint, save_checkpoint
+
+    path = run_dir / "checkpoints" / "last.safetensors"
+    tensors, meta = load_checkpoint(path)
+    for k in tensors:
+        if k.endswith("weight") and tensors[k].is_floating_point():
+            tensors[k].view(-1)[0] = float("nan")
+    save_checkpoint(path, tensors, {k: v for k, v in meta.items() if k != "format"})
+
+
+def test_non_finite_samples_are_counted_and_refused():
+    x = torch.zeros(5, 3, 2)
+    x[1, 0, 0], x[3, 2, 1], x[3, 0, 0] = float("nan"), float("inf"), -float("inf")
+    with pytest.raises(UserError, match=r"^the model produced non-finite samples \(2 of 5\), so nothing "):
+        check_finite_samples(x)
+    check_finite_samples(torch.zeros(0, 2))  # nothing to refuse
+    check_finite_samples(torch.full((3, 2), 1e30))
+
+
+def test_a_model_with_nan_weights_writes_no_samples(tmp_path):
+    run_dir = tmp_path / "run"
+    runs.train({"run": {"dir": str(run_dir)}, "model": {"mlp": {"hidden": 16, "depth": 1}},
+                "data": {"n_train": 400, "n_test": 200},
+                "train": {"steps": 4, "batch_size": 64, "log_every": 4, "ckpt_every": 4}})
+    _nan_checkpoint(run_dir)
+    before = sorted(p.name for p in run_dir.iterdir())
+    with pytest.raises(UserError, match=r"non-finite samples \(7 of 7\)"):
+        runs.sample(runs.load_run(run_dir), runs.SampleOptions(n=7, steps=3))
+    out = tmp_path / "s.npz"
+    res = cli("sample", run_dir, "--n", "7", "--steps", "3", "--out", out)
+    assert_one_line_error(res, "non-finite samples (7 of 7)", "nothing was written")
+    assert not out.exists() and not out.with_suffix(".png").exists()
+    res = cli("eval", run_dir, "--n", "50", "--steps", "3")
+    assert_one_line_error(res, "non-finite samples (50 of 50)")
+    res = cli("eval", run_dir, "--nfe", "2,4", "--n", "50")
+    assert_one_line_error(res, "non-finite samples (50 of 50)")
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # no metrics.json, nfe.json or pictures
+
+
+def test_a_family_model_with_nan_weights_writes_no_samples(tmp_path):
+    run_dir = tmp_path / "vae"
+    runs.train(CONFIGS / "checkerboard-vae.toml",
+               ["data.n_train=400", "data.n_test=200", "train.steps=2", "train.batch_size=32",
+                "train.warmup_steps=1", "train.ckpt_every=2", "model.hidden=16", f"run.dir={run_dir}"])
+    _nan_checkpoint(run_dir)
+    with pytest.raises(UserError, match=r"^the vae model of .* non-finite samples \(9 of 9\)"):
+        runs.sample(runs.load_run(run_dir), runs.SampleOptions(n=9))

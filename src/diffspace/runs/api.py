@@ -142,7 +142,8 @@ def load_run(path: str | Path, device: str | torch.device = "cpu", ema: bool = T
 
 def sample(run: Run, options: SampleOptions | None = None):
     """Samples of a run: a tensor (n, ...) for continuous runs, a list of strings for text runs; None on
-    torchrun ranks other than 0 (they help draw). Options a task cannot honour are refused."""
+    torchrun ranks other than 0 (they help draw). Options a task cannot honour are refused; UserError
+    for samples with NaN or inf (`check_finite_samples`)."""
     task, options = TASKS[run.task], options or SampleOptions()
     check_options(options, task.sample_options, run.task)
     return task.sample(run, options)

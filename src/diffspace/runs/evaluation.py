@@ -85,8 +85,6 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
     if x is None:  # not rank 0: metrics are computed once, there
         return None
     x = to_data_units(run.meta, x)  # metrics in the data's own units
-    if not torch.isfinite(x).all():
-        raise UserError("the model produced non-finite samples")
     x_test, x_train = data["x_test"][:n], data["x_train"]
     base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]
     metrics = {**protocol, "n": n, "sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),

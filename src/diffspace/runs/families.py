@@ -35,7 +35,7 @@ from diffspace.rng import Streams
 from diffspace.runs import registries
 from diffspace.runs.continuous import DataConfig, scaling, to_data_units, to_model_units
 from diffspace.runs.evaluation import featurenet_for
-from diffspace.runs.options import EvalOptions, Run, check_positive
+from diffspace.runs.options import EvalOptions, Run, check_finite_samples, check_positive
 from diffspace.runs.rundir import write_atomic
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
@@ -166,8 +166,7 @@ def evaluate(run: Run, opts: EvalOptions, draw: Callable[[int, Streams], Tensor]
     with torch.no_grad():
         x = draw(n, Streams(opts.seed, n)).cpu()
     seconds = time.perf_counter() - t0
-    if not torch.isfinite(x).all():
-        raise UserError(f"the {run.task} model of {run.dir} produced non-finite samples")
+    check_finite_samples(x, f"the {run.task} model of {run.dir}")
     x = x.clamp(-1, 1) if images else to_data_units(run.meta, x)
     metrics = {"step": run.step, "seed": opts.seed, "n": n, "samples_per_s": n / seconds,
                **_sample_metrics(run, x, data, opts)}
@@ -180,9 +179,11 @@ def evaluate(run: Run, opts: EvalOptions, draw: Callable[[int, Streams], Tensor]
 
 def sample(run: Run, n: int, seed: int, draw: Callable[[int, Streams], Tensor]) -> Tensor | None:
     """n samples (n, *data_shape) in the data's units on the CPU, sample i from stream (seed, i); None
-    on torchrun ranks other than 0."""
+    on torchrun ranks other than 0. UserError for samples with NaN or inf."""
     check_positive(n=n)
     if not is_main():
         return None
     with torch.no_grad():
-        return to_data_units(run.meta, draw(n, Streams(seed, n)).cpu())
+        x = draw(n, Streams(seed, n)).cpu()
+    check_finite_samples(x, f"the {run.task} model of {run.dir}")
+    return to_data_units(run.meta, x)

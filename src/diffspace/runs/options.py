@@ -145,6 +145,16 @@ def check_steps(steps: int | None, what: str = "steps (--steps)") -> None:
         raise UserError(f"{what} must be in 1..{MAX_STEPS}, got {steps}")
 
 
+def check_finite_samples(x: torch.Tensor, source: str = "the model") -> None:
+    """UserError when samples x (n, ...) hold NaN or inf, counting the samples affected. why: a
+    checkpoint saved just before training diverged can hold finite weights whose samples overflow;
+    nothing non-finite is written, scored or trained on."""
+    bad = int((~torch.isfinite(x.reshape(len(x), -1))).any(1).sum()) if x.numel() else 0
+    if bad:
+        raise UserError(f"{source} produced non-finite samples ({bad} of {len(x)}), so nothing was written; "
+                        "a checkpoint saved just before training diverged can do this")
+
+
 def check_positive(**values) -> None:
     """UserError naming the option (and its CLI flag) of the first value <= 0."""
     for name, v in values.items():

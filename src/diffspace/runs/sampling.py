@@ -24,7 +24,7 @@ from diffspace.runs.continuous import (
     sampler_fits,
     to_data_units,
 )
-from diffspace.runs.options import Run, SampleOptions, check_positive, check_steps
+from diffspace.runs.options import Run, SampleOptions, check_finite_samples, check_positive, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
 from diffspace.samplers.guidance import (
@@ -253,7 +253,8 @@ def generate(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, 
              chunk: int = CHUNK) -> Tensor | None:
     """n samples of `shape`; `cond` holds the per-sample conditions of a conditional denoiser (class_labels
     (n,), text features (n, ...)), each sliced with its chunk. Under torchrun the chunks are dealt to the
-    ranks: rank 0 gets all n (the same as one process), the other ranks None."""
+    ranks: rank 0 gets all n (the same as one process), the other ranks None. UserError for samples with
+    NaN or inf (`check_finite_samples`), so no caller writes, scores or trains on them."""
     from tqdm import tqdm
 
     # why: eval draws 10k samples (a minute on a CPU); a bar on a terminal, on rank 0, past one chunk
@@ -268,7 +269,11 @@ def generate(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, 
 
     parts = map_chunks(one, n, seed, chunk)
     bar.close()
-    return None if parts is None else torch.cat(parts)
+    if parts is None:
+        return None
+    x = torch.cat(parts)
+    check_finite_samples(x)
+    return x
 
 
 def guided_denoiser(run: Run, guidance: float | None):
