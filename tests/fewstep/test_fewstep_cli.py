@@ -130,3 +130,35 @@ def test_bad_fewstep_input_is_one_line_exit_2(teacher, tmp_path, capsys):
         assert_one_line_error(in_process(capsys, "eval", teacher, "--nfe", nfe), "--nfe",
                               "integers in 1..10000")
     assert_one_line_error(in_process(capsys, "eval", teacher, "--nfe", "1,two"), "--nfe", "'1,two'")
+
+
+def test_distill_refuses_before_training_what_it_would_lose_or_not_honour(teacher, tmp_path, capsys):
+    """--rounds below 1 (0 read as the default and trained every round; -1 did nothing, exit 0); a
+    distill.json distill did not write (it was replaced); an --out that is a file (a traceback); an earlier
+    distillation without --overwrite (it said "use --resume", an option distill does not have). Each is
+    one line, exit 2, and leaves the folder as it was."""
+    rounds = lambda *extra: in_process(capsys, "distill", teacher, "--method", "progressive", "--steps", 2,  # noqa: E731
+                                       "--set", "train.steps=2", "--set", "train.batch_size=32",
+                                       "--no-progress", *extra)
+    for bad in ("0", "-1"):
+        assert_one_line_error(rounds("--rounds", bad, "--out", tmp_path / "r"), "rounds (--rounds)",
+                              f"must be positive, got {bad}")
+    assert not (tmp_path / "r").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "distill.json").write_text('{"my": "notes"}\n')
+    for extra in ((), ("--overwrite",)):
+        assert_one_line_error(rounds("--out", mine, *extra), "distill.json was not written by diffspace")
+    assert (mine / "distill.json").read_text() == '{"my": "notes"}\n' and sorted(mine.iterdir()) == \
+        [mine / "distill.json"]
+    (tmp_path / "file.toml").write_text("x = 1\n")
+    assert_one_line_error(rounds("--out", tmp_path / "file.toml"), "is a file")
+    out = tmp_path / "pd"
+    assert rounds("--out", out).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    res = rounds("--out", out)
+    assert_one_line_error(res, "holds an earlier distillation (distill.json, round_1, round_2)",
+                          "--overwrite replaces it")
+    assert "--resume" not in res.stderr
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    assert rounds("--out", out, "--overwrite").returncode == 0

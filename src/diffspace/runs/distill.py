@@ -36,10 +36,9 @@ from diffspace.families.distill import straightness
 from diffspace.param import VelocityFromDenoiser
 from diffspace.paths import LinearFlow
 from diffspace.rng import Streams
-from diffspace.runs import api
+from diffspace.runs import api, rundir
 from diffspace.runs.continuous import as_denoiser
 from diffspace.runs.options import EvalOptions, Run, check_positive, check_steps
-from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.fewstep import uniform_times
 from diffspace.types import UserError
 
@@ -112,6 +111,7 @@ def flow_straightness(run: Run, seed: int = 0) -> float:
 
 
 def _rounds(opts: DistillOptions) -> int:
+    check_positive(rounds=opts.rounds)  # why: 0 would read as "the default", a negative as no rounds
     if opts.method == "progressive":
         check_steps(opts.steps)
         rounds = opts.rounds or int(math.log2(opts.steps)) + 1
@@ -121,15 +121,39 @@ def _rounds(opts: DistillOptions) -> int:
         return rounds
     if opts.method == "consistency" and opts.rounds not in (None, 1):
         raise UserError(f"consistency distillation takes one round, got --rounds {opts.rounds}")
-    check_positive(rounds=opts.rounds)
     return opts.rounds or 1
+
+
+def _check_out(out: Path, rounds: int, overwrite: bool) -> None:
+    """UserError, before any training, when `out` cannot take the rounds: a file; a distill.json that
+    distill did not write; an earlier distillation (its distill.json or a trained round) without
+    `overwrite`; a round directory `rundir.plan_start` refuses (files diffspace did not write)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; give a folder for the rounds")
+    record = out / "distill.json"
+    if record.exists():
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            data = None
+        if not (isinstance(data, dict) and set(data) == {"method", "rounds"}):
+            raise UserError(f"{record} was not written by diffspace distill; move it or choose another --out")
+    round_dirs = [out / f"round_{k}" for k in range(1, rounds + 1)]
+    trained = [d.name for d in round_dirs if (d / rundir.CHECKPOINT).is_file()]
+    if (record.exists() or trained) and not overwrite:
+        shown = ", ".join((["distill.json"] if record.exists() else []) + trained)
+        raise UserError(f"--out {out} holds an earlier distillation ({shown}); --overwrite replaces it, or "
+                        "choose another --out")
+    for d in round_dirs:
+        rundir.plan_start(d, resume=False, overwrite=overwrite)
 
 
 def distill(teacher: str | Path, opts: DistillOptions, device: str = "auto",
             progress: bool = False) -> list[Run]:
     """Train the rounds of `opts.method` from the continuous run `teacher`; returns the students (EMA
-    weights). UserError (one line) for another kind of run, an unknown method or a config the method
-    cannot use (e.g. a stochastic sampler for reflow pairs)."""
+    weights). UserError (one line), before any training, for another kind of run, an unknown method, a
+    config the method cannot use (e.g. a stochastic sampler for reflow pairs), rounds < 1 or an `out`
+    that cannot take the rounds (`_check_out`)."""
     if opts.method not in METHODS:
         raise UserError(f"--method must be one of {', '.join(METHODS)}, got {opts.method!r}")
     rounds = _rounds(opts)
@@ -137,6 +161,7 @@ def distill(teacher: str | Path, opts: DistillOptions, device: str = "auto",
     if current.task != "continuous":
         raise UserError(f"distill needs a continuous run as teacher; {teacher} is a {current.task} run")
     out = Path(opts.out) if opts.out else current.dir.parent / f"{current.dir.name}-{opts.method}"
+    _check_out(out, rounds, opts.overwrite)
     summary = [{"round": 0, "run": str(current.dir)}]
     if opts.method == "reflow":
         summary[0]["straightness"] = flow_straightness(current)
@@ -154,10 +179,10 @@ def distill(teacher: str | Path, opts: DistillOptions, device: str = "auto",
             record["straightness"] = flow_straightness(student)
             metrics |= {"straightness": record["straightness"],
                         "straightness_teacher": summary[-1]["straightness"], "straightness_n": STRAIGHTNESS_N}
-            write_atomic(student.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            rundir.write_atomic(student.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         summary.append(record | {key: metrics[key] for key in SUMMARY if key in metrics})
         text = json.dumps({"method": opts.method, "rounds": summary}, indent=1)
-        write_atomic(out / "distill.json", text + "\n")
+        rundir.write_atomic(out / "distill.json", text + "\n")
         students.append(student)
         current, steps = student, steps // 2
     return students
