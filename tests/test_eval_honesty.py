@@ -11,8 +11,8 @@ import torch
 
 from diffspace import runs
 from diffspace.eval.featurenet import train_featurenet
-from diffspace.eval.metrics import bootstrap_se
-from diffspace.runs.options import check_finite_samples
+from diffspace.eval.metrics import baseline_ratio, bootstrap_se, mmd_rbf
+from diffspace.runs.options import check_finite_samples, check_sample_count
 from diffspace.types import UserError
 from test_cli import assert_one_line_error, cli
 
@@ -103,3 +103,40 @@ def test_a_family_model_with_nan_weights_writes_no_samples(tmp_path):
     _nan_checkpoint(run_dir)
     with pytest.raises(UserError, match=r"^the vae model of .* non-finite samples \(9 of 9\)"):
         runs.sample(runs.load_run(run_dir), runs.SampleOptions(n=9))
+
+
+def test_scores_need_two_samples_and_a_nonzero_baseline():
+    """n = 1 wrote MMD NaN (invalid JSON) and a standard error of 0; a baseline of 0 (constant data) was
+    a ZeroDivisionError traceback; MMD of coincident points took the median of no distances (NaN)."""
+    with pytest.raises(UserError, match=r"^n \(--n\) must be at least 2 to score samples, got 1$"):
+        check_sample_count(n=1)
+    with pytest.raises(UserError, match=r"^nll_n \(--nll-n\) must be at least 2"):
+        check_sample_count(n=5, nll_n=1)
+    check_sample_count(n=2, nll_n=None)
+    assert baseline_ratio(3.0, 2.0, "sw2") == 1.5
+    with pytest.raises(UserError, match=r"the data baseline of fid is 0 .* fid_ratio is undefined"):
+        baseline_ratio(1.0, 0.0, "fid")
+    same = torch.ones(50, 2)
+    assert mmd_rbf(same, same.clone()) == 0.0
+    # cross distances^2 are 2, the median heuristic's bandwidth sqrt(2): k = exp(-2 / 4) across, 1 within
+    assert mmd_rbf(same, same + 1.0) == pytest.approx(2.0 - 2.0 * math.exp(-0.5))
+
+
+def test_eval_refuses_one_sample_and_constant_data_in_one_line(tmp_path):
+    run_dir = tmp_path / "run"
+    runs.train({"run": {"dir": str(run_dir)}, "model": {"mlp": {"hidden": 16, "depth": 1}},
+                "data": {"n_train": 400, "n_test": 200},
+                "train": {"steps": 2, "batch_size": 64, "log_every": 2, "ckpt_every": 2}})
+    assert_one_line_error(cli("eval", run_dir, "--n", "1", "--steps", "2"), "n (--n) must be at least 2")
+    assert_one_line_error(cli("eval", run_dir, "--n", "20", "--steps", "2", "--nll", "--nll-n", "1"),
+                          "nll_n (--nll-n) must be at least 2")
+    assert_one_line_error(cli("eval", run_dir, "--nfe", "1,2", "--n", "1"), "n (--n) must be at least 2")
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "nfe.json").exists()
+    np = pytest.importorskip("numpy")
+    np.save(tmp_path / "const.npy", np.ones((300, 2), dtype=np.float32))
+    const = tmp_path / "const"
+    runs.train({"run": {"dir": str(const)}, "model": {"mlp": {"hidden": 16, "depth": 1}},
+                "data": {"name": "file", "file": str(tmp_path / "const.npy")},
+                "train": {"steps": 2, "batch_size": 64, "log_every": 2, "ckpt_every": 2}})
+    assert_one_line_error(cli("eval", const, "--n", "50", "--steps", "2"), "the data baseline of sw2 is 0")
+    assert not (const / "metrics.json").exists()

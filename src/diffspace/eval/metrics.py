@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from diffspace.types import UserError
+
 BOOTSTRAP_REPS = 20  # why: a standard error within about 16 % (1 / sqrt(2 (B - 1))) is enough to read it
 
 
@@ -35,8 +37,9 @@ def mmd_rbf(a: Tensor, b: Tensor, bandwidth: float | None = None, max_n: int = 4
     a, b = a.double().flatten(1)[:max_n], b.double().flatten(1)[:max_n]
     pooled = torch.cat([a, b])
     d2 = torch.cdist(pooled, pooled) ** 2
-    if bandwidth is None:
-        bandwidth = float(d2[d2 > 0].median().sqrt())
+    if bandwidth is None:  # why: points that all coincide have no positive distance; any bandwidth gives 0
+        positive = d2[d2 > 0]
+        bandwidth = float(positive.median().sqrt()) if len(positive) else 1.0
     k = torch.exp(-d2 / (2 * bandwidth**2))
     n, m = len(a), len(b)
     kaa, kbb, kab = k[:n, :n], k[n:, n:], k[:n, n:]
@@ -53,13 +56,22 @@ def bootstrap_se(stat: Callable[..., float], *sets: Tensor, reps: int = BOOTSTRA
     return float(torch.tensor(values, dtype=torch.float64).std())
 
 
+def baseline_ratio(value: float, baseline: float, name: str) -> float:
+    """value / baseline; UserError for a baseline of 0, where the ratio is undefined (held-out data that
+    equal the reference, e.g. constant data)."""
+    if baseline == 0:
+        raise UserError(f"the data baseline of {name} is 0 (the held-out points match the reference "
+                        f"exactly: constant data?), so {name}_ratio is undefined")
+    return value / baseline
+
+
 def vector_report(x: Tensor, x_test: Tensor, x_train: Tensor) -> dict:
     """Samples x (N, D) against held-out x_test: sliced W2 and MMD, each beside the baseline of as many
     training points as test points (a fixed seeded subset) against x_test, with bootstrap errors."""
     base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]
     out = {"sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),
            "mmd": mmd_rbf(x, x_test), "mmd_data_baseline": mmd_rbf(base, x_test)}
-    out["sw2_ratio"] = out["sw2"] / out["sw2_data_baseline"]
+    out["sw2_ratio"] = baseline_ratio(out["sw2"], out["sw2_data_baseline"], "sw2")
     out["sw2_se"] = bootstrap_se(sliced_w2, x, x_test)
     out["sw2_data_baseline_se"] = bootstrap_se(sliced_w2, base, x_test)
     return out

@@ -21,11 +21,11 @@ from diffspace.eval.bits import bits_per_dim, nll_report
 from diffspace.eval.featurenet import FEATURENET_MIN_ACCURACY, features, load_classifier, train_featurenet
 from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
-from diffspace.eval.metrics import bootstrap_se, mmd_rbf, sliced_w2
+from diffspace.eval.metrics import baseline_ratio, vector_report
 from diffspace.eval.plots import labelled_grid, scatter_2d
 from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
-from diffspace.runs.options import EvalOptions, Run, check_positive, check_steps
+from diffspace.runs.options import EvalOptions, Run, check_sample_count, check_steps
 from diffspace.runs.rundir import write_atomic
 from diffspace.runs.sampling import (
     describe_plan,
@@ -62,7 +62,7 @@ def _protocol(run: Run, opts: EvalOptions) -> dict:
 def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
     """PF-ODE NLL of (part of) the test split; bits/dim and the DDPM bound on the 17-level digits grid."""
     cfg, n = run.cfg, opts.nll_n or 1000
-    check_positive(nll_n=n)
+    check_sample_count(nll_n=n)
     x = to_model_units(run.meta, data["x_test"][:n]).to(run.device)
     y = data.get("y_test")
     cond = {"class_labels": y[:n].to(run.device)} if y is not None and cfg.model.num_classes else None
@@ -77,7 +77,7 @@ def nll_metrics(run: Run, data: dict, opts: EvalOptions) -> dict:
 
 def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | None:
     n = opts.n or run.cfg.eval.n
-    check_positive(n=n)
+    check_sample_count(n=n)
     fn, sigmas = plan(run, protocol["sampler"], protocol["steps"], protocol["grid"], opts.sampler_options,
                       opts.sigma_min, opts.sigma_max)
     guided = guided_denoiser(run, opts.guidance)  # UserError for --cfg on an unconditional run
@@ -85,13 +85,8 @@ def _vectors(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | 
     if x is None:  # not rank 0: metrics are computed once, there
         return None
     x = to_data_units(run.meta, x)  # metrics in the data's own units
-    x_test, x_train = data["x_test"][:n], data["x_train"]
-    base = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(1))[: len(x_test)]]
-    metrics = {**protocol, "n": n, "sw2": sliced_w2(x, x_test), "sw2_data_baseline": sliced_w2(base, x_test),
-               "mmd": mmd_rbf(x, x_test), "mmd_data_baseline": mmd_rbf(base, x_test)}
-    metrics["sw2_ratio"] = metrics["sw2"] / metrics["sw2_data_baseline"]
-    metrics["sw2_se"] = bootstrap_se(sliced_w2, x, x_test)
-    metrics["sw2_data_baseline_se"] = bootstrap_se(sliced_w2, base, x_test)
+    x_test = data["x_test"][:n]
+    metrics = {**protocol, "n": n, **vector_report(x, x_test, data["x_train"])}
     if x.ndim == 2 and x.shape[1] >= 2:
         title = (f"{run.cfg.data.name}, {protocol['sampler']} {protocol['steps']} steps, {protocol['grid']} "
                  f"grid: sw2 {metrics['sw2']:.4f} (data {metrics['sw2_data_baseline']:.4f})")
@@ -129,7 +124,7 @@ def featurenet_warning(meta: dict) -> str | None:
 
 def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | None:
     n = opts.n or len(data["x_test"])
-    check_positive(n=n)
+    check_sample_count(n=n)
     K, w = run.cfg.model.num_classes, 1.0 if opts.guidance is None else opts.guidance
     fn, sigmas = plan(run, protocol["sampler"], protocol["steps"], protocol["grid"], opts.sampler_options,
                       opts.sigma_min, opts.sigma_max)
@@ -155,7 +150,7 @@ def _images(run: Run, opts: EvalOptions, data: dict, protocol: dict) -> dict | N
     if K > 0:
         p = metrics if plain is None else score_samples(net, plain, labels, ref_stats, ref_feats)
         metrics |= {"cas_nocfg": p["cas"], "fid_nocfg": p["fid"]}
-    metrics["fid_ratio"] = metrics["fid"] / metrics["fid_real_baseline"]
+    metrics["fid_ratio"] = baseline_ratio(metrics["fid"], metrics["fid_real_baseline"], "fid")
     warning = featurenet_warning(meta)
     if warning:  # why: kept but marked, in metrics.json, on the console and in the report
         metrics["featurenet_warning"] = warning

@@ -35,7 +35,7 @@ from diffspace.rng import Streams
 from diffspace.runs import registries
 from diffspace.runs.continuous import DataConfig, scaling, to_data_units, to_model_units
 from diffspace.runs.evaluation import featurenet_for
-from diffspace.runs.options import EvalOptions, Run, check_finite_samples, check_positive
+from diffspace.runs.options import EvalOptions, Run, check_finite_samples, check_positive, check_sample_count
 from diffspace.runs.rundir import write_atomic
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
@@ -161,7 +161,7 @@ def evaluate(run: Run, opts: EvalOptions, draw: Callable[[int, Streams], Tensor]
     data, _ = load(run.cfg)
     images = data["x_train"].ndim == 4
     n = opts.n or run.cfg.eval.n or len(data["x_test"])
-    check_positive(n=n, nll_n=opts.nll_n)
+    check_sample_count(n=n, nll_n=opts.nll_n)
     t0 = time.perf_counter()
     with torch.no_grad():
         x = draw(n, Streams(opts.seed, n)).cpu()

@@ -16,11 +16,11 @@ import torch
 from diffspace.eval.featurenet import features
 from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
-from diffspace.eval.metrics import bootstrap_se, sliced_w2
+from diffspace.eval.metrics import baseline_ratio, bootstrap_se, sliced_w2
 from diffspace.eval.nfe import nfe_plot
 from diffspace.runs.continuous import as_denoiser, load_data, to_data_units
 from diffspace.runs.evaluation import featurenet_for
-from diffspace.runs.options import MAX_STEPS, Run, check_featurenet, check_positive
+from diffspace.runs.options import MAX_STEPS, Run, check_featurenet, check_sample_count
 from diffspace.runs.rundir import check_run_dir, write_atomic
 from diffspace.runs.sampling import generate, plan
 from diffspace.samplers.registry import nfe_steps
@@ -46,11 +46,9 @@ def _vector_scorer(run: Run, data: dict, n: int):
 
     def score(x):
         x = to_data_units(run.meta, x)
-        if not torch.isfinite(x).all():
-            return {"sw2": float("inf"), "sw2_data_baseline": baseline, "sw2_ratio": float("inf")}
         sw2 = sliced_w2(x, x_test)
         return {"sw2": sw2, "sw2_se": bootstrap_se(sliced_w2, x, x_test), "sw2_data_baseline": baseline,
-                "sw2_ratio": sw2 / baseline}
+                "sw2_ratio": baseline_ratio(sw2, baseline, "sw2")}
 
     return score
 
@@ -64,8 +62,9 @@ def _image_scorer(run: Run, data: dict, labels, featurenet: str | None):
     def score(x):
         s = score_samples(net, x.clamp(-1, 1), labels, ref_stats, ref_feats)
         out = {"fid": s["fid"], "fid_se": s["fid_se"], "fid_real_baseline": base["fid"],
-               "fid_ratio": s["fid"] / base["fid"], "kid": s["kid"], "precision": s["precision"],
-               "recall": s["recall"], "featurenet_test_accuracy": meta["test_accuracy"]}
+               "fid_ratio": baseline_ratio(s["fid"], base["fid"], "fid"), "kid": s["kid"],
+               "precision": s["precision"], "recall": s["recall"],
+               "featurenet_test_accuracy": meta["test_accuracy"]}
         if labels is not None:
             out |= {"cas": s["cas"], "cas_real_baseline": base["cas"]}
         return out
@@ -94,7 +93,7 @@ def nfe_curve(run: Run, nfes, sampler: str | None = None, grid: str | None = Non
     sampler, grid = sampler or sc.sampler, grid or sc.grid
     data = load_data(run.cfg)
     n = n or (len(data["x_test"]) if run.cfg.images else run.cfg.eval.n)
-    check_positive(n=n)
+    check_sample_count(n=n)
     K = run.cfg.model.num_classes
     labels = balanced_labels(n, K) if K else None
     score = (_image_scorer(run, data, labels, featurenet) if run.cfg.images
@@ -107,8 +106,11 @@ def nfe_curve(run: Run, nfes, sampler: str | None = None, grid: str | None = Non
             continue
         last = steps
         fn, sigmas = plan(run, sampler, steps, grid)
-        x = generate(as_denoiser(run.cfg, run.module), tuple(run.meta["data_shape"]), n, sigmas, fn, seed,
-                     run.device, None if labels is None else {"class_labels": labels})
+        try:
+            x = generate(as_denoiser(run.cfg, run.module), tuple(run.meta["data_shape"]), n, sigmas, fn, seed,
+                         run.device, None if labels is None else {"class_labels": labels})
+        except UserError as e:  # why: say which point of the curve failed (non-finite samples)
+            raise UserError(f"{run.dir}, NFE {nfe} ({sampler}, {steps} steps): {e}") from None
         if x is not None:
             rows.append({"nfe": nfe, "nfe_asked": asked, "sampler": sampler, "steps": steps, "grid": grid,
                          "n": n, "seed": seed, "step": run.step, **score(x)})

@@ -155,6 +155,15 @@ def check_finite_samples(x: torch.Tensor, source: str = "the model") -> None:
                         "a checkpoint saved just before training diverged can do this")
 
 
+def check_sample_count(**values) -> None:
+    """UserError naming the option (and its CLI flag) of the first count below 2. why: a standard error,
+    MMD's U-statistic and FID's covariance each need two samples (one gives NaN)."""
+    for name, v in values.items():
+        if v is not None and not v >= 2:
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UserError(f"{name} ({flag}) must be at least 2 to score samples, got {v}")
+
+
 def check_positive(**values) -> None:
     """UserError naming the option (and its CLI flag) of the first value <= 0."""
     for name, v in values.items():

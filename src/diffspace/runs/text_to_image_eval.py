@@ -28,13 +28,14 @@ from diffspace.eval.attributes import load_attribute_reader, read_attributes, tr
 from diffspace.eval.featurenet import features
 from diffspace.eval.image_eval import score_samples
 from diffspace.eval.image_metrics import feature_stats
+from diffspace.eval.metrics import baseline_ratio
 from diffspace.eval.pictures import save_grid
 from diffspace.eval.plots import guidance_tradeoff
 from diffspace.eval.text_image import attribute_accuracy, clip_score
 from diffspace.runs import captioned
 from diffspace.runs.continuous_task import after_train
 from diffspace.runs.contrastive import embed_images
-from diffspace.runs.options import EvalOptions, Run, Task, check_positive
+from diffspace.runs.options import EvalOptions, Run, Task, check_sample_count
 from diffspace.runs.rundir import write_atomic
 from diffspace.runs.text_to_image import (
     TextToImageConfig,
@@ -121,7 +122,7 @@ def text_to_image_evaluate(run: Run, opts: EvalOptions) -> dict:
     images' (see the module docstring); rank 0 writes RUN/metrics.json and the pictures."""
     cfg = run.cfg
     n = opts.n or cfg.eval.n
-    check_positive(n=n)
+    check_sample_count(n=n)
     scales = cfg.eval.guidance if opts.guidance is None else [opts.guidance]
     protocol, fn, sigmas = sampling_plan(run, opts.sampler, opts.steps, opts.grid, opts.sampler_options,
                                          opts.sigma_min, opts.sigma_max)
@@ -143,7 +144,7 @@ def text_to_image_evaluate(run: Run, opts: EvalOptions) -> dict:
                 row = {"set": name, "guidance": w, "n": len(data), "sample_cpu_s": seconds,
                        **score(x, cond["text_pooled"], attrs)}
                 if "fid" in row:
-                    row["fid_ratio"] = row["fid"] / real["fid"]
+                    row["fid_ratio"] = baseline_ratio(row["fid"], real["fid"], "fid")
                 rows.append(row)
     best = _best(rows) if is_main() else scales[0]
     _pictures(run, prompts, best, fn, sigmas, opts.seed)
