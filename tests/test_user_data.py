@@ -46,6 +46,19 @@ def test_table_edge_cases(tmp_path):
         load_vectors(tmp_path / "bad.csv")
 
 
+def test_an_archive_of_several_arrays_needs_a_key_and_a_folder_is_not_a_file(tmp_path):
+    """An .npz of two arrays trained on the first without a word; a folder was 'not found'."""
+    path = tmp_path / "two.npz"
+    np.savez(path, a=np.ones((4, 2)), b=np.zeros((4, 3)))
+    with pytest.raises(UserError, match=r"holds 2 arrays \(a, b\); name one with data.key$"):
+        load_vectors(path)
+    assert load_vectors(path, "b").shape == (4, 3)
+    np.savez(tmp_path / "one.npz", only=np.ones((4, 2)))
+    assert load_vectors(tmp_path / "one.npz").shape == (4, 2)
+    with pytest.raises(UserError, match=r"is a folder; give a \.npy"):
+        load_vectors(tmp_path)
+
+
 def test_standardize_stats_and_a_constant_column():
     x = torch.tensor([[1.0, 5.0], [3.0, 5.0]])
     mean, std = standardize_stats(x)

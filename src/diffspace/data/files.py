@@ -21,8 +21,13 @@ DELIMITERS = ",;\t| "
 
 
 def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
-    """Load a float32 tensor (N, D). For .npz, `key` names the array (default: the only/first one)."""
+    """Load a float32 tensor (N, D). For .npz, `key` names the array; it may be left out when the archive
+    holds one. UserError for a missing path, a folder, an unreadable or unsupported file, or an archive of
+    several arrays without a key."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"data file {p} is a folder; give a .npy, .npz, .csv, .tsv or .txt file (image "
+                        "folders are data.name = 'folder')")
     if not p.is_file():
         raise UserError(f"data file not found: {p}")
     if p.suffix == ".npy":
@@ -39,13 +44,18 @@ def load_vectors(path: str | Path, key: str | None = None) -> Tensor:
                     raise UserError(f"{p}: the .npz archive holds no arrays")
                 if key is not None and key not in names:
                     raise UserError(f"{p}: no array {key!r} (has {', '.join(names)})")
+                if key is None and len(names) > 1:  # why: taking the first trained on it without a word
+                    raise UserError(f"{p}: the archive holds {len(names)} arrays ({', '.join(names)}); "
+                                    "name one with data.key")
                 arr = z[key or names[0]]
         elif p.suffix in TABLE_SUFFIXES:
             arr = _read_table(p)
         else:
             raise UserError(f"{p}: unsupported data file type {p.suffix!r} (use .npy, .npz, .csv, .tsv or "
                             ".txt)")
-    except (ValueError, OSError) as e:
+    except UserError:
+        raise
+    except (ValueError, OSError) as e:  # why: UserError is a ValueError; its messages stand as they are
         raise UserError(f"{p}: cannot read data ({str(e).splitlines()[0]})") from None
     arr = np.asarray(arr)
     if arr.ndim != 2 or len(arr) == 0 or not np.issubdtype(arr.dtype, np.number):
