@@ -149,3 +149,16 @@ def test_grid_pictures(tmp_path):
     assert Image.open(path).size == (3 * (2 * 6 + 1), 3 * (3 * 5 + 1))
     with pytest.raises(UserError, match="picture grid"):
         image_grid(torch.zeros(2, 2, 4, 4), 2)
+
+
+def test_a_file_or_size_the_image_data_cannot_use_is_refused(tmp_path):
+    """data.file with digits or lfw, data.image_size with digits or npz, and a negative size were ignored
+    without a word (a run config, `train-featurenet --path/--size` alike)."""
+    with pytest.raises(UserError, match=r"^data 'digits' is embedded and takes no file"):
+        load_image_data("digits", path="x.npz")
+    with pytest.raises(UserError, match=r"^data 'lfw' is embedded and takes no file"):
+        load_image_data("lfw", path="folder")
+    with pytest.raises(UserError, match=r"^data 'npz' keeps its images' own size .* got 24$"):
+        load_image_data("npz", path="x.npz", size=24)
+    with pytest.raises(UserError, match=r"^image size must be >= 0 \(0: the data's own\), got -1$"):
+        load_image_data("folder", path=str(tmp_path), size=-1)

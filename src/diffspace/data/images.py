@@ -231,7 +231,16 @@ def random_hflip(x: Tensor, generator: torch.Generator | None = None, p: float =
 def load_image_data(name: str, split: str = "train", seed: int = 0, path: str | None = None,
                     size: int = 0, fit: str = "crop") -> tuple[Tensor, Tensor | None]:
     """Dispatch by data name: digits, lfw, folder, npz; every source is split the same way by seed.
-    `size`: lfw 24 or 32 (0: 24); a folder's square side (0: see `read_images`), with `fit`."""
+    `size`: lfw 24 or 32 (0: 24); a folder's square side (0: see `read_images`), with `fit`. UserError
+    for a path or size the data cannot use (they were ignored without a word), or a negative size."""
+    if size < 0:
+        raise UserError(f"image size must be >= 0 (0: the data's own), got {size}")
+    if path and name in ("digits", "lfw"):
+        raise UserError(f"data {name!r} is embedded and takes no file (a file is for folder or npz data), "
+                        f"got {path!r}")
+    if size and name in ("digits", "npz"):
+        raise UserError(f"data {name!r} keeps its images' own size (a size is for lfw, 24 or 32, or folder "
+                        f"data), got {size}")
     if name == "digits":
         return load_digits(split, seed)
     if name == "lfw":

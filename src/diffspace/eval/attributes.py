@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffspace import rng
-from diffspace.eval.featurenet import _fit, _random_shift, _save
+from diffspace.eval.featurenet import _check_start, _fit, _random_shift, _save
 from diffspace.nets.classifier import ConvClassifier
 from diffspace.train.checkpoint import load_checkpoint, load_weights
 from diffspace.types import UserError
@@ -108,7 +108,9 @@ def train_attribute_reader(x: Tensor, attrs: Tensor, groups: Groups, out_path: s
     per column, the groups named in `blind` read from the foreground mask against `background` (C,),
     each batch shifted by up to a pixel and blurred (random_blur, sigma up to 3/64 of the width); the loss
     is the sum of the groups' cross-entropies. Saves the reader and returns its metadata (with
-    per-attribute test accuracy when a test set is given). UserError for unknown attributes."""
+    per-attribute test accuracy when a test set is given). UserError for unknown attributes, steps < 1
+    or an output `featurenet._outputs` refuses, before any training."""
+    _check_start(out_path, steps)
     if attrs.shape[1] != len(groups) or (attrs < 0).any():
         raise UserError(f"an attribute reader needs {len(groups)} known attributes per image")
     torch.manual_seed(seed)

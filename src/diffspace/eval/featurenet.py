@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from diffspace.data.images import load_image_data
 from diffspace.nets.classifier import ConvClassifier
 from diffspace.samplers.guidance import EDMClassifier
-from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from diffspace.train.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
 from diffspace.types import UserError
 
 log = logging.getLogger("diffspace")
@@ -74,11 +74,42 @@ def features(net: ConvClassifier, x: Tensor, batch: int = 1000) -> Tensor:
     return torch.cat([net.features(x[i:i + batch]) for i in range(0, len(x), batch)]).double()
 
 
-def _save(net: ConvClassifier, arch: dict, info: dict, out_path: str | Path) -> dict:
+def _outputs(out_path: str | Path) -> tuple[Path, Path]:
+    """The artifact `out_path` and the .json beside it; UserError unless both are new files and the artifact
+    a .safetensors name (diffspace never replaces a user's file)."""
     out = Path(out_path)
+    if out.suffix != ".safetensors":
+        raise UserError(f"--out {out}: a classifier is saved as a .safetensors file (with a .json beside it)")
+    beside = out.with_suffix(".json")
+    for p in (out, beside):
+        if p.exists():
+            raise UserError(f"{p} exists; choose a new file name (diffspace never replaces a file there)")
+    folder = next(p for p in out.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise UserError(f"--out {out}: {folder} is not a folder")
+    return out, beside
+
+
+def _check_start(out_path: str | Path, steps: int) -> None:
+    """UserError before any work: an output `_outputs` refuses, or fewer than 1 step (0 divided the
+    learning-rate schedule by zero)."""
+    _outputs(out_path)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise UserError(f"steps (--steps) must be a positive integer, got {steps!r}")
+
+
+def _save(net: nn.Module, arch: dict, info: dict, out_path: str | Path) -> dict:
+    """Save the weights and the metadata `{"arch": arch, **info}` to `out_path` (a new .safetensors file) and
+    the .json beside it, each atomically; returns the metadata. Neither file is left if either write fails."""
+    out, beside = _outputs(out_path)  # again: training took minutes, and either may have appeared since
     meta = {"arch": arch, **info}
     save_checkpoint(out, net.state_dict(), meta)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+    try:
+        with atomic_write(beside) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    except BaseException:
+        out.unlink()
+        raise
     return meta
 
 
@@ -97,7 +128,9 @@ def train_featurenet(data_name: str, out_path: str | Path, steps: int = 1500, ba
                      lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 0,
                      width: int = 32, fit: str = "crop") -> dict:
     """Train the feature net on the train split; returns (and saves) its metadata with test accuracy.
-    size, fit: the image data's (data.images.load_image_data)."""
+    size, fit: the image data's (data.images.load_image_data). UserError, before any training, unless
+    out_path is a new .safetensors file with no .json beside it."""
+    _check_start(out_path, steps)
     x, y, xt, yt = _data(data_name, seed, path, size, fit)
     torch.manual_seed(seed)
     arch = {"in_channels": x.shape[1], "num_classes": int(y.max()) + 1, "width": width,
@@ -120,7 +153,9 @@ def train_classifier(data_name: str, out_path: str | Path, steps: int = 3000, ba
                      lr: float = 2e-3, seed: int = 0, path: str | None = None, size: int = 0,
                      width: int = 32, sigma_min: float = 0.002, sigma_max: float = 80.0,
                      sigma_data: float = 0.5, fit: str = "crop") -> dict:
-    """Train a noise-aware classifier on x0 + sigma eps, ln sigma uniform on [ln sigma_min, ln sigma_max]."""
+    """Train a noise-aware classifier on x0 + sigma eps, ln sigma uniform on [ln sigma_min, ln sigma_max];
+    out_path as in train_featurenet."""
+    _check_start(out_path, steps)
     x, y, xt, yt = _data(data_name, seed, path, size, fit)
     torch.manual_seed(seed)
     arch = {"in_channels": x.shape[1], "num_classes": int(y.max()) + 1, "width": width,

@@ -103,6 +103,7 @@ def featurenet_for(run: Run, path: str | None = None) -> tuple:
         d = run.cfg.data
         log.info("training the feature net for %s into %s (%d steps, eval.featurenet_steps)", d.name, p,
                  run.cfg.eval.featurenet_steps)
+        p.with_suffix(".json").unlink(missing_ok=True)  # why: a stale RUN/featurenet.json is diffspace's own
         train_featurenet(d.name, p, steps=run.cfg.eval.featurenet_steps, seed=run.cfg.run.seed,
                          path=d.file or None, size=d.image_size, fit=d.image_fit)
     net, meta = load_classifier(p, "featurenet")
