@@ -86,3 +86,19 @@ def test_sampling_range_is_the_paths_own_unless_asked(name):
         with pytest.raises(UserError) as err:
             sampling_range(path, **bad)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kw", [{"n": 2.5}, {"n": "10"}, {"seed": 1.5}, {"n": True}, {"steps": 2.7},
+                                {"top_k": 3.0}])
+def test_options_that_must_be_integers_are_one_line_errors(kw):
+    """From Python, SampleOptions(n=2.5) or n="10" was a TypeError deep in sampling; numpy integers stay
+    welcome."""
+    import numpy as np
+
+    from diffspace import runs
+    from diffspace.runs.options import check_options
+
+    (name, value), = kw.items()
+    with pytest.raises(UserError, match=rf"^{name} \(--{name.replace('_', '-')}\) must be an integer, got "):
+        check_options(runs.SampleOptions(**kw), frozenset(kw), "continuous")
+    check_options(runs.SampleOptions(n=np.int64(5)), frozenset({"n"}), "continuous")

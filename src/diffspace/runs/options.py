@@ -8,6 +8,7 @@ ever silently ignored.
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffspace.runs.schema import MAX_SEED
 from diffspace.types import UserError
 
 
@@ -113,10 +115,13 @@ def check_featurenet(featurenet: str | None, run: str) -> None:
                         "of vectors (scored by sliced W2)")
 
 
+INT_OPTIONS = ("n", "nll_n", "steps", "seed", "block", "top_k")  # the integer fields of Sample/EvalOptions
+
+
 def check_options(options, honoured: frozenset[str], task: str, vectors: bool = False) -> None:
     """UserError naming the first option given that a `task` run cannot honour (featurenet on a run of
-    `vectors`, nll_n without nll), or a value out of its range (counts > 0, seed >= 0, temperature >= 0,
-    top_p in (0, 1]; 0 never stands for a default)."""
+    `vectors`, nll_n without nll), or a value out of its range (counts > 0, seed in 0..MAX_SEED,
+    temperature >= 0, top_p in (0, 1]; 0 never stands for a default)."""
     for name in given_fields(options):
         if name not in honoured:
             flag = FLAGS.get(name, "--" + name.replace("_", "-"))
@@ -125,9 +130,15 @@ def check_options(options, honoured: frozenset[str], task: str, vectors: bool = 
         check_featurenet(getattr(options, "featurenet", None), f"this {task} run")
     if getattr(options, "nll_n", None) is not None and not options.nll:
         raise UserError(f"--nll-n {options.nll_n} needs --nll (it sets how many test examples the NLL uses)")
+    for name in INT_OPTIONS:  # why: n=2.5 or n="10" from Python was a TypeError deep in sampling
+        v = getattr(options, name, None)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)):
+            flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+            raise UserError(f"{name} ({flag}) must be an integer, got {v!r}")
     check_positive(**{k: getattr(options, k, None) for k in ("n", "nll_n", "block")})
     check_steps(getattr(options, "steps", None))
-    for name, ok, want in (("seed", lambda v: v >= 0, ">= 0"), ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
+    for name, ok, want in (("seed", lambda v: 0 <= v <= MAX_SEED, f"in 0..{MAX_SEED}"),
+                           ("top_p", lambda v: 0 < v <= 1, "in (0, 1]"),
                            ("top_k", lambda v: v >= 0, ">= 0 (0: all tokens)"),
                            ("temperature", lambda v: 0 <= v < math.inf, "finite and >= 0 (0: greedy)")):
         v, flag = getattr(options, name, None), FLAGS.get(name, "--" + name.replace("_", "-"))
