@@ -61,6 +61,9 @@ def load_config(source, overrides: list[str] = (), resume: bool = False):
     elif resume and Path(source).is_dir():
         ckpt = rundir.checkpoint_of(source)
         data, src = apply_overrides(load_checkpoint(ckpt)[1]["config"], overrides), str(ckpt)
+    elif Path(source).suffix == ".safetensors":  # why: it was read as TOML ("malformed TOML ('utf-8' ...")
+        raise UserError(f"{source} is a weights file, not a TOML config: to continue a run, give its "
+                        "directory with --resume; to sample or evaluate it, use `diffspace sample` / `eval`")
     else:
         data, src = load_toml(source, overrides), str(source)
     task = task_of(data, src)
