@@ -130,3 +130,32 @@ def test_a_config_that_is_not_a_regular_file_says_what_it_is(tmp_path, what, wor
     """The break-it review: a folder or /dev/null given as the config once said "not found"."""
     path = tmp_path if what == "folder" else what
     assert_one_line_error(cli("train", path, "--dry-run"), f"config file {path} ", *words)
+
+
+def test_seeds_outside_64_bits_are_one_line(tmp_path):
+    """run.seed = 10**20 was a torch 'Overflow when unpacking long long' traceback, -1 a SeedSequence one
+    at the first per-sample draw; every --seed takes what torch's generators take, 0..2**63 - 1."""
+    from diffspace import runs
+    from diffspace.runs.options import check_options
+    from diffspace.runs.schema import MAX_SEED
+    from diffspace.types import UserError
+
+    assert MAX_SEED == 2**63 - 1
+    demo = ROOT / "configs/demo.toml"
+    for bad in (10**20, -1):
+        assert_one_line_error(cli("train", demo, "--dry-run", "--set", f"run.seed={bad}"),
+                              f"run.seed must be in 0..{MAX_SEED}, got {bad}")
+    assert cli("train", demo, "--dry-run", "--set", f"run.seed={MAX_SEED}").returncode == 0
+    for command in (["sample", tmp_path], ["optimize-grid", tmp_path], ["train-featurenet", "--out", "x"]):
+        assert_one_line_error(cli(*command, "--seed", 2**64), "argument --seed: a seed is in 0..")
+    assert_one_line_error(cli("sample", tmp_path, "--seed", "1e3"), "a seed is an integer, got '1e3'")
+    with pytest.raises(UserError, match=rf"seed \(--seed\) must be in 0\.\.{MAX_SEED}, got {2**64}$"):
+        check_options(runs.SampleOptions(seed=2**64), frozenset({"seed"}), "continuous")
+
+
+def test_a_weights_file_given_as_config_says_so(tmp_path):
+    """`train RUN/checkpoints/last.safetensors --resume` read the weights as TOML ('malformed TOML')."""
+    (tmp_path / "w.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    for extra in ((), ("--resume",)):
+        assert_one_line_error(cli("train", tmp_path / "w.safetensors", *extra),
+                              "w.safetensors is a weights file, not a TOML config", "--resume")

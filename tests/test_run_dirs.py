@@ -234,7 +234,7 @@ def test_out_and_json_never_replace_a_users_file(tmp_path, trained):
 
 
 @pytest.mark.parametrize("argv, words", [
-    (("sample", "--seed", -1), ["seed", ">= 0"]),
+    (("sample", "--seed", -1), ["--seed", "a seed is in 0..", "got -1"]),
     (("sample", "--n", 0), ["n (--n) must be positive", "0"]),
     (("sample", "--steps", 0), ["steps (--steps) must be in 1..10000", "got 0"]),
     # a typo of a huge step count allocated gigabytes before failing (break-it review)

@@ -108,7 +108,8 @@ def test_reader_learns_an_attribute_and_refuses_another_data_set(tmp_path):
     with pytest.raises(UserError, match="this run needs"):
         load_attribute_reader(tmp_path / "r.safetensors", (("shape", 4),), (1, 8, 8))
     with pytest.raises(UserError, match="known attributes"):
-        train_attribute_reader(x, -torch.ones(256, 1, dtype=torch.long), groups, tmp_path / "bad.safetensors", steps=1)
+        train_attribute_reader(x, -torch.ones(256, 1, dtype=torch.long), groups, tmp_path / "bad.safetensors",
+                               steps=1)
 
 
 def test_shape_is_read_colour_blind():

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from diffspace import __version__
+from diffspace.runs.schema import MAX_SEED
 from diffspace.types import TrainingError, UserError
 
 EPILOG = "Run `diffspace COMMAND --help` for the options of each command."
@@ -27,6 +28,17 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"diffspace: error: {message}\n")
 
 
+def _seed(text: str) -> int:
+    """argparse type of every --seed: an integer in 0..MAX_SEED (torch's generators take 64-bit seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed is in 0..{MAX_SEED}, got {value}")
+    return value
+
+
 def _add_device(p):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run: auto picks CUDA when available")
@@ -40,7 +52,7 @@ def _add_sampling(p):
                                   "trailing, linspace; karras_jumps or uniform_t_jumps (few-step grids that "
                                   "end on a jump to the data, docs/fewstep.md); or optimized (stored by "
                                   "`diffspace optimize-grid`); default: the run's [sample] grid")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (sample i depends only on it and i)")
+    p.add_argument("--seed", type=_seed, default=0, help="sampling seed (sample i depends only on it and i)")
     p.add_argument("--cfg", type=float, help="class-conditional runs: classifier-free guidance scale w "
                                              "(0: unconditional, 1: conditional); default: 1")
     p.add_argument("--sigma-min", type=float, help="continuous runs: lowest nonzero noise level of the grid "
@@ -173,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--sampler", default="dpmpp_2m", help="deterministic sampler to fit the grid for")
     o.add_argument("--steps", type=int, default=5, help="number of steps of the grid")
     o.add_argument("--n-calib", type=int, default=512, help="calibration batch size")
-    o.add_argument("--seed", type=int, default=0, help="calibration seed")
+    o.add_argument("--seed", type=_seed, default=0, help="calibration seed")
     o.add_argument("--method", default="nelder-mead", choices=["nelder-mead", "dp", "learned"],
                    help="nelder-mead: search the grid for any deterministic sampler (budget in sampler "
                         "runs); dp: dynamic programming over candidate levels for euler/heun, --steps = NFE; "
@@ -212,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.add_argument("--out", required=True, help="output .safetensors file")
         c.add_argument("--steps", type=int, default=1500 if name == "train-featurenet" else 3000,
                        help="optimizer steps")
-        c.add_argument("--seed", type=int, default=0, help="seed (also fixes the train/test split)")
+        c.add_argument("--seed", type=_seed, default=0, help="seed (also fixes the train/test split)")
 
     x = sub.add_parser("export", formatter_class=_Formatter, help="export weights or a diffusers folder",
                        description="Write a run's weights without training state to one .safetensors file "
@@ -498,8 +510,6 @@ def cmd_optimize_grid(args) -> None:
 def cmd_train_images_classifier(args) -> None:
     from diffspace.eval.featurenet import train_classifier, train_featurenet
 
-    if args.steps <= 0:
-        raise UserError(f"--steps must be positive, got {args.steps}")
     fn = train_featurenet if args.command == "train-featurenet" else train_classifier
     info = fn(args.data, args.out, steps=args.steps, seed=args.seed, path=args.path or None, size=args.size,
               fit=args.fit)
@@ -530,9 +540,12 @@ def cmd_samplers(args) -> None:
 
 
 def cmd_info(args) -> None:
+    """What a run directory holds. Only reads: the checkpoint is required (UserError without it); a file
+    it cannot read (log.jsonl, metrics.json, grids.json) is one 'unreadable' line and the rest is shown."""
     from diffspace import runs
     from diffspace.config import to_toml
-    from diffspace.runs.rundir import checkpoint_of
+    from diffspace.runs.rundir import checkpoint_of, read_json
+    from diffspace.train.loop import read_log
 
     ckpt = checkpoint_of(args.run)
     run = runs.load_run(ckpt)
@@ -548,15 +561,21 @@ def cmd_info(args) -> None:
         whole = f"; {', '.join(net['global_ops'])} see the whole image" if net["global_ops"] else ""
         print(f"receptive   {net['receptive_field_px']:g} px by the layer recursion; the centre output "
               f"pixel's input gradient spans {rows} x {cols} of the {H} x {W} input{whole}")
-    log = run.dir / "log.jsonl"
-    if log.is_file() and log.read_text().strip():
-        last = json.loads(log.read_text().strip().splitlines()[-1])
-        print(f"last loss   {last['loss']:.5g} at step {last['step']}")
-    metrics = run.dir / "metrics.json"
-    if metrics.is_file():
-        m = json.loads(metrics.read_text())
-        stale = "" if m.get("step") == run.step else f" (stale: from step {m.get('step')})"
-        print(f"metrics{stale}  " + json.dumps(m))
+    try:
+        rows = read_log(run.dir / "log.jsonl")
+    except UserError as e:
+        rows = []
+        print(f"log         unreadable: {e}")
+    if rows:
+        print(f"last loss   {rows[-1]['loss']:.5g} at step {rows[-1]['step']}")
+    if (run.dir / "metrics.json").is_file():
+        try:
+            m = read_json(run.dir / "metrics.json")
+        except UserError as e:
+            print(f"metrics     unreadable: {e}")
+        else:
+            stale = "" if m.get("step") == run.step else f" (stale: from step {m.get('step')})"
+            print(f"metrics{stale}  " + json.dumps(m))
     if run.task == "continuous":
         from diffspace.runs.sampling import GRIDS_FILE, describe_plan, plan_problem, read_plans
 

@@ -1,7 +1,6 @@
 """Pictures people would rather look at than read: sample scatters, learning curves, noise grids and
 labelled picture grids (matplotlib, Agg). Log axes carry plain-number ticks (`readable_log_ticks`)."""
 
-import json
 import math
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from diffspace.eval.pictures import image_grid  # noqa: E402
+from diffspace.train.loop import read_log  # noqa: E402
 
 
 def scatter_2d(samples: Tensor, data: Tensor, out: Path, title: str = "") -> None:
@@ -61,11 +61,8 @@ def log_axis(ax, values, axis: str = "y") -> None:
         getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
-def read_log(log: Path) -> list[dict]:
-    return [json.loads(line) for line in Path(log).read_text().splitlines() if line]
-
-
 def loss_curve(log: Path, out: Path) -> None:
+    """The training loss of RUN/log.jsonl (`read_log`) against the step; nothing for an empty log."""
     rows = read_log(log)
     if not rows:
         return

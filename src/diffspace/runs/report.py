@@ -6,22 +6,33 @@ NFE, grid, guidance), sample pictures (or text samples), learning curves drawn f
 optimized grids of grids.json, the quality-against-NFE curve (nfe.json / nfe.png) when present, and
 the config. Every picture is inlined as a data: URI. Files computed from other weights than the
 checkpoint's (metrics of an earlier step) are marked stale.
+
+The report only reads, like `diffspace info`: it needs the checkpoint (UserError without it), and a file
+it cannot read (log.jsonl, metrics.json, grids.json, nfe.json cut short, hand-edited or of the wrong
+kind) is left out with a one-line warning in its section and in the log; the rest is shown.
 """
 
 import base64
 import html
 import io
 import json
+import logging
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from diffspace.config import to_toml
-from diffspace.eval.plots import learning_curves, read_log, sigma_grids
+from diffspace.eval.plots import learning_curves, sigma_grids
 from diffspace.runs.loading import read_run
-from diffspace.runs.rundir import check_run_dir, write_atomic
+from diffspace.runs.rundir import check_run_dir, read_json, write_atomic
+from diffspace.runs.sampling import read_plans
 from diffspace.samplers.registry import SAMPLERS
+from diffspace.train.loop import read_log
+from diffspace.types import UserError
 
+log = logging.getLogger("diffspace")
 REPORT = "report.html"
 PROTOCOL = ("step", "seed", "n", "sampler", "steps", "grid", "plan", "sampler_options", "sigma_range", "cfg",
             "featurenet", "featurenet_test_accuracy")
@@ -80,7 +91,7 @@ def nfe_of(sampler: str, steps: int, guided: bool) -> int | str:
 def _metrics(m: dict, step: int) -> str:
     parts = []
     if "featurenet_warning" in m:
-        parts.append(f'<p class="warn">{html.escape(m["featurenet_warning"])}</p>')
+        parts.append(f'<p class="warn">{html.escape(str(m["featurenet_warning"]))}</p>')
     if m.get("step", step) != step:
         parts.append(f'<p class="warn">stale: these metrics are from step {m["step"]}, the checkpoint is at '
                      f"step {step} (run `diffspace eval` again)</p>")
@@ -106,11 +117,16 @@ def _protocol(m: dict, guided: bool) -> str:
 
 
 def _grids(table: dict, step: int) -> str:
-    rows = [[key, e.get("method", ""), e["step"], "current" if e["step"] == step else "stale",
-             ", ".join(f"{s:.4g}" for s in e["sigmas"])] for key, e in table.items()]
-    plot = _drawn(sigma_grids, {key: e["sigmas"] for key, e in table.items()})
-    return (_table(["sampler:steps", "method", "fitted at step", "", "sigmas"], rows)
-            + _figure(plot, "optimized noise levels against the step"))
+    """The stored plans as a table and a plot; an entry without a list of numbers as sigmas (a hand edit)
+    is a 'malformed' row."""
+    good = {key: e for key, e in table.items() if isinstance(e, dict) and isinstance(e.get("sigmas"), list)
+            and all(type(s) in (int, float) for s in e["sigmas"])}
+    rows = [[key, e.get("method", ""), e.get("step", "?"), "current" if e.get("step") == step else "stale",
+             ", ".join(f"{s:.4g}" for s in e["sigmas"])] for key, e in good.items()]
+    rows += [[key, "malformed", "", "", ""] for key in table if key not in good]
+    plot = _figure(_drawn(sigma_grids, {key: e["sigmas"] for key, e in good.items()}),
+                   "optimized noise levels against the step") if good else ""
+    return _table(["sampler:steps", "method", "fitted at step", "", "sigmas"], rows) + plot
 
 
 def _json_table(data) -> str:
@@ -123,32 +139,48 @@ def _json_table(data) -> str:
     return f"<pre>{html.escape(json.dumps(data, indent=1))}</pre>"
 
 
+def _read(read: Callable[..., Any], path: Path, *args) -> tuple[Any, str]:
+    """(read(path, *args), "") for a file of the run directory, (None, "") where there is none, and (None, a
+    warning paragraph) where it cannot be read (UserError): the report leaves it out and says so."""
+    if not path.is_file():
+        return None, ""
+    try:
+        return read(path, *args), ""
+    except UserError as e:
+        log.warning("%s; left out of the report", e)
+        return None, f'<p class="warn">{html.escape(str(e))}; left out of this report</p>'
+
+
 def _sections(run_dir: Path, meta: dict) -> list[tuple[str, str, str]]:
-    """(anchor, title, html) of each section the run directory has material for."""
+    """(anchor, title, html) of each section the run directory has material for (or an unreadable file)."""
     step, out = meta["step"], []
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.is_file():
-        m = json.loads(metrics_file.read_text())
+    m, body = _read(read_json, run_dir / "metrics.json")
+    if m is not None:
         guided = meta["config"].get("model", {}).get("num_classes", 0) > 0 and m.get("cfg", 1.0) != 1.0
-        out.append(("metrics", "Metrics", _metrics(m, step) + _protocol(m, guided)))
+        body = _metrics(m, step) + _protocol(m, guided)
+    if body:
+        out.append(("metrics", "Metrics", body))
     pictures = [_figure((run_dir / name).read_bytes(), name) for name in ("samples.png", "denoising.png")
                 if (run_dir / name).is_file()]
     if (run_dir / "samples.txt").is_file():
-        pictures.append(f"<pre>{html.escape((run_dir / 'samples.txt').read_text()[:20000])}</pre>")
+        text = (run_dir / "samples.txt").read_text(errors="replace")[:20000]
+        pictures.append(f"<pre>{html.escape(text)}</pre>")
     if pictures:
         out.append(("samples", "Samples", "".join(pictures)))
-    rows = read_log(run_dir / "log.jsonl") if (run_dir / "log.jsonl").is_file() else []
+    rows, body = _read(read_log, run_dir / "log.jsonl")
     if rows:
-        curves = _drawn(learning_curves, rows)
-        out.append(("curves", "Learning curves", _figure(curves, "from log.jsonl (loss and gradient norm on "
-                                                                 "log scales)")))
-    if (run_dir / "grids.json").is_file():
-        grids = json.loads((run_dir / "grids.json").read_text())
-        out.append(("grids", "Optimized grids", _grids(grids, step)))
+        body = _figure(_drawn(learning_curves, rows), "from log.jsonl (loss and gradient norm on log scales)")
+    if body:
+        out.append(("curves", "Learning curves", body))
+    grids, body = _read(read_plans, run_dir / "grids.json")
+    if grids is not None:
+        body = _grids(grids, step)
+    if body:
+        out.append(("grids", "Optimized grids", body))
     nfe = [_figure((run_dir / "nfe.png").read_bytes(), "nfe.png")] if (run_dir / "nfe.png").is_file() else []
-    if (run_dir / "nfe.json").is_file():
-        nfe.append(_json_table(json.loads((run_dir / "nfe.json").read_text())))
-    if nfe:
+    table, body = _read(read_json, run_dir / "nfe.json", list)
+    nfe.append(body if table is None else _json_table(table))
+    if any(nfe):
         out.append(("nfe", "Quality against NFE", "".join(nfe)))
     out.append(("config", "Config", f"<details><summary>config.toml (resolved, as stored in the checkpoint)"
                                     f"</summary><pre>{html.escape(to_toml(meta['config']))}</pre></details>"))

@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from diffspace import __version__
 from diffspace.types import UserError
@@ -70,6 +71,27 @@ def write_atomic(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """The JSON value of a file in a run directory (metrics.json, nfe.json, ...), which must be a `kind`
+    (dict: an object, list: an array); UserError naming the file if it cannot be read, is not JSON (a
+    hand edit, a copy cut short) or holds another kind of value."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, kind):
+        raise UserError(f"{path}: expected a JSON {_JSON_NAMES[kind]}, found "
+                        f"{_JSON_NAMES.get(type(data), type(data).__name__)}")
+    return data
 
 
 def _protected(run_dir: Path) -> str | None:

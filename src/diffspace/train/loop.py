@@ -164,6 +164,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         self.gen = torch.Generator().manual_seed(seed)
         self.step, self.elapsed = 0, 0.0
+        self.saved_step: int | None = None  # the step of the checkpoint at ckpt_path (save or restore)
         self.ddp = self.model
         if self.world_size > 1:
             self.ddp = nn.parallel.DistributedDataParallel(self.model)
@@ -186,6 +187,7 @@ class Trainer:
         return tensors, meta
 
     def save(self) -> None:
+        self.saved_step = self.step  # on every rank: rank 0 writes the one file they share
         if self.rank != 0:
             return
         tensors, meta = self.state()
@@ -206,6 +208,7 @@ class Trainer:
         torch.set_rng_state(tensors["rng.torch"])
         self.gen.set_state(tensors["rng.data"])
         self.step, self.elapsed = meta["step"], meta["elapsed"]
+        self.saved_step = self.step
 
     # ---- one step ----------------------------------------------------------------------------
     def scheduled(self) -> dict[str, float]:
@@ -236,9 +239,11 @@ class Trainer:
             dist.all_reduce(total := total.to(next(self.model.parameters()).device))
             total = total.cpu() / self.world_size
         if not torch.isfinite(total):
+            kept = (f"the last good checkpoint (step {self.saved_step}) is kept at {self.ckpt_path}"
+                    if self.saved_step is not None else
+                    "no checkpoint was saved before it, so there is nothing to resume")
             raise TrainingError(f"loss became {float(total)} at step {self.step + 1} "
-                                f"(lr={self.sched.get_last_lr()[0]:.3g}); the last good checkpoint "
-                                f"is kept at {self.ckpt_path}")
+                                f"(lr={self.sched.get_last_lr()[0]:.3g}); {kept}")
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip or math.inf)
         self.opt.step()
         self.sched.step()
@@ -247,11 +252,36 @@ class Trainer:
         return float(total), float(grad_norm)
 
 
-def _trim_log(log: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint we resume from (a crash leaves such lines)."""
-    if log.is_file():
-        keep = [ln for ln in log.read_text().splitlines() if ln and json.loads(ln).get("step", 0) <= step]
-        log.write_text("".join(ln + "\n" for ln in keep))
+LOG_FIELDS = ("step", "loss", "grad_norm", "lr")  # in every row the loop writes, numbers (step an int)
+
+
+def read_log(log: Path) -> list[dict]:
+    """The rows of a run's log.jsonl ([] where there is none): one JSON object a line with at least
+    LOG_FIELDS. The loop appends each row with a single write, so a crash leaves at most a partial last
+    line: a last line that is not JSON is that remnant and is dropped. Any other line that is not a row
+    makes the log corrupt: UserError naming the file and the line."""
+    log = Path(log)
+    if not log.is_file():
+        return []
+    try:
+        text = log.read_text(errors="replace")
+    except OSError as e:
+        raise UserError(f"{log}: {e.strerror}") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    rows = []
+    for i, line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if i == lines[-1][0]:  # why: what a crash during the append leaves; the next row starts afresh
+                break
+            row = None
+        if not (isinstance(row, dict) and type(row.get("step")) is int
+                and all(type(row.get(k)) in (int, float) for k in LOG_FIELDS[1:])):
+            raise UserError(f"{log} is corrupt: line {i} is not a JSON object with numbers "
+                            f"{', '.join(LOG_FIELDS)}")
+        rows.append(row)
+    return rows
 
 
 def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed: int = 0,
@@ -262,22 +292,30 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
 
     `record` is the resolved config stored in every checkpoint, `extra` more JSON metadata (e.g. the
     data shape needed to rebuild the model). With `resume`, continue from
-    run_dir/checkpoints/last.safetensors exactly where it stopped. `on_start(trainer)` runs after the
-    checkpoint is restored and before the first step (a caller writes its files only then, once the
-    checkpoint is known to fit). Ctrl-C finishes the current step, saves a checkpoint and raises
-    KeyboardInterrupt (train/monitor.py); `progress` shows a bar or periodic log lines.
+    run_dir/checkpoints/last.safetensors exactly where it stopped, its log.jsonl cut back to the
+    checkpoint's step (`read_log`; UserError for a corrupt log, before any file changes).
+    `on_start(trainer)` runs after the checkpoint is restored and before the first step (a caller writes
+    its files only then, once the checkpoint is known to fit). Ctrl-C finishes the current step, saves a
+    checkpoint and raises KeyboardInterrupt (train/monitor.py); `progress` shows a bar or periodic log
+    lines.
     """
     tr = Trainer(setup, cfg, run_dir, record, seed, accumulate, extra)
     log = tr.run_dir / "log.jsonl"
+    main = tr.rank == 0
+    kept = None  # resuming: the log rows up to the checkpoint (a crash leaves rows after it)
     if resume:
         tr.restore(tr.ckpt_path)
+        if main and log.is_file():
+            try:  # why: before on_start changes any file, so a refused resume leaves the run as it was
+                kept = [row for row in read_log(log) if row["step"] <= tr.step]
+            except UserError as e:
+                raise UserError(f"{e}; mend it, or move {log.name} aside, to resume") from None
     if on_start is not None:
         on_start(tr)
-    main = tr.rank == 0
     if main:
         tr.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            _trim_log(log, tr.step)
+        if kept is not None:
+            log.write_text("".join(json.dumps(row) + "\n" for row in kept))
     bar = Progress(cfg.steps, tr.step, cfg.minutes, progress and main)
     board = TensorBoard(tr.run_dir, setup.preview) if cfg.tensorboard and main else None
     t0, last_t, last_step = time.perf_counter(), time.perf_counter(), tr.step
@@ -302,7 +340,7 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
                            **scheduled}
                     last_t, last_step = now, tr.step
                     if main:
-                        with open(log, "a") as f:
+                        with open(log, "a") as f:  # why: one write per row; a crash tears the last line only
                             f.write(json.dumps(row) + "\n")
                     if board is not None:
                         board.scalars(tr.step, row)
