@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+MAX_SEED = 2**63 - 1  # why: torch.manual_seed takes a signed 64-bit integer; SeedSequence no negative one
+
 
 def example_seed(seed: int, index: int, stream: int = 0) -> int:
     """A 63-bit seed for example `index` of stream `stream` under `seed` (independent streams)."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from diffspace.runs.schema import MAX_SEED
+from diffspace.rng import MAX_SEED
 from diffspace.types import UserError
 
 

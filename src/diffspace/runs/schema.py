@@ -3,9 +3,8 @@
 from dataclasses import dataclass
 
 from diffspace.config import choice
+from diffspace.rng import MAX_SEED
 from diffspace.types import UserError
-
-MAX_SEED = 2**63 - 1  # why: torch.manual_seed takes a signed 64-bit integer; SeedSequence no negative one
 
 
 @dataclass
