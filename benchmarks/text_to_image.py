@@ -64,6 +64,7 @@ import torch
 
 from diffspace import runs
 from diffspace.eval.plots import guidance_tradeoff
+from diffspace.files import write_text
 from diffspace.runs import rundir
 from diffspace.runs.tasks import TASKS
 from diffspace.runs.text_to_image_eval import train_reader
@@ -81,7 +82,7 @@ def _load_json(path: Path) -> dict:
 
 def _save_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    rundir.write_atomic(path, json.dumps(data, indent=1) + "\n")
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def load_average() -> list[float]:

@@ -136,8 +136,8 @@ def test_seeds_outside_64_bits_are_one_line(tmp_path):
     """run.seed = 10**20 was a torch 'Overflow when unpacking long long' traceback, -1 a SeedSequence one
     at the first per-sample draw; every --seed takes what torch's generators take, 0..2**63 - 1."""
     from diffspace import runs
+    from diffspace.rng import MAX_SEED
     from diffspace.runs.options import check_options
-    from diffspace.runs.schema import MAX_SEED
     from diffspace.types import UserError
 
     assert MAX_SEED == 2**63 - 1
@@ -159,3 +159,21 @@ def test_a_weights_file_given_as_config_says_so(tmp_path):
     for extra in ((), ("--resume",)):
         assert_one_line_error(cli("train", tmp_path / "w.safetensors", *extra),
                               "w.safetensors is a weights file, not a TOML config", "--resume")
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["eval", "{run}", "--json", ""], ["argument --json: an empty value"]),
+    (["eval", "{run}", "--nfe", ""], ["argument --nfe: an empty value"]),
+    (["sample", "{run}", "--out", " "], ["argument --out: an empty value"]),
+    (["sample", ""], ["argument run: an empty value"]),
+    (["eval", "{run}", "--json", "{tmp}/metrics/"], ["metrics/ names a folder; give a file name"]),
+    (["eval", "{run}", "--json", "{tmp}/f/m.json"], ["f is a file, not a folder"]),
+    (["eval", "{run}", "--json", "{tmp}/f"], ["f exists; choose a new name"]),
+])
+def test_an_empty_name_or_a_folder_is_no_output_file(run, tmp_path, argv, words):
+    """An empty --json or --nfe was taken as not given (eval wrote no file, or a plain evaluation ran), an
+    empty run as the current directory, and `--json DIR/` wrote a file named DIR."""
+    (tmp_path / "f").write_text("mine\n")
+    before = {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *tmp_path.rglob("*")]}
+    assert_one_line_error(cli(*[a.format(run=run, tmp=tmp_path) for a in argv]), *words)
+    assert before == {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *tmp_path.rglob("*")]}

@@ -83,3 +83,14 @@ def test_export_never_replaces_and_checks_names(run_dir, tmp_path, capsys):
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and all(w in lines[0] for w in words), lines
     assert taken.read_text() == "mine" and not (tmp_path / "d").exists()
+
+
+def test_eval_of_a_weights_file_says_to_give_the_run_directory(run_dir, tmp_path, capsys):
+    weights = tmp_path / "w.safetensors"
+    assert main(["export", str(run_dir), "--out", str(weights)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(weights), "--n", "50"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "so metrics.json is not written there" in lines[0], lines
+    assert "give that (an exported weights file can be sampled with --out)" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]

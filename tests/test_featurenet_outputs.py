@@ -10,7 +10,7 @@ import pytest
 
 import diffspace.eval.featurenet as featurenet
 from diffspace.eval.featurenet import load_classifier, train_classifier, train_featurenet
-from diffspace.train.checkpoint import atomic_write
+from diffspace.files import atomic_write
 from diffspace.types import UserError
 from test_cli import assert_one_line_error
 from test_cli_images import in_process
@@ -53,7 +53,7 @@ def test_an_existing_output_is_refused_before_training(tmp_path, capsys, no_trai
         (tmp_path / existing).write_bytes(b"the user's own bytes\n")
     before = _tree(tmp_path)
     res = in_process(capsys, command, "--out", tmp_path / "c.safetensors", "--steps", 2)
-    assert_one_line_error(res, f"{tmp_path / existing.rstrip('/')} exists; choose a new file name")
+    assert_one_line_error(res, f"{tmp_path / existing.rstrip('/')} exists; choose a new name")
     assert _tree(tmp_path) == before
 
 
@@ -67,7 +67,7 @@ def test_an_output_other_than_safetensors_is_refused(tmp_path, capsys, no_traini
 def test_an_output_inside_a_file_is_refused(tmp_path, capsys, no_training):
     (tmp_path / "f").write_bytes(b"mine\n")
     res = in_process(capsys, "train-classifier", "--out", tmp_path / "f" / "c.safetensors", "--steps", 2)
-    assert_one_line_error(res, f"{tmp_path / 'f'} is not a folder")
+    assert_one_line_error(res, f"{tmp_path / 'f'} is a file, not a folder")
     assert _tree(tmp_path) == {"f": b"mine\n"}
 
 

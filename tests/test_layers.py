@@ -9,7 +9,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "diffspace"
 RANKS = {
-    "types": 0, "utils": 0, "rng": 0, "config": 0, "__init__": 0,
+    "types": 0, "utils": 0, "rng": 0, "config": 0, "files": 0, "__init__": 0,
     "paths": 1, "nets": 1, "data": 1,
     "param": 2,
     "losses": 3, "samplers": 3,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from diffspace import __version__
-from diffspace.runs.schema import MAX_SEED
+from diffspace.rng import MAX_SEED
 from diffspace.types import TrainingError, UserError
 
 EPILOG = "Run `diffspace COMMAND --help` for the options of each command."
@@ -39,6 +39,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _given(text: str) -> str:
+    """argparse type of every name and path: not empty (an empty --out or --json was taken as not given, an
+    empty run as the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty value; give a name")
+    return text
+
+
 def _add_device(p):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where to run: auto picks CUDA when available")
@@ -46,12 +54,12 @@ def _add_device(p):
 
 def _add_sampling(p):
     p.add_argument("--sampler", help="sampler name (see `diffspace samplers`); default: the run's "
-                                     "[sample] sampler")
+                                     "[sample] sampler", type=_given)
     p.add_argument("--steps", type=int, help="number of steps; default: the run's [sample] steps")
     p.add_argument("--grid", help="continuous runs: noise-level grid: karras, logsnr, uniform_t, leading, "
                                   "trailing, linspace; karras_jumps or uniform_t_jumps (few-step grids that "
                                   "end on a jump to the data, docs/fewstep.md); or optimized (stored by "
-                                  "`diffspace optimize-grid`); default: the run's [sample] grid")
+                                  "`diffspace optimize-grid`); default: the run's [sample] grid", type=_given)
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (sample i depends only on it and i)")
     p.add_argument("--cfg", type=float, help="class-conditional runs: classifier-free guidance scale w "
                                              "(0: unconditional, 1: conditional); default: 1")
@@ -89,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train from a TOML config; writes a run directory (config, "
                                    "checkpoints, log, loss plot). Nothing is written before the config, "
                                    "data and model are known to be good.")
-    t.add_argument("config", help="TOML config file (or a run directory with --resume)")
+    t.add_argument("config", type=_given, help="TOML config file (or a run directory with --resume)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.steps=500 (repeatable)")
     t.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -105,17 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", formatter_class=_Formatter, help="draw samples from a trained run",
                        description="Draw samples from a run directory or checkpoint file.")
-    s.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    s.add_argument("run", type=_given, help="run directory or checkpoint (.safetensors)")
     # why --num-samples: torchrun's own parser rejects "--n" as an ambiguous prefix of its options
     s.add_argument("--n", "--num-samples", dest="n", type=int,
                    help="number of samples; default: the run's [sample] n")
     s.add_argument("--out", help="output .npz/.npy/.csv with its picture (images, points) beside it in .png, "
                                  "or .png for the picture with the .npz beside it; none of them may exist "
                                  "(default: RUN/samples.npz; text runs: RUN/samples.txt; these are the "
-                                 "run's own files, which each sample command replaces)")
+                                 "run's own files, which each sample command replaces)", type=_given)
     s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
                    help="class-conditional runs: the class of the samples (several are cycled)")
-    s.add_argument("--classifier", metavar="FILE",
+    s.add_argument("--classifier", type=_given, metavar="FILE",
                    help="image runs: classifier guidance by this noise-aware classifier (from `diffspace "
                         "train-classifier`) towards --class")
     s.add_argument("--classifier-scale", type=float, metavar="S",
@@ -134,12 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", formatter_class=_Formatter, help="evaluate a trained run",
                        description="Sample from a run and compare with held-out data; writes "
                                    "RUN/metrics.json and pictures, prints a summary.")
-    e.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    e.add_argument("run", type=_given, help="run directory (or its checkpoint file): the metrics and "
+                                           "pictures are written there")
     e.add_argument("--n", "--num-samples", dest="n", type=int,
                    help="number of samples; default: the run's [eval] n (images: the test split)")
-    e.add_argument("--json", help="also write the metrics to this file")
+    e.add_argument("--json", type=_given, help="also write the metrics to this file")
     e.add_argument("--featurenet", help="image runs: feature-net artifact (default: RUN/featurenet."
-                                        "safetensors, trained there on the run's data if missing)")
+                                        "safetensors, trained there on the run's data if missing)",
+                                        type=_given)
     e.add_argument("--nll", action="store_true",
                    help="continuous runs: also the PF-ODE NLL of the test split (nats, bits/dim, "
                         "standard error, NFE) and, for 8-bit-style image data, the DDPM bound; flow, vae "
@@ -149,8 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ppl", action="store_true",
                    help="text runs: only bits/char and perplexity on the validation split")
     e.add_argument("--nfe", help="continuous runs: the quality-against-NFE curve at these numbers of network "
-                                 "evaluations per sample, e.g. 1,2,4,8,35 (RUN/nfe.json, RUN/nfe.png)")
-    e.add_argument("--compare", nargs="+", default=[], metavar="RUN",
+                                 "evaluations per sample, e.g. 1,2,4,8,35 (RUN/nfe.json, RUN/nfe.png)",
+                                 type=_given)
+    e.add_argument("--compare", type=_given, nargs="+", default=[], metavar="RUN",
                    help="with --nfe: more runs, each curve a line of RUN/nfe.png (and its own nfe.json)")
     _add_sampling(e)
     _add_device(e)
@@ -160,17 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trained continuous run; each round is a run directory OUT/round_K whose "
                                    "config names its teacher, evaluated after training; OUT/distill.json "
                                    "lists the rounds (see docs/fewstep.md).")
-    d.add_argument("teacher", help="the teacher's run directory (a continuous run)")
+    d.add_argument("teacher", type=_given, help="the teacher's run directory (a continuous run)")
     d.add_argument("--method", required=True, choices=["progressive", "consistency", "reflow"])
     d.add_argument("--rounds", type=int, help="progressive: halvings (default: down to one step); reflow: "
                                               "k of the k-rectified flow (default 1); consistency: 1")
     d.add_argument("--steps", type=int, default=16,
                    help="progressive: the first student's steps (its teacher takes twice as many)")
-    d.add_argument("--out", help="folder of the rounds (default: TEACHER-METHOD beside the teacher)")
+    d.add_argument("--out", help="folder of the rounds (default: TEACHER-METHOD beside the teacher)",
+                   type=_given)
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of every student's config, e.g. --set train.steps=800")
     d.add_argument("--overwrite", action="store_true", help="replace round directories diffspace made")
-    d.add_argument("--featurenet", help="image runs: the feature net the rounds are evaluated with")
+    d.add_argument("--featurenet", help="image runs: the feature net the rounds are evaluated with",
+                   type=_given)
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_device(d)
 
@@ -181,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "them in RUN/grids.json with the plan's error and the run's grid's, on "
                                    "the calibration batch and on other noises; then sample with --grid "
                                    "optimized.")
-    o.add_argument("run", help="run directory")
-    o.add_argument("--sampler", default="dpmpp_2m", help="deterministic sampler to fit the grid for")
+    o.add_argument("run", type=_given, help="run directory")
+    o.add_argument("--sampler", default="dpmpp_2m", help="deterministic sampler to fit the grid for",
+                   type=_given)
     o.add_argument("--steps", type=int, default=5, help="number of steps of the grid")
     o.add_argument("--n-calib", type=int, default=512, help="calibration batch size")
     o.add_argument("--seed", type=_seed, default=0, help="calibration seed")
@@ -214,14 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
         c = sub.add_parser(name, formatter_class=_Formatter, help=f"train {what.split(' for ')[0]}",
                            description=f"Train {what}, offline, on an embedded or local image data set; "
                                        "saves a .safetensors artifact with a .json beside it.")
-        c.add_argument("--data", default="digits", help="digits, lfw, folder or npz")
+        c.add_argument("--data", type=_given, default="digits", help="digits, lfw, folder or npz")
         c.add_argument("--path", default="", help="folder or .npz file for --data folder/npz")
         c.add_argument("--size", type=int, default=0,
                        help="lfw: image size 24 or 32 (0: 24); folder: the square side (0: the images' own "
                             "if all share one)")
         c.add_argument("--fit", default="crop", choices=["crop", "resize"],
                        help="folder: how images of another size are fitted (as data.image_fit)")
-        c.add_argument("--out", required=True, help="output .safetensors file")
+        c.add_argument("--out", type=_given, required=True, help="output .safetensors file")
         c.add_argument("--steps", type=int, default=1500 if name == "train-featurenet" else 3000,
                        help="optimizer steps")
         c.add_argument("--seed", type=_seed, default=0, help="seed (also fixes the train/test split)")
@@ -232,9 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "it), or with --format diffusers a folder that diffusers loads (UNet / "
                                    "DiT runs of the ddpm path, EDM preconditioning or linear flow; see "
                                    "docs/diffusers.md).")
-    x.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    x.add_argument("run", type=_given, help="run directory or checkpoint (.safetensors)")
     x.add_argument("--out", required=True, help="the .safetensors file, or the folder for --format diffusers "
-                                                "(never replaced: it must not exist)")
+                                                "(never replaced: it must not exist)", type=_given)
     x.add_argument("--ema", action="store_true",
                    help="export the EMA weights (what `diffspace sample` uses); default: the raw weights")
     x.add_argument("--format", default="safetensors", choices=["safetensors", "diffusers"],
@@ -248,14 +262,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Print a run's config, progress and metrics, its network's parameters "
                                    "and multiply-accumulates per example and, for convolutional nets, "
                                    "the receptive field (layer recursion and input-gradient support).")
-    i.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    i.add_argument("run", type=_given, help="run directory or checkpoint (.safetensors)")
 
     r = sub.add_parser("report", formatter_class=_Formatter, help="write a run's HTML report",
                        description="Write RUN/report.html: one static page (no network, pictures inline) "
                                    "with the run's metrics beside their baselines and protocol, samples, "
                                    "learning curves, optimized grids, the NFE curve when present and the "
                                    "config. Run `diffspace eval RUN` first for metrics and pictures.")
-    r.add_argument("run", help="run directory or checkpoint (.safetensors)")
+    r.add_argument("run", type=_given, help="run directory or checkpoint (.safetensors)")
     return p
 
 
@@ -309,39 +323,29 @@ def _load(args):
     return runs.load_run(args.run, init_distributed(resolve_device(args.device)))
 
 
-def _new_files(*paths: Path) -> None:
-    """Refuse, before any work, to replace a file the user already has (--out, what is written beside it,
-    --json): diffspace replaces only files it created, in its run directories."""
-    for p in paths:
-        if p.exists():
-            raise UserError(f"{p} exists; choose a new file name (diffspace never replaces a file there)")
-
-
 def _write_array(x, out: Path, prompts: list[str] | None = None) -> None:
     """Samples to .npy, .npz (with the prompt of each sample, if any) or .csv."""
     import numpy as np
 
-    from diffspace.runs.rundir import write_atomic
+    from diffspace.files import atomic_write
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{out.suffix}")
-    if out.suffix == ".npy":
-        np.save(tmp, x.numpy())
-    elif out.suffix == ".npz":
-        np.savez(tmp, samples=x.numpy(), **({"prompts": np.array(prompts)} if prompts else {}))
-    elif out.suffix == ".csv":
-        rows = x.flatten(1).tolist()
-        write_atomic(out, "\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
-        return
-    else:
+    if out.suffix not in (".npy", ".npz", ".csv"):
         raise UserError(f"--out {out}: use a .npz, .npy or .csv file name")
-    tmp.replace(out)
+    with atomic_write(out) as tmp:
+        if out.suffix == ".npy":
+            np.save(tmp, x.numpy())
+        elif out.suffix == ".npz":
+            np.savez(tmp, samples=x.numpy(), **({"prompts": np.array(prompts)} if prompts else {}))
+        else:
+            rows = x.flatten(1).tolist()
+            tmp.write_text("\n".join(",".join(f"{v:.9g}" for v in row) for row in rows) + "\n")
 
 
 def cmd_sample(args) -> None:
     from diffspace import runs
     from diffspace.eval.plots import labelled_grid, scatter_2d
-    from diffspace.runs.rundir import check_run_dir, write_atomic
+    from diffspace.files import check_new_files, write_text
+    from diffspace.runs.rundir import check_run_dir
     from diffspace.train.distributed import peer_guard
 
     run = _load(args)
@@ -360,7 +364,7 @@ def cmd_sample(args) -> None:
         check_run_dir(run.dir, "samples", "; give --out FILE")
     else:  # the file named, the arrays beside a .png, the picture beside the arrays: none may exist
         arrays = Path(args.out).with_suffix(".npz") if args.out.endswith(".png") else Path(args.out)
-        _new_files(arrays, *([] if run.task == "text" else [arrays.with_suffix(".png")]))
+        check_new_files(arrays, *([] if run.task == "text" else [arrays.with_suffix(".png")]))
     with peer_guard("nothing was written"):
         samples = runs.sample(run, opts)
     if samples is None:  # a torchrun rank other than 0: it only helped
@@ -368,8 +372,7 @@ def cmd_sample(args) -> None:
     if isinstance(samples, list):  # text
         out = Path(args.out) if args.out else run.dir / "samples.txt"
         text = "".join(f"=== sample {i}\n{t}\n" for i, t in enumerate(samples))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(out, text)
+        write_text(out, text)
         print(text, end="")
     else:
         out = Path(args.out) if args.out else run.dir / "samples.npz"
@@ -402,13 +405,14 @@ def cmd_sample(args) -> None:
 
 def cmd_eval(args) -> None:
     from diffspace import runs
+    from diffspace.files import check_new_files, write_text
     from diffspace.train.distributed import is_main, peer_guard
 
-    if args.nfe or args.compare:
+    if args.nfe is not None or args.compare:
         return _eval_nfe(args)
     run = _load(args)
-    if args.json:
-        _new_files(Path(args.json))
+    if args.json is not None:
+        check_new_files(args.json)
     opts = runs.EvalOptions(
         n=args.n, seed=args.seed, sampler=args.sampler, steps=args.steps, grid=args.grid,
         sampler_options=_given_sampler_options(args), sigma_min=args.sigma_min,
@@ -418,11 +422,8 @@ def cmd_eval(args) -> None:
         metrics = runs.evaluate(run, opts)
     if not is_main():  # the other ranks only helped sample
         return
-    if args.json:
-        from diffspace.runs.rundir import write_atomic
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(Path(args.json), json.dumps(metrics, indent=2) + "\n")
+    if args.json is not None:
+        write_text(args.json, json.dumps(metrics, indent=2) + "\n")
     width = max(len(k) for k in metrics)
     print(f"evaluation of {run.dir} (step {run.step})")
     for k, v in metrics.items():
@@ -433,7 +434,7 @@ def _eval_nfe(args) -> None:
     from diffspace.runs.nfe import nfe_curves
     from diffspace.train.distributed import is_main, peer_guard
 
-    if not args.nfe:
+    if args.nfe is None:
         raise UserError("--compare draws NFE curves: give --nfe too, e.g. --nfe 1,2,4,8,35")
     try:
         nfes = [int(v) for v in args.nfe.split(",")]
@@ -442,7 +443,7 @@ def _eval_nfe(args) -> None:
     given = [flag for flag, value in (("--steps", args.steps), ("--cfg", args.cfg), ("--nll", args.nll),
                                       ("--nll-n", args.nll_n),
                                       ("--sigma-min", args.sigma_min), ("--sigma-max", args.sigma_max),
-                                      ("--json", args.json)) if value]
+                                      ("--json", args.json)) if value not in (None, False)]
     given += ["--" + k.replace("_", "-") for k in _given_sampler_options(args)]
     if given:
         raise UserError(f"--nfe sets the steps and samples unguided over each run's range; drop {given[0]}")

@@ -17,9 +17,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from diffspace.data.images import load_image_data
+from diffspace.files import atomic_write, check_new_files
 from diffspace.nets.classifier import ConvClassifier
 from diffspace.samplers.guidance import EDMClassifier
-from diffspace.train.checkpoint import atomic_write, load_checkpoint, load_weights, save_checkpoint
+from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from diffspace.types import UserError
 
 log = logging.getLogger("diffspace")
@@ -81,12 +82,7 @@ def _outputs(out_path: str | Path) -> tuple[Path, Path]:
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: a classifier is saved as a .safetensors file (with a .json beside it)")
     beside = out.with_suffix(".json")
-    for p in (out, beside):
-        if p.exists():
-            raise UserError(f"{p} exists; choose a new file name (diffspace never replaces a file there)")
-    folder = next(p for p in out.absolute().parents if p.exists())
-    if not folder.is_dir():
-        raise UserError(f"--out {out}: {folder} is not a folder")
+    check_new_files(out, beside)
     return out, beside
 
 

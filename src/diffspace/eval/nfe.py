@@ -8,7 +8,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from diffspace.eval.plots import log_axis  # noqa: E402
+from diffspace.eval.plots import log_axis, save_figure  # noqa: E402
 
 # metric key -> (axis label, lower is better); the first present in a curve's rows is drawn
 PANELS = {"sw2_ratio": ("sliced W2 / data baseline (1 = data)", True),
@@ -41,5 +41,4 @@ def nfe_plot(curves: dict[str, list[dict]], out: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from diffspace.files import atomic_write
 from diffspace.types import UserError
 
 
@@ -39,6 +40,6 @@ def save_grid(x: Tensor, path: str | Path, ncols: int, scale: int = 4) -> Path:
     """Save a sample grid; for class-conditional samples sorted by class, ncols = samples per class
     gives one row per class."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image_grid(x, ncols, scale=scale).save(path)
+    with atomic_write(path) as tmp:
+        image_grid(x, ncols, scale=scale).save(tmp)
     return path

@@ -14,7 +14,18 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from diffspace.eval.pictures import image_grid  # noqa: E402
+from diffspace.files import atomic_write  # noqa: E402
 from diffspace.train.loop import read_log  # noqa: E402
+
+
+def save_figure(fig, out, **savefig) -> None:
+    """fig.savefig to a path (atomically: `files.atomic_write`) or a binary file object, then close it."""
+    if isinstance(out, str | Path):
+        with atomic_write(out) as tmp:
+            fig.savefig(tmp, **savefig)
+    else:
+        fig.savefig(out, **savefig)
+    plt.close(fig)
 
 
 def scatter_2d(samples: Tensor, data: Tensor, out: Path, title: str = "") -> None:
@@ -32,8 +43,7 @@ def scatter_2d(samples: Tensor, data: Tensor, out: Path, title: str = "") -> Non
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
 
 
 def readable_log_ticks(lo: float, hi: float) -> list[float]:
@@ -74,8 +84,7 @@ def loss_curve(log: Path, out: Path) -> None:
     ax.set_title("training loss (mean over each logged step's batch)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out, dpi=110)
 
 
 def learning_curves(rows: list[dict], out) -> None:
@@ -93,8 +102,7 @@ def learning_curves(rows: list[dict], out) -> None:
             log_axis(ax, values)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, out, dpi=100, format="png")
 
 
 def sigma_grids(grids: dict[str, list[float]], out) -> None:
@@ -112,8 +120,7 @@ def sigma_grids(grids: dict[str, list[float]], out) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, out, dpi=100, format="png")
 
 
 def labelled_grid(x: Tensor, out, ncols: int, title: str = "", row_labels: list[str] | None = None,
@@ -134,8 +141,7 @@ def labelled_grid(x: Tensor, out, ncols: int, title: str = "", row_labels: list[
     if title:
         ax.set_title(title, fontsize=10)
     # why: a canvas sized for the images alone; "tight" grows it to the labels and the title
-    fig.savefig(out, dpi=100, format="png", bbox_inches="tight", pad_inches=0.05)
-    plt.close(fig)
+    save_figure(fig, out, dpi=100, format="png", bbox_inches="tight", pad_inches=0.05)
 
 
 def scatter_picture(points: Tensor, title: str = "") -> Tensor:
@@ -174,5 +180,4 @@ def guidance_tradeoff(rows: list[dict], out: Path,
     # why: one legend beside the panels, not over their points (a sweep of several models has many lines)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out, dpi=110, bbox_inches="tight")

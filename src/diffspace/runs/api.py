@@ -12,6 +12,7 @@ TrainingError (a run that cannot go on).
 
 import copy
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -26,8 +27,8 @@ from diffspace.runs.loading import build_run, read_run
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, check_options
 from diffspace.runs.tasks import TASKS, task_of
 from diffspace.train.checkpoint import load_checkpoint
-from diffspace.train.distributed import barrier, init_distributed, is_main, peer_guard
-from diffspace.train.loop import TrainConfig, Trainer, lr_lambda
+from diffspace.train.distributed import barrier, init_distributed, is_main, peer_guard, world
+from diffspace.train.loop import TrainConfig, Trainer, check_batch_split, lr_lambda
 from diffspace.train.loop import train as train_loop
 from diffspace.types import UserError
 from diffspace.utils import resolve_device
@@ -85,6 +86,42 @@ def _note_extension(old_train: dict, new_train: TrainConfig, step: int) -> None:
                 new_train.schedule, new_train.steps, step, _lr_at(old, step), _lr_at(new_train, step))
 
 
+# why: [train] is noted by _note_extension; the run's directory and device legitimately differ when a
+# run is moved or resumed on another machine, so they are no change of the run's settings.
+_UNNOTED = ("train", "run.dir", "run.device")
+
+
+def _flat(data: dict, prefix: str = "") -> dict:
+    """{'section.key.subkey': value} of a nested config dict; tuples as lists (as JSON stores them)."""
+    out = {}
+    for k, v in data.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out |= _flat(v, name + ".")
+        else:
+            out[name] = json.loads(json.dumps(v))
+    return out
+
+
+def _note_changes(old_config: dict, new_config: dict) -> None:
+    """One warning listing each setting a resume changes, as `section.key: old -> new` (nested tables
+    key by key), outside [train] and run.dir / run.device. Changing them is allowed (e.g. fine-tuning
+    on new data); saying so keeps a resumed run from silently training under other settings."""
+    missing = object()  # a key only one side has (a config stored by an older diffspace)
+
+    def shown(v) -> str:
+        return "(unset)" if v is missing else repr(v)
+
+    old, new = _flat(old_config), _flat(new_config)
+    changed = [f"{k}: {shown(old.get(k, missing))} -> {shown(new.get(k, missing))}"
+               for k in sorted(old.keys() | new.keys())
+               if old.get(k, missing) != new.get(k, missing)
+               and not any(k == u or k.startswith(u + ".") for u in _UNNOTED)]
+    if changed:
+        log.warning("resuming with %d changed setting%s (training continues under the new ones): %s",
+                    len(changed), "" if len(changed) == 1 else "s", "; ".join(changed))
+
+
 def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite: bool = False,
           accumulate: int = 1, device: str = "auto", progress: bool = False) -> Run:
     """Train a run and return it (EMA weights, eval mode).
@@ -92,10 +129,13 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
     `config`: a TOML file, a dict or a config dataclass; with `resume`, a run directory (or a config
     whose run.dir holds a checkpoint). Nothing is written before the config is validated, the data and
     model are built and (for `resume`) the checkpoint is known to fit; see runs/rundir.py for what may
-    be overwritten. Under torchrun every rank calls this; rank 0 alone writes.
+    be overwritten. Under torchrun every rank calls this; rank 0 alone writes. A resume that changes
+    settings outside [train] is allowed, with one warning listing them (`_note_changes`).
+
+    UserError for bad input: an invalid config or override, `accumulate` < 1, a train.batch_size that
+    does not split into world size x `accumulate` (`check_batch_split`), a run directory that cannot be
+    started or resumed, or train.steps not beyond a resumed run's step.
     """
-    if accumulate < 1:
-        raise UserError(f"accumulate must be >= 1, got {accumulate}")
     cfg = load_config(config, overrides, resume)
     task = TASKS[cfg.task]
     run_dir = Path(config) if resume and not isinstance(config, dict) and Path(config).is_dir() \
@@ -103,6 +143,7 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
     cfg.run.dir = str(run_dir)
     record = to_dict(cfg)
     dev = init_distributed(resolve_device(device if device != "auto" else cfg.run.device))
+    check_batch_split(cfg.train.batch_size, world()[1], accumulate)  # why: before data and model are built
     plan = rundir.plan_start(run_dir, resume=resume, overwrite=overwrite)
     old = load_checkpoint(rundir.checkpoint_of(run_dir))[1] if resume else None
     if old is not None and cfg.train.steps <= old["step"]:
@@ -115,6 +156,8 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
         """Runs once the checkpoint (if any) is restored: only now do files change."""
         if old is not None:
             _note_extension(old["config"]["train"], cfg.train, tr.step)
+            if is_main():
+                _note_changes(old["config"], record)
         if is_main():
             if old is not None:
                 moved = rundir.retire_derived(run_dir, old["step"])
@@ -158,7 +201,8 @@ def evaluate(run: Run, options: EvalOptions | None = None) -> dict:
     run directory diffspace created (rundir.check_run_dir)."""
     task, options = TASKS[run.task], options or EvalOptions()
     check_options(options, task.eval_options, run.task, vectors=len(run.meta.get("data_shape", ())) == 1)
-    rundir.check_run_dir(run.dir, "metrics.json")
+    rundir.check_run_dir(run.dir, "metrics.json", "; eval writes its metrics and pictures into the run "
+                         "directory, so give that (an exported weights file can be sampled with --out)")
     return task.evaluate(run, options)
 
 

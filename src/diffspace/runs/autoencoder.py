@@ -19,13 +19,13 @@ from diffspace.families.autoencoder import (
     posterior,
     psnr,
 )
+from diffspace.files import write_text
 from diffspace.nets.autoencoder import KLAutoencoder
 from diffspace.runs import captioned
 from diffspace.runs.captioned import CaptionDataConfig, CaptionEvalConfig
 from diffspace.runs.continuous_task import after_train
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, Task, check_positive
 from diffspace.runs.registries import config_errors
-from diffspace.runs.rundir import write_atomic
 from diffspace.runs.schema import RunConfig
 from diffspace.train.loop import TrainConfig, TrainSetup
 from diffspace.types import UserError
@@ -110,7 +110,7 @@ def autoencoder_evaluate(run: Run, opts: EvalOptions) -> dict:
             save_grid(pairs, run.dir / "samples.png", ncols=show)
     train = captioned.load_train(run.cfg.data, run.cfg.run.seed).x[:SCALE_IMAGES]
     metrics["latent_scale"] = latent_scale(posterior(run.module, train)[0])
-    write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

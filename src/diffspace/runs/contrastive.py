@@ -24,12 +24,12 @@ from diffspace.data.captions import (
 )
 from diffspace.eval.text_image import first_caption_pairs, retrieval, zero_shot_attributes
 from diffspace.families.contrastive import CLIP_INIT, SIGLIP_INIT, ContrastiveEncoder, clip_loss, siglip_loss
+from diffspace.files import write_text
 from diffspace.nets.towers import ImageTower, TextTower
 from diffspace.runs import captioned
 from diffspace.runs.captioned import CaptionDataConfig, CaptionEvalConfig
 from diffspace.runs.continuous_task import after_train
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, Task, check_positive
-from diffspace.runs.rundir import write_atomic
 from diffspace.runs.schema import RunConfig
 from diffspace.train.loop import TrainConfig, TrainSetup
 from diffspace.types import UserError
@@ -158,7 +158,7 @@ def contrastive_evaluate(run: Run, opts: EvalOptions) -> dict:
                "logit_scale": run.module.logit_scale.exp().item()}
     for name, data in captioned.eval_sets(run.cfg.data, run.cfg.run.seed, n).items():
         metrics |= {f"{name}_{k}": v for k, v in _set_metrics(run, data, grid, prompt_emb).items()}
-    write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

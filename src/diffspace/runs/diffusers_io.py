@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.config import build, to_dict
+from diffspace.files import check_new_files, temp_path
 from diffspace.nets.diffusers_model import EXTRA, diffusers_net_class
 from diffspace.param import NetDenoiser
 from diffspace.paths.ddpm import CONFIG_DEFAULTS
@@ -222,8 +223,7 @@ def export_diffusers(run: Run, out: str | Path) -> Path:
     if run.task != "continuous" or cfg.model.net not in ("unet", "dit"):
         raise UserError(f"export to diffusers needs a continuous image run with model.net unet or dit; "
                         f"{run.dir} is a {run.task} run with model.net = {getattr(cfg.model, 'net', None)!r}")
-    if out.exists():
-        raise UserError(f"--out {out} exists; choose a new folder (export never replaces files)")
+    check_new_files(out)
     scheduler_name, scheduler_config, scale = _scheduler(cfg)
     diffusers = _diffusers()
     C, H, W = run.meta["data_shape"]
@@ -232,7 +232,7 @@ def export_diffusers(run: Run, out: str | Path) -> Path:
                                   num_classes=cfg.model.num_classes, timestep_scale=scale)
     model.net.load_state_dict(run.module.net.state_dict())
     scheduler = getattr(diffusers, scheduler_name).from_config(scheduler_config)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = temp_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     if scheduler_name == "DDIMScheduler":
         diffusers.DDIMPipeline(unet=model.eval(), scheduler=scheduler).save_pretrained(tmp)

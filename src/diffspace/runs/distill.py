@@ -33,6 +33,7 @@ import torch
 
 from diffspace.config import apply_overrides, to_dict
 from diffspace.families.distill import straightness
+from diffspace.files import write_text
 from diffspace.param import VelocityFromDenoiser
 from diffspace.paths import LinearFlow
 from diffspace.rng import Streams
@@ -179,10 +180,10 @@ def distill(teacher: str | Path, opts: DistillOptions, device: str = "auto",
             record["straightness"] = flow_straightness(student)
             metrics |= {"straightness": record["straightness"],
                         "straightness_teacher": summary[-1]["straightness"], "straightness_n": STRAIGHTNESS_N}
-            rundir.write_atomic(student.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+            write_text(student.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         summary.append(record | {key: metrics[key] for key in SUMMARY if key in metrics})
         text = json.dumps({"method": opts.method, "rounds": summary}, indent=1)
-        rundir.write_atomic(out / "distill.json", text + "\n")
+        write_text(out / "distill.json", text + "\n")
         students.append(student)
         current, steps = student, steps // 2
     return students

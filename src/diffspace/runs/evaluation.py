@@ -23,10 +23,10 @@ from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
 from diffspace.eval.metrics import baseline_ratio, vector_report
 from diffspace.eval.plots import labelled_grid, scatter_2d
+from diffspace.files import write_text
 from diffspace.rng import Streams
 from diffspace.runs.continuous import as_denoiser, build_path, load_data, to_data_units, to_model_units
 from diffspace.runs.options import EvalOptions, Run, check_sample_count, check_steps
-from diffspace.runs.rundir import write_atomic
 from diffspace.runs.sampling import (
     describe_plan,
     generate,
@@ -198,5 +198,5 @@ def evaluate(run: Run, opts: EvalOptions) -> dict:
     if opts.nll:
         metrics |= nll_metrics(run, data, opts)
     if is_main():
-        write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics

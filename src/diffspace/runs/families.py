@@ -31,12 +31,12 @@ from diffspace.eval.metrics import vector_report
 from diffspace.eval.modes import mode_coverage
 from diffspace.eval.pictures import save_grid
 from diffspace.eval.plots import scatter_2d
+from diffspace.files import write_text
 from diffspace.rng import Streams
 from diffspace.runs import registries
 from diffspace.runs.continuous import DataConfig, scaling, to_data_units, to_model_units
 from diffspace.runs.evaluation import featurenet_for
 from diffspace.runs.options import EvalOptions, Run, check_finite_samples, check_positive, check_sample_count
-from diffspace.runs.rundir import write_atomic
 from diffspace.train.distributed import is_main
 from diffspace.types import UserError
 
@@ -173,7 +173,7 @@ def evaluate(run: Run, opts: EvalOptions, draw: Callable[[int, Streams], Tensor]
     if opts.nll:
         x_test = data["x_test"][:opts.nll_n or run.cfg.eval.nll_n]
         metrics |= nll(run, x_test, opts.seed)
-    write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

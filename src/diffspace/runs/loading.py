@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from diffspace.config import build
+from diffspace.files import check_new_files
 from diffspace.runs import rundir
 from diffspace.runs.options import Run, Task
 from diffspace.train.checkpoint import (
@@ -69,8 +70,7 @@ def export_weights(run: Run, out: str | Path) -> Path:
         raise UserError(f"{run.dir} is a diffusers model; its folder already holds its weights")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: a weights file is a .safetensors file")
-    if out.exists():
-        raise UserError(f"--out {out} exists; choose a new file (export never replaces files)")
+    check_new_files(out)
     meta = {k: v for k, v in run.meta.items() if k not in TRAINING_STATE}
     save_checkpoint(out, run.module.state_dict(), meta, fmt=WEIGHTS_FORMAT)
     return out

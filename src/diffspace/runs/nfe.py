@@ -18,10 +18,11 @@ from diffspace.eval.image_eval import balanced_labels, score_samples
 from diffspace.eval.image_metrics import feature_stats
 from diffspace.eval.metrics import baseline_ratio, bootstrap_se, sliced_w2
 from diffspace.eval.nfe import nfe_plot
+from diffspace.files import write_text
 from diffspace.runs.continuous import as_denoiser, load_data, to_data_units
 from diffspace.runs.evaluation import featurenet_for
 from diffspace.runs.options import MAX_STEPS, Run, check_featurenet, check_sample_count
-from diffspace.runs.rundir import check_run_dir, write_atomic
+from diffspace.runs.rundir import check_run_dir
 from diffspace.runs.sampling import generate, plan
 from diffspace.samplers.registry import nfe_steps
 from diffspace.train.distributed import is_main
@@ -115,7 +116,7 @@ def nfe_curve(run: Run, nfes, sampler: str | None = None, grid: str | None = Non
             rows.append({"nfe": nfe, "nfe_asked": asked, "sampler": sampler, "steps": steps, "grid": grid,
                          "n": n, "seed": seed, "step": run.step, **score(x)})
     if is_main():
-        write_atomic(run.dir / NFE_FILE, json.dumps(rows, indent=1) + "\n")
+        write_text(run.dir / NFE_FILE, json.dumps(rows, indent=1) + "\n")
     return rows
 
 

@@ -25,8 +25,9 @@ from typing import Any
 
 from diffspace.config import to_toml
 from diffspace.eval.plots import learning_curves, sigma_grids
+from diffspace.files import write_text
 from diffspace.runs.loading import read_run
-from diffspace.runs.rundir import check_run_dir, read_json, write_atomic
+from diffspace.runs.rundir import check_run_dir, read_json
 from diffspace.runs.sampling import read_plans
 from diffspace.samplers.registry import SAMPLERS
 from diffspace.train.loop import read_log
@@ -206,5 +207,5 @@ def write_report(path: str | Path) -> Path:
             f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
             f'<p class="note">{html.escape(summary)}</p><nav>{nav}</nav>{body}</body></html>\n')
     out = run_dir / REPORT
-    write_atomic(out, page)
+    write_text(out, page)
     return out

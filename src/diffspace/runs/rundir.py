@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from diffspace import __version__
+from diffspace.files import is_temp, write_text
 from diffspace.types import UserError
 
 MARKER = ".diffspace-run"
@@ -60,17 +61,6 @@ def check_run_dir(run_dir: Path, what: str, hint: str = "") -> None:
     if not ((run_dir / MARKER).is_file() or (run_dir / CHECKPOINT).is_file()):
         raise UserError(f"{run_dir} is not a diffspace run directory (no {MARKER}), so {what} is not "
                         f"written there{hint}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temp file in the same folder, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 _JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
@@ -113,15 +103,15 @@ _INSIDE = {"checkpoints": re.compile(r"(last|step_\d{8})\.safetensors"),
 
 
 def _foreign(run_dir: Path) -> list[str]:
-    """Paths in run_dir that diffspace did not write, its own folders searched too (its temp files start
-    with '.' and end in .tmp)."""
-    tmp = lambda name: name.startswith(".") and name.endswith(".tmp")
+    """Paths in run_dir that diffspace did not write, its own folders searched too (its temp files too:
+    `files.is_temp`)."""
     out = []
     for p in run_dir.iterdir():
-        if p.name not in OWN and not tmp(p.name):
+        if p.name not in OWN and not is_temp(p.name):
             out.append(p.name)
         elif p.name in _INSIDE and p.is_dir() and not p.is_symlink():
-            inside = (q.relative_to(p).as_posix() for q in p.rglob("*") if not q.is_dir() and not tmp(q.name))
+            inside = (q.relative_to(p).as_posix() for q in p.rglob("*")
+                      if not q.is_dir() and not is_temp(q.name))
             out += [f"{p.name}/{rel}" for rel in inside if not _INSIDE[p.name].fullmatch(rel)]
     return sorted(out)
 
@@ -175,8 +165,8 @@ def start(run_dir: Path, plan: str, config_toml: str) -> None:
         _clear_own(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / MARKER).is_file():
-        write_atomic(run_dir / MARKER, json.dumps({"created_by": f"diffspace {__version__}"}) + "\n")
-    write_atomic(run_dir / CONFIG, config_toml + "\n")
+        write_text(run_dir / MARKER, json.dumps({"created_by": f"diffspace {__version__}"}) + "\n")
+    write_text(run_dir / CONFIG, config_toml + "\n")
 
 
 def retire_derived(run_dir: Path, step: int) -> list[str]:

@@ -7,6 +7,8 @@ same for any n, chunk size, batch layout or world size.
 
 import json
 import logging
+import math
+import os
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from torch import Tensor
 
 from diffspace.eval.featurenet import load_classifier
+from diffspace.files import write_text
 from diffspace.rng import Streams
 from diffspace.runs.continuous import (
     TABLE_GRIDS,
@@ -25,7 +28,6 @@ from diffspace.runs.continuous import (
     to_data_units,
 )
 from diffspace.runs.options import Run, SampleOptions, check_finite_samples, check_positive, check_steps
-from diffspace.runs.rundir import write_atomic
 from diffspace.samplers.grids import GRIDS, check_grid, sampling_range
 from diffspace.samplers.guidance import (
     ClassifierFreeGuidance,
@@ -239,6 +241,24 @@ def plan_sampler(entry: dict, sampler: str, options: dict | None = None) -> Call
     return sampler_fn(sampler, options)
 
 
+def physical_memory() -> int | None:
+    """The machine's physical memory in bytes (None where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or a name this system lacks
+        return None
+
+
+def check_sample_memory(n: int, shape: tuple[int, ...]) -> None:
+    """UserError when n float32 samples of `shape` would not fit in the machine's physical memory.
+    why: `diffspace sample --n 100000000000` had no bound: it sampled for hours, chunk after chunk, before
+    running out of memory; refused before the first chunk, it is one line naming the size."""
+    need, have = n * math.prod(shape) * 4, physical_memory()
+    if have is not None and need > have:
+        raise UserError(f"{n} samples of shape {tuple(shape)} take {need / 1e9:.3g} GB as float32, more than "
+                        f"this machine's {have / 1e9:.3g} GB of memory; ask for fewer (a smaller --n)")
+
+
 @torch.no_grad()
 def sample_chunk(denoiser, shape: tuple[int, ...], streams: Streams, sigmas: Tensor, sampler,
                  device: torch.device, **cond) -> Tensor:
@@ -254,8 +274,11 @@ def generate(denoiser, shape: tuple[int, ...], n: int, sigmas: Tensor, sampler, 
     """n samples of `shape`; `cond` holds the per-sample conditions of a conditional denoiser (class_labels
     (n,), text features (n, ...)), each sliced with its chunk. Under torchrun the chunks are dealt to the
     ranks: rank 0 gets all n (the same as one process), the other ranks None. UserError for samples with
-    NaN or inf (`check_finite_samples`), so no caller writes, scores or trains on them."""
+    NaN or inf (`check_finite_samples`), so no caller writes, scores or trains on them, and, before any
+    sampling, for n samples larger than the machine's memory (`check_sample_memory`)."""
     from tqdm import tqdm
+
+    check_sample_memory(n, shape)
 
     # why: eval draws 10k samples (a minute on a CPU); a bar on a terminal, on rank 0, past one chunk
     bar = tqdm(total=n, desc="sampling", unit="sample", leave=False,
@@ -324,11 +347,14 @@ def class_labels(run: Run, n: int, labels: tuple[int, ...] | None, num_classes: 
 
 
 def sample(run: Run, opts: SampleOptions) -> Tensor | None:
-    """opts.n samples (n, *data shape) on the CPU (None on torchrun ranks other than 0)."""
+    """opts.n samples (n, *data shape) on the CPU (None on torchrun ranks other than 0). UserError for bad
+    options, or for n samples larger than the machine's memory (`check_sample_memory`, also checked by
+    `generate`: here before the plan, a classifier or the labels are made)."""
     sc = run.cfg.sample
     n, steps = opts.n or sc.n, opts.steps or sc.steps
     sampler, grid = opts.sampler or sc.sampler, opts.grid or sc.grid
     check_positive(n=n, steps=steps)
+    check_sample_memory(n, tuple(run.meta["data_shape"]))
     fn, sigmas = plan(run, sampler, steps, grid, opts.sampler_options, opts.sigma_min, opts.sigma_max)
     den, classes = classifier_guided(run, guided_denoiser(run, opts.guidance), opts.classifier,
                                      opts.classifier_scale)
@@ -499,7 +525,7 @@ def optimize_grid(run: Run, sampler: str = "dpmpp_2m", steps: int = 5, n_calib: 
     elif apart or rival is not None:
         log.info(f"replaced the {apart or 'plan stored for ' + key} (--overwrite)")
     table[key] = {**entry, "sigmas": sigmas.tolist()}
-    write_atomic(stored, json.dumps(table, indent=1) + "\n")
+    write_text(stored, json.dumps(table, indent=1) + "\n")
     if cal["rmse"] > cal["baseline"]["rmse"]:  # why: a DP plan minimizes one-step errors, not the whole run's
         base = cal["baseline"]["grid"]
         log.warning(f"on its calibration noise this plan is worse than the {base} grid; sample with --grid "

@@ -21,11 +21,11 @@ from diffspace.discrete.kinds import KINDS, TokenModel
 from diffspace.discrete.sampling import PLAIN, Decoded, Sampling
 from diffspace.discrete.schedules import SCHEDULES
 from diffspace.eval.plots import loss_curve
+from diffspace.files import write_text
 from diffspace.losses.proposals import T_PROPOSALS
 from diffspace.nets.transformer import Transformer, TransformerConfig
 from diffspace.runs.loading import load_as
 from diffspace.runs.options import EvalOptions, Run, SampleOptions, Task
-from diffspace.runs.rundir import write_atomic
 from diffspace.runs.schema import RunConfig
 from diffspace.train.distributed import map_chunks
 from diffspace.train.loop import TrainConfig, TrainSetup
@@ -291,7 +291,7 @@ def text_evaluate(run: Run, opts: EvalOptions) -> dict:
     if metrics is None:  # a torchrun rank other than 0: it only helped
         return {}
     metrics = {"step": run.step, "seed": opts.seed, **metrics}
-    write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

@@ -32,11 +32,11 @@ from diffspace.eval.metrics import baseline_ratio
 from diffspace.eval.pictures import save_grid
 from diffspace.eval.plots import guidance_tradeoff
 from diffspace.eval.text_image import attribute_accuracy, clip_score
+from diffspace.files import write_text
 from diffspace.runs import captioned
 from diffspace.runs.continuous_task import after_train
 from diffspace.runs.contrastive import embed_images
 from diffspace.runs.options import EvalOptions, Run, Task, check_sample_count
-from diffspace.runs.rundir import write_atomic
 from diffspace.runs.text_to_image import (
     TextToImageConfig,
     build_setup,
@@ -161,7 +161,7 @@ def text_to_image_evaluate(run: Run, opts: EvalOptions) -> dict:
     metrics["rows"] = rows
     if reader is not None:
         guidance_tradeoff(rows, run.dir / "guidance.png")
-    write_atomic(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(run.dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 
 

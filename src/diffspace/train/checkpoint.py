@@ -6,42 +6,17 @@ never replaces the last good one. No pickled code is ever stored.
 """
 
 import json
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from diffspace.files import atomic_write
 from diffspace.types import UserError
 
 FORMAT = "diffspace-ckpt-1"
 WEIGHTS_FORMAT = "diffspace-weights-1"  # one module's weights and metadata, no training state (an export)
-
-
-@contextmanager
-def atomic_write(path: Path) -> Iterator[Path]:
-    """The temp file (beside `path`) for the block to write; after the block, fsync it and rename it onto
-    `path`. Readers see the old file or the new one, never half: a write that fails in the block leaves
-    its torn temp file aside, and a rename that fails (`path` is a folder) removes the temp file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    yield tmp
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    try:
-        os.replace(tmp, path)  # atomic on POSIX
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict, fmt: str = FORMAT) -> None:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from diffspace.config import choice
+from diffspace.files import write_text
 from diffspace.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, split_prefix
 from diffspace.train.distributed import stop_together, world
 from diffspace.train.monitor import Interrupts, Progress, TensorBoard
@@ -141,17 +142,28 @@ def _slice(batch: Batch, lo: int, hi: int) -> Batch:
     return {k: v[lo:hi] for k, v in batch.items()}
 
 
+def check_batch_split(batch_size: int, world_size: int, accumulate: int) -> None:
+    """UserError unless `accumulate` >= 1 and the global batch splits evenly into world_size x accumulate
+    micro-batches (a bad train.batch_size or --accumulate is bad input, not a failed run)."""
+    if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+        raise UserError(f"--accumulate must be an integer >= 1, got {accumulate!r}")
+    if batch_size % (world_size * accumulate):
+        raise UserError(f"train.batch_size={batch_size} is not divisible by world size {world_size} x "
+                        f"--accumulate {accumulate}; choose a train.batch_size that is a multiple of "
+                        f"{world_size * accumulate}, or another --accumulate")
+
+
 class Trainer:
-    """State of one run: model, EMA, optimizer, LR schedule, data generator, step."""
+    """State of one run: model, EMA, optimizer, LR schedule, data generator, step.
+
+    UserError (`check_batch_split`) if train.batch_size does not split into world size x `accumulate`."""
 
     def __init__(self, setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed: int,
                  accumulate: int = 1, extra: dict | None = None):
         self.setup, self.cfg, self.run_dir, self.record = setup, cfg, Path(run_dir), record
         self.extra = extra or {}
         self.rank, self.world_size = world()
-        if cfg.batch_size % (self.world_size * accumulate):
-            raise TrainingError(f"train.batch_size={cfg.batch_size} is not divisible by world size "
-                                f"{self.world_size} x accumulation {accumulate}")
+        check_batch_split(cfg.batch_size, self.world_size, accumulate)
         self.accumulate = accumulate
         self.model = setup.model
         decay = cfg.ema_decay or ema_decay_of(cfg.ema_halflife_steps)
@@ -291,7 +303,8 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
     """Train until cfg.steps (or cfg.minutes, or `stop_after` steps in this call); return the Trainer.
 
     `record` is the resolved config stored in every checkpoint, `extra` more JSON metadata (e.g. the
-    data shape needed to rebuild the model). With `resume`, continue from
+    data shape needed to rebuild the model). UserError, before any file is written, if cfg.batch_size
+    does not split into world size x `accumulate` (`check_batch_split`). With `resume`, continue from
     run_dir/checkpoints/last.safetensors exactly where it stopped, its log.jsonl cut back to the
     checkpoint's step (`read_log`; UserError for a corrupt log, before any file changes).
     `on_start(trainer)` runs after the checkpoint is restored and before the first step (a caller writes
@@ -315,7 +328,7 @@ def train(setup: TrainSetup, cfg: TrainConfig, run_dir: Path, record: dict, seed
     if main:
         tr.run_dir.mkdir(parents=True, exist_ok=True)
         if kept is not None:
-            log.write_text("".join(json.dumps(row) + "\n" for row in kept))
+            write_text(log, "".join(json.dumps(row) + "\n" for row in kept))
     bar = Progress(cfg.steps, tr.step, cfg.minutes, progress and main)
     board = TensorBoard(tr.run_dir, setup.preview) if cfg.tensorboard and main else None
     t0, last_t, last_step = time.perf_counter(), time.perf_counter(), tr.step
