@@ -177,3 +177,36 @@ def test_an_empty_name_or_a_folder_is_no_output_file(run, tmp_path, argv, words)
     before = {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *tmp_path.rglob("*")]}
     assert_one_line_error(cli(*[a.format(run=run, tmp=tmp_path) for a in argv]), *words)
     assert before == {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *tmp_path.rglob("*")]}
+
+
+@pytest.mark.parametrize("error,words", [
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                  "you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+     ["diffspace: train stopped: out of memory (it asked for 40 GB more); use a smaller train.batch_size",
+      "--accumulate N"]),
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 "
+                                                    "has a total capacity of 79.1 GiB"),
+     ["diffspace: train stopped: out of memory (it asked for 20.00 GiB more)"]),
+])
+def test_out_of_memory_is_one_line_with_what_to_change(monkeypatch, capsys, error, words):
+    """A batch too large for the machine was a RuntimeError traceback from torch's allocator."""
+    from diffspace.cli import main as cli_main
+
+    def train(args):
+        raise error
+
+    monkeypatch.setitem(cli_main.COMMANDS, "train", train)
+    assert cli_main.main(["train", "cfg.toml"]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch):
+    from diffspace.cli import main as cli_main
+
+    def train(args):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setitem(cli_main.COMMANDS, "train", train)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        cli_main.main(["train", "cfg.toml"])

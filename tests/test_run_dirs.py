@@ -318,3 +318,41 @@ def test_a_text_file_named_npy_and_a_complex_array_are_one_line(tmp_path):
         res = train(tmp_path / "r", "--set", 'data.name="file"', "--set", f'data.file="{tmp_path / name}"')
         assert_one_line_error(res, str(tmp_path / name), *words)
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_a_new_run_that_fails_at_its_first_step_leaves_nothing(tmp_path, monkeypatch, existing):
+    """Out of memory at the first step left .diffspace-run and config.toml in a folder that was not there."""
+    from diffspace import runs
+    from diffspace.train.loop import Trainer
+
+    def out_of_memory(self):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes")
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    run = tmp_path / "run"
+    if existing:
+        run.mkdir()
+    with pytest.raises(RuntimeError, match="allocate"):
+        runs.train(CONFIG, [f"run.dir={run}", "model.mlp.hidden=16", "train.steps=3"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if existing else [])
+    assert not existing or not any(run.iterdir())
+
+
+def test_a_new_run_that_logged_steps_before_failing_keeps_its_log(tmp_path, monkeypatch):
+    from diffspace import runs
+    from diffspace.train.loop import Trainer
+
+    step = Trainer.train_step
+
+    def fails_at_step_3(self):
+        if self.step == 2:
+            raise RuntimeError("simulated failure")
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", fails_at_step_3)
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="simulated"):
+        runs.train(CONFIG, [f"run.dir={run}", "model.mlp.hidden=16", "train.steps=9", "train.log_every=1",
+                            "train.ckpt_every=100"])
+    assert {".diffspace-run", "config.toml", "log.jsonl"} <= {p.name for p in run.iterdir()}

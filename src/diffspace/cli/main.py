@@ -4,6 +4,7 @@ and exit codes. Bad input exits 2 with one line; a run that cannot go on exits 1
 import argparse
 import json
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -603,6 +604,27 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": 
             "report": cmd_report, "distill": cmd_distill}
 
 
+_OOM_SIZE = re.compile(r"(?:tried to allocate (\d+) bytes|Tried to allocate ([\d.]+) ([KMGT]i?B))")
+
+
+_OOM_HINTS = {"train": "; use a smaller train.batch_size, or --accumulate N for the same batch in N smaller "
+                       "passes (a run with a checkpoint continues with --resume)",
+              "sample": "; nothing was written", "eval": "; nothing was written"}
+
+
+def _out_of_memory(e: BaseException) -> str | None:
+    """What to print for torch's out-of-memory errors (torch.OutOfMemoryError on CUDA, a RuntimeError of the
+    CPU allocator), with the size it asked for where torch says; None for any other error."""
+    text = str(e)
+    if type(e).__name__ != "OutOfMemoryError" and "DefaultCPUAllocator: can't allocate memory" not in text:
+        return None
+    size = _OOM_SIZE.search(text)
+    if size is None:
+        return "out of memory"
+    return f"out of memory (it asked for {int(size[1]) / 1e9:.3g} GB more)" if size[1] else \
+        f"out of memory (it asked for {size[2]} {size[3]} more)"
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # why: `diffspace ... | head` exits quietly
     args = build_parser().parse_args(argv)
@@ -616,6 +638,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except TrainingError as e:
         print(f"diffspace: {args.command} stopped: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        what = _out_of_memory(e)
+        if what is None:
+            raise
+        hint = _OOM_HINTS.get(args.command, "")
+        print(f"diffspace: {args.command} stopped: {what}{hint}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.command != "train":  # train said where its checkpoint is and how to resume

@@ -129,7 +129,8 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
     `config`: a TOML file, a dict or a config dataclass; with `resume`, a run directory (or a config
     whose run.dir holds a checkpoint). Nothing is written before the config is validated, the data and
     model are built and (for `resume`) the checkpoint is known to fit; see runs/rundir.py for what may
-    be overwritten. Under torchrun every rank calls this; rank 0 alone writes. A resume that changes
+    be overwritten; a new run that fails before it logs a step leaves no files (`rundir.undo_start`).
+    Under torchrun every rank calls this; rank 0 alone writes. A resume that changes
     settings outside [train] is allowed, with one warning listing them (`_note_changes`).
 
     UserError for bad input: an invalid config or override, `accumulate` < 1, a train.batch_size that
@@ -167,10 +168,17 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
             rundir.start(run_dir, plan, to_toml(record))
         barrier()
 
-    with peer_guard(f"the last checkpoint in {run_dir / 'checkpoints'} is intact; continue with "
-                    f"`diffspace train {run_dir} --resume` (under torchrun or not)"):
-        tr = train_loop(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=resume,
-                        accumulate=accumulate, progress=progress, extra=meta, on_start=on_start)
+    made = not run_dir.exists()
+    fresh = plan == "create" and (made or not any(run_dir.iterdir()))  # an earlier failed start stays
+    try:
+        with peer_guard(f"the last checkpoint in {run_dir / 'checkpoints'} is intact; continue with "
+                        f"`diffspace train {run_dir} --resume` (under torchrun or not)"):
+            tr = train_loop(setup, cfg.train, run_dir, record, seed=cfg.run.seed, resume=resume,
+                            accumulate=accumulate, progress=progress, extra=meta, on_start=on_start)
+    except BaseException:
+        if fresh and is_main():
+            rundir.undo_start(run_dir, made)
+        raise
     if tr.rank == 0 and task.after_train:
         task.after_train(run_dir)
     meta = {"step": tr.step, "elapsed": tr.elapsed, "config": record, "weights": "ema", **meta}

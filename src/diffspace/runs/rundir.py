@@ -5,7 +5,8 @@ A run directory holds what diffspace writes for one run: a marker file written a
 commands compute from its weights. The rules, all checked before anything is written:
 
 - a new run goes into a directory that does not exist, is empty, or is a diffspace run whose start
-  failed before its first checkpoint (nothing to lose; a retry just works);
+  failed before its first checkpoint (nothing to lose; a retry just works); a new run that fails before
+  it logs anything takes back what it wrote (`undo_start`);
 - `overwrite` replaces a trained run only in a directory diffspace created (the marker), holding
   nothing but diffspace's own files, and never the current directory, one of its parents, the home
   directory or the file-system root; it removes those files one by one, never the folder wholesale;
@@ -167,6 +168,20 @@ def start(run_dir: Path, plan: str, config_toml: str) -> None:
     if not (run_dir / MARKER).is_file():
         write_text(run_dir / MARKER, json.dumps({"created_by": f"diffspace {__version__}"}) + "\n")
     write_text(run_dir / CONFIG, config_toml + "\n")
+
+
+def undo_start(run_dir: Path, made: bool) -> None:
+    """After a new run failed before it logged anything (out of memory at the first step, a bad batch): remove
+    what `start` wrote, the marker and config.toml, and the folder itself when `made` (it did not exist),
+    so the failed command leaves the place as it found it. A run that wrote more (log rows, pictures) is
+    left as it is, for the user to see why it stopped."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or any(p.name not in (MARKER, CONFIG) for p in run_dir.iterdir()):
+        return
+    for name in (MARKER, CONFIG):
+        (run_dir / name).unlink(missing_ok=True)
+    if made:
+        run_dir.rmdir()
 
 
 def retire_derived(run_dir: Path, step: int) -> list[str]:
