@@ -91,10 +91,13 @@ def test_bad_configs_are_user_errors(config, words, tmp_path):
     assert words in str(err.value) and "\n" not in str(err.value)
     broken = tmp_path / "scheduler_config.json"
     broken.write_text("{not json")
-    with pytest.raises(UserError, match="cannot read the scheduler config"):
+    with pytest.raises(UserError, match="the scheduler config .*scheduler_config.json: not valid JSON"):
         ddpm_from_scheduler_config(broken)
-    with pytest.raises(UserError, match="cannot read the scheduler config"):
+    with pytest.raises(UserError, match="the scheduler config .*missing.json: No such file"):
         ddpm_from_scheduler_config(tmp_path / "missing.json")
+    broken.write_text("[0.1, 0.2]")  # was an AttributeError ('list' object has no attribute 'items')
+    with pytest.raises(UserError, match="scheduler_config.json: expected a JSON object, found array"):
+        ddpm_from_scheduler_config(broken)
 
 
 @pytest.mark.parametrize("name", sorted(PATHS))

@@ -327,7 +327,7 @@ def test_a_new_run_that_fails_at_its_first_step_leaves_nothing(tmp_path, monkeyp
     from diffspace.train.loop import Trainer
 
     def out_of_memory(self):
-        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 80000000000 bytes")
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000 bytes")
 
     monkeypatch.setattr(Trainer, "train_step", out_of_memory)
     run = tmp_path / "run"

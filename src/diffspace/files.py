@@ -1,4 +1,4 @@
-"""Files diffspace writes: atomically, and never over a file it did not create.
+"""Files diffspace writes, atomically and never over a file it did not create, and the JSON it reads.
 
 Every write goes through a temp file beside its target (`.NAME.tmp.SUFFIX`: hidden, recognised by
 `is_temp`, and keeping the suffix, from which numpy, matplotlib and pillow take the format), fsynced
@@ -6,11 +6,13 @@ and renamed onto it; readers see the old file or the new one, never half. A new 
 (`--out`, `--json`) is checked by `check_new_files` before any work is done.
 """
 
+import json
 import os
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from diffspace.types import UserError
 
@@ -69,3 +71,24 @@ def check_new_files(*paths: str | Path) -> None:
         folder = next(q for q in p.absolute().parents if q.exists())
         if not folder.is_dir():
             raise UserError(f"cannot write {p}: {folder} is a file, not a folder")
+
+
+_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def read_json(path: Path, kind: type = dict) -> Any:
+    """The JSON value of a file (a run's metrics.json, nfe.json, grids.json; a diffusers or scheduler config),
+    which must be a `kind` (dict: an object, list: an array); UserError naming the file if it cannot be
+    read, is not JSON (a hand edit, a copy cut short) or holds another kind of value."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise UserError(f"{path}: {e.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, kind):
+        raise UserError(f"{path}: expected a JSON {_JSON_NAMES[kind]}, found "
+                        f"{_JSON_NAMES.get(type(data), type(data).__name__)}")
+    return data

@@ -546,7 +546,8 @@ def cmd_info(args) -> None:
     it cannot read (log.jsonl, metrics.json, grids.json) is one 'unreadable' line and the rest is shown."""
     from diffspace import runs
     from diffspace.config import to_toml
-    from diffspace.runs.rundir import checkpoint_of, read_json
+    from diffspace.files import read_json
+    from diffspace.runs.rundir import checkpoint_of
     from diffspace.train.loop import read_log
 
     ckpt = checkpoint_of(args.run)

@@ -14,13 +14,13 @@ References: [DDPM] arXiv 2006.11239v2, [IDDPM] 2102.09672v1 (cosine schedule), [
 (scaled_linear), [ZSNR] 2305.08891v4.
 """
 
-import json
 import math
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from diffspace.files import read_json
 from diffspace.paths.base import GaussianPath
 from diffspace.types import UserError
 
@@ -223,9 +223,9 @@ def ddpm_from_scheduler_config(config: dict | str | Path) -> DDPMDiscrete:
     source = str(config) if not isinstance(config, dict) else "a scheduler config"
     if not isinstance(config, dict):
         try:
-            config = json.loads(Path(config).read_text())
-        except (OSError, json.JSONDecodeError) as e:
-            raise UserError(f"cannot read the scheduler config {source}: {e}") from None
+            config = read_json(Path(config))
+        except UserError as e:
+            raise UserError(f"the scheduler config {e}") from None
     cfg = CONFIG_DEFAULTS | {k: v for k, v in config.items() if k in CONFIG_DEFAULTS}
     for key, kinds in (("num_train_timesteps", int), ("beta_start", (int, float)), ("beta_end", (int, float)),
                        ("beta_schedule", str), ("rescale_betas_zero_snr", bool)):

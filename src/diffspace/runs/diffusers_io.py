@@ -28,7 +28,6 @@ no diffusers scheduler and are refused.
 """
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -38,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.config import build, to_dict
-from diffspace.files import check_new_files, temp_path
+from diffspace.files import check_new_files, read_json, temp_path
 from diffspace.nets.diffusers_model import EXTRA, diffusers_net_class
 from diffspace.param import NetDenoiser
 from diffspace.paths.ddpm import CONFIG_DEFAULTS
@@ -70,13 +69,6 @@ def _diffusers():
     return diffusers
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-
-
 def is_diffusers_dir(path: str | Path) -> bool:
     """Whether `path` is a diffusers folder (model_index.json, or a model's config.json) rather than a run."""
     p = Path(path)
@@ -86,7 +78,7 @@ def is_diffusers_dir(path: str | Path) -> bool:
 def _locate(root: Path) -> tuple[Path, Path]:
     """(model folder, scheduler_config.json) of a pipeline folder or a model folder."""
     if (root / "model_index.json").is_file():
-        index = _read_json(root / "model_index.json")
+        index = read_json(root / "model_index.json")
         names = [c for c in ("unet", "transformer") if c in index]
         if not names:
             raise UserError(f"{root / 'model_index.json'} names no 'unet' or 'transformer' component")
@@ -112,7 +104,7 @@ class DiffusersNet(nn.Module):
 
 def _load_model(model_dir: Path) -> tuple[nn.Module, dict]:
     """The diffusers model in model_dir (a UNet2DModel or a DiffspaceNet) and its config."""
-    config = _read_json(model_dir / "config.json")
+    config = read_json(model_dir / "config.json")
     name = config.get("_class_name")
     diffusers = _diffusers()
     classes = {"UNet2DModel": diffusers.UNet2DModel, "DiffspaceNet": diffusers_net_class()}
@@ -151,7 +143,7 @@ def load_diffusers(path: str | Path, device: str | torch.device = "cpu") -> Run:
     is not installed."""
     root = Path(path)
     model_dir, scheduler_file = _locate(root)
-    scheduler = _read_json(scheduler_file)
+    scheduler = read_json(scheduler_file)
     if scheduler.get("_class_name") not in SCHEDULERS:
         raise UserError(f"{scheduler_file}: scheduler {scheduler.get('_class_name')!r} is not over a DDPM "
                         f"table; diffspace loads {', '.join(SCHEDULERS)}")
@@ -205,7 +197,7 @@ def _scheduler(cfg: ContinuousConfig) -> tuple[str, dict, float]:
     if m.path in ("ddpm", "ddpm_zsnr") and m.parameterization in names:
         table = CONFIG_DEFAULTS | {"rescale_betas_zero_snr": m.path == "ddpm_zsnr"}
         if m.scheduler_config:
-            table = table | {k: v for k, v in _read_json(Path(m.scheduler_config)).items() if k in table}
+            table = table | {k: v for k, v in read_json(Path(m.scheduler_config)).items() if k in table}
         spacing = cfg.sample.grid if cfg.sample.grid in TABLE_GRIDS else "trailing"
         return "DDIMScheduler", {**table, "prediction_type": names[m.parameterization], "steps_offset": 0,
                                  "clip_sample": False, "set_alpha_to_one": True,

@@ -25,9 +25,9 @@ from typing import Any
 
 from diffspace.config import to_toml
 from diffspace.eval.plots import learning_curves, sigma_grids
-from diffspace.files import write_text
+from diffspace.files import read_json, write_text
 from diffspace.runs.loading import read_run
-from diffspace.runs.rundir import check_run_dir, read_json
+from diffspace.runs.rundir import check_run_dir
 from diffspace.runs.sampling import read_plans
 from diffspace.samplers.registry import SAMPLERS
 from diffspace.train.loop import read_log

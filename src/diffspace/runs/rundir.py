@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any
 
 from diffspace import __version__
 from diffspace.files import is_temp, write_text
@@ -62,27 +61,6 @@ def check_run_dir(run_dir: Path, what: str, hint: str = "") -> None:
     if not ((run_dir / MARKER).is_file() or (run_dir / CHECKPOINT).is_file()):
         raise UserError(f"{run_dir} is not a diffspace run directory (no {MARKER}), so {what} is not "
                         f"written there{hint}")
-
-
-_JSON_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
-
-
-def read_json(path: Path, kind: type = dict) -> Any:
-    """The JSON value of a file in a run directory (metrics.json, nfe.json, ...), which must be a `kind`
-    (dict: an object, list: an array); UserError naming the file if it cannot be read, is not JSON (a
-    hand edit, a copy cut short) or holds another kind of value."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: {e.strerror}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(data, kind):
-        raise UserError(f"{path}: expected a JSON {_JSON_NAMES[kind]}, found "
-                        f"{_JSON_NAMES.get(type(data), type(data).__name__)}")
-    return data
 
 
 def _protected(run_dir: Path) -> str | None:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from diffspace.eval.featurenet import load_classifier
-from diffspace.files import write_text
+from diffspace.files import read_json, write_text
 from diffspace.rng import Streams
 from diffspace.runs.continuous import (
     TABLE_GRIDS,
@@ -95,14 +95,13 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
 
 def read_plans(stored: Path) -> dict:
     """The table of RUN/grids.json ({} if absent); UserError for a file that is not a JSON object."""
+    if not stored.is_file():
+        return {}
     try:
-        table = json.loads(stored.read_text()) if stored.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{stored}: not valid JSON ({e}); mend it, or move it aside (it holds every stored "
-                        "plan) and run `diffspace optimize-grid` again") from None
-    if not isinstance(table, dict):
-        raise UserError(f"{stored}: expected a JSON object of optimized grids")
-    return table
+        return read_json(stored)
+    except UserError as e:
+        raise UserError(f"{e}; mend it, or move it aside (it holds every stored plan) and run "
+                        "`diffspace optimize-grid` again") from None
 
 
 def describe_plan(key: str, entry: dict) -> str:
