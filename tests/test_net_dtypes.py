@@ -8,8 +8,16 @@ import torch
 
 import diffspace.param.wrappers as wrappers
 from diffspace.nets.mlp import MLP
-from diffspace.param import EDMPrecond, NetDenoiser, NetVelocity
+from diffspace.param import (
+    ConsistencyPrecond,
+    EDMPrecond,
+    MapDenoiser,
+    NetAverageVelocity,
+    NetDenoiser,
+    NetVelocity,
+)
 from diffspace.paths import PATHS
+from diffspace.samplers.guidance import ClassifierGuidance, EDMClassifier
 from diffspace.samplers.multistep import sample_dpmpp_2m
 from diffspace.samplers.ode import sample_euler, sample_velocity_midpoint, slope
 
@@ -59,10 +67,10 @@ def test_samplers_take_float64_noise_and_keep_it():
 
 @torch.no_grad()
 def test_x_in_the_networks_dtype_takes_the_fast_path(monkeypatch):
-    """No cast, no lookup of the parameters: only where the dtypes differ is `_to_net_dtype` called."""
+    """No cast, no lookup of the parameters: only where the dtypes differ is `to_net_dtype` called."""
     calls = []
-    real = wrappers._to_net_dtype
-    monkeypatch.setattr(wrappers, "_to_net_dtype", lambda *a: calls.append(a[2].dtype) or real(*a))
+    real = wrappers.to_net_dtype
+    monkeypatch.setattr(wrappers, "to_net_dtype", lambda *a: calls.append(a[2].dtype) or real(*a))
     den = NetDenoiser(_net(), PATHS["vp"](), "eps")
     x = torch.randn(4, 2)
     den(x, torch.full((4,), 2.0)), slope(den, x, 2.0, {})
@@ -93,3 +101,57 @@ def test_a_network_converted_after_wrapping_is_followed():
     assert den(x.float(), level).dtype == torch.float32
     den.net = _Affine()  # a new float32 network: the remembered parameter is stale, looked up again
     assert den(x, level).dtype == torch.float64 and den(x.float(), level).dtype == torch.float32
+
+
+# The other wrappers that call a network with x and a noise condition (param/maps.py, samplers/guidance.py)
+# share the helpers: float64 x into a float32 network gives x's dtype, equal to the float32 result.
+
+def _x_pair(seed=1):
+    x32 = torch.randn(6, 2, generator=torch.Generator().manual_seed(seed))
+    return x32, x32.double()
+
+
+@torch.no_grad()
+def test_net_average_velocity_takes_float64_x():
+    torch.manual_seed(0)
+    u = NetAverageVelocity(MLP(2, hidden=16, depth=1, second_cond=True).eval())
+    (x32, x64), t, r = _x_pair(), torch.full((6,), 0.7, dtype=torch.float64), torch.full((6,), 0.2)
+    out32, out64 = u(x32, t.float(), r), u(x64, t, r.double())
+    assert out32.dtype == torch.float32 and out64.dtype == torch.float64
+    torch.testing.assert_close(out64, out32.double(), rtol=1e-5, atol=1e-5)
+    den = MapDenoiser(u, PATHS["cosine"]())  # the jump and the r = t Denoiser on top of it
+    sigma, sigma_next = torch.full((6,), 1.5, dtype=torch.float64), torch.full((6,), 0.3, dtype=torch.float64)
+    for f in (lambda x: den(x, sigma), lambda x: den.jump(x, sigma, sigma_next)):
+        a32, a64 = f(x32), f(x64)
+        assert a64.dtype == torch.float64
+        torch.testing.assert_close(a64, a32.double(), rtol=1e-5, atol=1e-5)
+    assert not any("_net_param" in k for k in u.state_dict())
+
+
+@torch.no_grad()
+def test_consistency_precond_takes_float64_x():
+    f = ConsistencyPrecond(_net())
+    x32, x64 = _x_pair()
+    sigma = torch.tensor([0.002, 0.01, 0.5, 1.7, 10.0, 80.0], dtype=torch.float64)
+    out32, out64 = f(x32, sigma), f(x64, sigma)
+    assert out32.dtype == torch.float32 and out64.dtype == torch.float64
+    torch.testing.assert_close(out64, out32.double(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out64[0], x64[0])  # the boundary condition f(x, sigma_min) = x survives
+    assert not any("_net_param" in k for k in f.state_dict())
+
+
+def test_edm_classifier_and_classifier_guidance_take_float64_x():
+    clf = EDMClassifier(_net(1))  # an MLP's (B, 2) output read as logits of two classes
+    x32, x64 = _x_pair()
+    sigma = torch.full((6,), 1.7, dtype=torch.float64)
+    with torch.no_grad():
+        out32, out64 = clf(x32, sigma), clf(x64, sigma)
+    assert out32.dtype == torch.float32 and out64.dtype == torch.float64
+    torch.testing.assert_close(out64, out32.double(), rtol=1e-5, atol=1e-5)
+    guided = ClassifierGuidance(EDMPrecond(_net()), clf, scale=2.0)
+    labels = torch.tensor([0, 1, 0, 1, 0, 1])
+    with torch.no_grad():  # the classifier's gradient in x flows back through the cast
+        g32, g64 = guided(x32, sigma.float(), class_labels=labels), guided(x64, sigma, class_labels=labels)
+    assert g64.dtype == torch.float64
+    torch.testing.assert_close(g64, g32.double(), rtol=1e-5, atol=1e-5)
+    assert not any("_net_param" in k for k in clf.state_dict())

@@ -2,12 +2,20 @@
 torch errors: 'negative dimension', 'invalid combination of arguments', 'cannot sample n_sample <= 0',
 a KeyError for the split)."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from diffspace.data.gmm import GaussianMixture, eight_gaussians_mixture
+from diffspace.data.quantized import DIGITS, quantized_toy
+from diffspace.data.shapes import make_shapes
 from diffspace.data.toy import TOY_SETS, make_toy, pinwheel
+from diffspace.runs import load_config
 from diffspace.types import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("name", list(TOY_SETS))
@@ -37,3 +45,34 @@ def test_make_toy_refuses_an_unknown_split_or_a_seed_torch_cannot_take():
             make_toy("moons", 4, seed=seed)
     x = make_toy("moons", np.int64(5), seed=np.int64(2**63 - 1), split="test")  # the largest seed, held out
     assert x.shape == (5, 2) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True, "3", None])
+def test_the_other_data_generators_refuse_a_bad_count(n):
+    g, gmm = torch.Generator().manual_seed(0), eight_gaussians_mixture()
+    with pytest.raises(UserError, match=rf"^GaussianMixture.sample: n, the number of points, must be an "
+                                        rf"integer >= 1, got {n!r}$"):
+        gmm.sample(n, g)
+    with pytest.raises(UserError, match=r"^GaussianMixture.entropy: n, the number of Monte Carlo draws,"):
+        gmm.entropy(n)
+    with pytest.raises(UserError, match=r"^quantized_toy\('moons'\): n, the number of points, must be an"):
+        quantized_toy("moons", n, DIGITS)
+    with pytest.raises(UserError, match=r"^make_shapes: n, the number of images, must be an integer >= 1"):
+        make_shapes(n)
+
+
+def test_the_other_data_generators_still_draw_a_good_count():
+    gmm = GaussianMixture(torch.zeros(1, 3), torch.tensor(0.5))
+    assert gmm.sample(np.int64(4), torch.Generator().manual_seed(0)).shape == (4, 3)
+    assert eight_gaussians_mixture().entropy(n=100) > 0
+    assert quantized_toy("moons", 5, DIGITS).shape == (5, 2)
+    assert make_shapes(2, size=16).x.shape == (2, 3, 16, 16)
+
+
+@pytest.mark.parametrize("override", ["data.n_train=0", "data.n_train=-5", "data.n_test=0", "data.n_test=-1"])
+def test_a_config_refuses_a_count_naming_its_key(override):
+    """It failed deep inside make_toy, with a message that named no config key."""
+    key, value = override.split("=")
+    with pytest.raises(UserError, match=rf"demo.toml: {key} must be an integer >= 1, got {value}$"):
+        load_config(ROOT / "configs/demo.toml", [override])
+    assert load_config(ROOT / "configs/demo.toml", ["data.n_train=1", "data.n_test=1"]).data.n_test == 1

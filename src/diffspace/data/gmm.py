@@ -10,6 +10,8 @@ import math
 import torch
 from torch import Tensor
 
+from diffspace.data.checks import check_count
+
 
 class GaussianMixture:
     def __init__(self, means: Tensor, stds: Tensor, weights: Tensor | None = None):
@@ -24,6 +26,8 @@ class GaussianMixture:
         return self.means.shape[1]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n draws, float64 (n, D); UserError unless n is an integer >= 1."""
+        check_count(n, "GaussianMixture.sample")
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, dtype=torch.float64, generator=generator)
         return self.means[k] + self.stds[k, None] * z
@@ -52,7 +56,9 @@ class GaussianMixture:
         return (r[..., None] * post).sum(1)
 
     def entropy(self, n: int = 200_000, seed: int = 0) -> float:
-        """Differential entropy in nats, Monte Carlo (exact for K = 1)."""
+        """Differential entropy in nats, Monte Carlo over n draws (exact for K = 1); UserError unless n is
+        an integer >= 1."""
+        check_count(n, "GaussianMixture.entropy", "n, the number of Monte Carlo draws,")
         if len(self.weights) == 1:
             return 0.5 * self.dim * math.log(2 * math.pi * math.e * float(self.stds[0]) ** 2)
         x = self.sample(n, torch.Generator().manual_seed(seed))

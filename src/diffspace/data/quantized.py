@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from diffspace import rng
+from diffspace.data.checks import check_count
 from diffspace.data.images import load_digits
 from diffspace.data.toy import make_toy
 from diffspace.types import UserError
@@ -74,5 +75,6 @@ def binarize(x: Tensor) -> Tensor:
 
 def quantized_toy(name: str, n: int, grid: Grid, seed: int = 0, split: str = "train") -> Tensor:
     """n points of toy set `name` rounded to the nearest values of `grid` in each coordinate, (n, 2)
-    float32; points outside [low, high] are clamped to the edge levels."""
+    float32; points outside [low, high] are clamped to the edge levels. UserError as `make_toy`."""
+    check_count(n, f"quantized_toy({name!r})")
     return check_grid(grid).quantize(make_toy(name, n, seed, split))

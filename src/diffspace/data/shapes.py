@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from diffspace.data.captions import CaptionedImages
+from diffspace.data.checks import check_count
 from diffspace.types import UserError
 
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -125,8 +126,9 @@ def make_shapes(n: int, split: str = "train", seed: int = 0, size: int = 32,
         raise UserError(f"shapes split {split!r} is not one of {', '.join(SPLITS)}")
     if size not in (16, 32):
         raise UserError(f"shapes image size must be 16 or 32, got {size}")
-    if n < 1 or not 0 <= p_two <= 1:
-        raise UserError(f"shapes needs n >= 1 and 0 <= p_two <= 1, got n={n}, p_two={p_two}")
+    check_count(n, "make_shapes", "n, the number of images,")
+    if not 0 <= p_two <= 1:
+        raise UserError(f"shapes needs 0 <= p_two <= 1, got p_two={p_two}")
     attrs, images = [], []
     for c in range(-(-n // CHUNK)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, SPLITS.index(split), c]))

@@ -13,21 +13,15 @@ from numbers import Integral
 import torch
 from torch import Tensor
 
+from diffspace.data.checks import check_count
 from diffspace.data.gmm import eight_gaussians_mixture
 from diffspace.rng import MAX_SEED
 from diffspace.types import UserError
 
 
-def _check_count(n, who: str, what: str = "n, the number of points,") -> None:
-    """UserError unless n (a number of points) is an integer >= 1: torch's own errors for 0, -1 or 2.5
-    ('negative dimension', 'invalid combination of arguments') name neither the function nor n."""
-    if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
-        raise UserError(f"{who}: {what} must be an integer >= 1, got {n!r}")
-
-
 def checkerboard(n: int, g: torch.Generator) -> Tensor:
     """Uniform on the 8 black cells of a 4 x 4 board of unit cells covering [-2, 2]^2."""
-    _check_count(n, "checkerboard")
+    check_count(n, "checkerboard")
     x1 = torch.rand(n, generator=g, dtype=torch.float64) * 4 - 2
     x2 = torch.rand(n, generator=g, dtype=torch.float64) - torch.randint(0, 2, (n,), generator=g) * 2
     x2 = x2 + (torch.floor(x1) % 2)
@@ -66,12 +60,12 @@ def checkerboard_denoiser(x: Tensor, sigma: Tensor, **cond) -> Tensor:
 
 
 def eight_gaussians(n: int, g: torch.Generator) -> Tensor:
-    _check_count(n, "eight_gaussians")
+    check_count(n, "eight_gaussians")
     return eight_gaussians_mixture().sample(n, g).float()
 
 
 def moons(n: int, g: torch.Generator) -> Tensor:
-    _check_count(n, "moons")
+    check_count(n, "moons")
     half = n // 2
     a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
     upper = torch.stack([a.cos(), a.sin()], 1)[:half]
@@ -81,7 +75,7 @@ def moons(n: int, g: torch.Generator) -> Tensor:
 
 
 def swiss_roll(n: int, g: torch.Generator) -> Tensor:
-    _check_count(n, "swiss_roll")
+    check_count(n, "swiss_roll")
     s = 1.5 * math.pi * (1 + 2 * torch.rand(n, generator=g, dtype=torch.float64))
     x = torch.stack([s * s.cos(), s * s.sin()], 1) / 5
     return (x + 0.05 * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
@@ -89,7 +83,7 @@ def swiss_roll(n: int, g: torch.Generator) -> Tensor:
 
 def rings(n: int, g: torch.Generator) -> Tensor:
     """Four concentric circles of radii 0.5, 1, 1.5, 2 with small radial noise."""
-    _check_count(n, "rings")
+    check_count(n, "rings")
     r = 0.5 * (1 + torch.randint(0, 4, (n,), generator=g)).double()
     a = torch.rand(n, generator=g, dtype=torch.float64) * 2 * math.pi
     x = r[:, None] * torch.stack([a.cos(), a.sin()], 1)
@@ -98,8 +92,8 @@ def rings(n: int, g: torch.Generator) -> Tensor:
 
 def pinwheel(n: int, g: torch.Generator, arms: int = 5) -> Tensor:
     """Gaussian blobs sheared into spiral arms (UserError unless `arms` is an integer >= 1, too)."""
-    _check_count(n, "pinwheel")
-    _check_count(arms, "pinwheel", "arms")
+    check_count(n, "pinwheel")
+    check_count(arms, "pinwheel", "arms")
     k = torch.randint(0, arms, (n,), generator=g).double()
     f = torch.randn(n, 2, generator=g, dtype=torch.float64)
     f = f * torch.tensor([0.3, 0.05]) + torch.tensor([1.0, 0.0])
@@ -123,7 +117,7 @@ def make_toy(name: str, n: int, seed: int = 0, split: str = "train") -> Tensor:
     not an integer in 0..MAX_SEED (the seeds torch's generators take)."""
     if name not in TOY_SETS:
         raise UserError(f"unknown toy data set {name!r}; choose one of {', '.join(TOY_SETS)}")
-    _check_count(n, f"make_toy({name!r})")
+    check_count(n, f"make_toy({name!r})")
     if split not in _SPLIT_OFFSET:
         raise UserError(f"make_toy: split must be one of {', '.join(_SPLIT_OFFSET)}, got {split!r}")
     if isinstance(seed, bool) or not isinstance(seed, Integral) or not 0 <= seed <= MAX_SEED:

@@ -25,9 +25,9 @@ a Denoiser-shaped wrapper like `EDMPrecond`, with [CM]'s coefficients in place o
 import torch
 from torch import Tensor, nn
 
-from diffspace.param.wrappers import DenoiserFromVelocity
+from diffspace.param.wrappers import DenoiserFromVelocity, first_param, to_net_dtype
 from diffspace.paths.base import GaussianPath
-from diffspace.utils import bcast
+from diffspace.utils import bcast, in_dtype_of
 
 
 class NetAverageVelocity(nn.Module):
@@ -43,15 +43,22 @@ class NetAverageVelocity(nn.Module):
     a fresh MLP |d_t u| is 16 |u|. On the checkerboard after 3 CPU-minutes, sliced W2 over the data
     baseline's at 1 / 2 / 4 jumps: 2.8 / 2.3 / 1.6 with time_scale 1, 7.5 / 5.2 / 7.4 with 1000
     (benchmarks/fewstep_feasibility.py, docs/fewstep.md).
+
+    x_t may be of another floating dtype than the network: it runs in its own and u comes back in x_t's
+    (as `NetVelocity`, param/wrappers.py).
     """
 
     def __init__(self, net: nn.Module, time_scale: float = 1.0):
         super().__init__()
         self.net, self.time_scale = net, time_scale
+        self._net_param = first_param(net)  # its dtype is the network's (`to_net_dtype`)
 
     def forward(self, x_t: Tensor, t: Tensor, r: Tensor, **cond) -> Tensor:
         c = self.time_scale
-        return self.net(x_t, c * t, noise_cond_2=c * (t - r), **cond).to(x_t.dtype)
+        net, x_in, c_t, c_gap, (known, p) = self.net, x_t, c * t, c * (t - r), self._net_param
+        if known is not net or (p is not None and p.dtype is not x_t.dtype):
+            x_in, c_t, c_gap = to_net_dtype(self, net, x_in, c_t, c_gap)
+        return in_dtype_of(net(x_in, c_t, noise_cond_2=c_gap, **cond), x_t)
 
 
 class InstantVelocity(nn.Module):
@@ -102,12 +109,14 @@ class ConsistencyPrecond(nn.Module):
     so c_skip(sigma_min) = 1 and c_out(sigma_min) = 0: f(x, sigma_min) = x exactly, whatever the (finite)
     network output.
     EDM space (x = x_t / alpha_t, sigma (B,)), called like a Denoiser; c_in and c_noise as `EDMPrecond`.
-    sigma_min = 0.002 and sigma_data = 0.5 are [CM] App. C's.
+    sigma_min = 0.002 and sigma_data = 0.5 are [CM] App. C's. x may be of another floating dtype than the
+    network, as for `EDMPrecond`.
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5, sigma_min: float = 0.002):
         super().__init__()
         self.net, self.sigma_data, self.sigma_min = net, sigma_data, sigma_min
+        self._net_param = first_param(net)  # its dtype is the network's (`to_net_dtype`)
 
     def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
         sd = self.sigma_data
@@ -116,4 +125,7 @@ class ConsistencyPrecond(nn.Module):
         c_out = sd * (s - self.sigma_min) / torch.sqrt(sd**2 + s**2)
         c_in = 1 / torch.sqrt(s**2 + sd**2)
         c_noise = 250.0 * torch.log(sigma)  # [EDM] Table 1 ln(sigma) / 4, in timestep units (x 1000)
-        return c_skip * x + c_out * self.net(c_in * x, c_noise, **cond).to(x.dtype)
+        net, x_in, (known, p) = self.net, c_in * x, self._net_param
+        if known is not net or (p is not None and p.dtype is not x.dtype):
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
+        return c_skip * x + c_out * in_dtype_of(net(x_in, c_noise, **cond), x)

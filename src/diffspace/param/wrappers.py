@@ -16,7 +16,7 @@ reaches the network as its exact integer timestep (`DDPMDiscrete.noise_cond`).
 
 x may be of another floating dtype than the network's parameters (float64 noise from Python into a float32
 network): the network is then handed its input in its parameters' dtype, and the result comes back in x's
-dtype, so the sampler's arithmetic stays in x's dtype (`_to_net_dtype`).
+dtype, so the sampler's arithmetic stays in x's dtype (`to_net_dtype`).
 """
 
 
@@ -32,7 +32,7 @@ def _coeffs(path: GaussianPath, t: Tensor, x: Tensor) -> Coeffs:
     return Coeffs(*(bcast(c, x) for c in path.coeffs(t)))
 
 
-def _first_param(net) -> tuple:
+def first_param(net) -> tuple:
     """(net, its first parameter), the parameter None for a function or a module without parameters: a
     tuple, so that keeping it on a wrapper registers no parameter (the state_dict keeps its keys). The
     parameter follows net.to(...) / net.double() (they convert it in place)."""
@@ -40,21 +40,23 @@ def _first_param(net) -> tuple:
     return net, (next(params(), None) if callable(params) else None)
 
 
-def _to_net_dtype(wrapper: nn.Module, net, x_in: Tensor, c_noise: Tensor) -> tuple[Tensor, Tensor]:
-    """(x_in, c_noise) in the dtype of `net`'s parameters; called only where x's dtype is not the one of
-    the parameter the wrapper remembers (`_net_param`), or the wrapper's network is another one than it
-    remembers, so the parameter is looked up again here.
+def to_net_dtype(wrapper: nn.Module, net, x_in: Tensor, *conds: Tensor) -> tuple[Tensor, ...]:
+    """(x_in, *conds) (the noise condition(s)) in the dtype of `net`'s parameters; called only where x's
+    dtype is not the one of the parameter the wrapper remembers (`_net_param`, set by `first_param`), or
+    the wrapper's network is another one than it remembers, so the parameter is looked up again here.
+    Shared by every wrapper that calls a network with x and a noise condition (param/maps.py, the guiding
+    classifier of samplers/guidance.py).
 
     why cast rather than refuse: float64 sampling around a float32 network is a fair use (the samplers
     and the exact toy denoisers work in any floating dtype, and float64 steps keep the sampler's own
     rounding out of an accuracy study); refused, it was a bare 'mat1 and mat2 must have the same dtype'
     deep in the network. The common path (x in the network's dtype) pays one dtype comparison with the
     remembered parameter: no copy and no walk over the parameters."""
-    wrapper._net_param = _first_param(net)
+    wrapper._net_param = first_param(net)
     p = wrapper._net_param[1]
     if p is None or p.dtype == x_in.dtype or not (p.is_floating_point() and x_in.is_floating_point()):
-        return x_in, c_noise
-    return x_in.to(p.dtype), c_noise.to(p.dtype)
+        return (x_in, *conds)
+    return (x_in.to(p.dtype), *(c.to(p.dtype) for c in conds))
 
 
 class NetDenoiser(nn.Module):
@@ -72,7 +74,7 @@ class NetDenoiser(nn.Module):
         super().__init__()
         self.net, self.path, self.prediction = net, path, prediction
         self._memo, self._slope_memo = LevelMemo(), LevelMemo()
-        self._net_param = _first_param(net)  # its dtype is the network's (`_to_net_dtype`)
+        self._net_param = first_param(net)  # its dtype is the network's (`to_net_dtype`)
 
     def _coefficients(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(alpha_t, c_skip, c_out, t) in float64 at the float64 level s."""
@@ -104,7 +106,7 @@ class NetDenoiser(nn.Module):
         c_in, c_skip, c_out, c_noise = self._memo(self.level, sigma, x)
         net, x_in, (known, p) = self.net, c_in * x, self._net_param
         if known is not net or (p is not None and p.dtype is not x.dtype):
-            x_in, c_noise = _to_net_dtype(self, net, x_in, c_noise)
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
         f = in_dtype_of(net(x_in, c_noise, **cond), x)
         # why: where c_skip is 1 by construction, one pass over the batch instead of two
         return torch.addcmul(x if self.prediction in SKIP_IS_ONE else c_skip * x, c_out, f)
@@ -120,7 +122,7 @@ class NetDenoiser(nn.Module):
         # with the caches the network left cold (a plain function given as the net is a plain attribute)
         net, x_in, (known, p) = self._modules.get("net") or self.net, c_in * x, self._net_param
         if known is not net or (p is not None and p.dtype is not x.dtype):
-            x_in, c_noise = _to_net_dtype(self, net, x_in, c_noise)
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
         f = net(x_in, c_noise, **cond)
         f = f if f.dtype is x.dtype else f.to(x.dtype)  # `in_dtype_of` inline (one frame less per call)
         return f if self.prediction == "eps" else torch.addcmul(k_x * x, k_f, f)
@@ -133,7 +135,7 @@ class EDMPrecond(nn.Module):
         super().__init__()
         self.net, self.sigma_data = net, sigma_data
         self._memo, self._slope_memo = LevelMemo(), LevelMemo()
-        self._net_param = _first_param(net)  # its dtype is the network's (`_to_net_dtype`)
+        self._net_param = first_param(net)  # its dtype is the network's (`to_net_dtype`)
 
     def level(self, s: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in) broadcast against x and c_noise, at s of shape (1,) or (B,)."""
@@ -154,7 +156,7 @@ class EDMPrecond(nn.Module):
         c_skip, c_out, c_in, c_noise = self._memo(self.level, sigma, x)
         net, x_in, (known, p) = self.net, c_in * x, self._net_param
         if known is not net or (p is not None and p.dtype is not x.dtype):
-            x_in, c_noise = _to_net_dtype(self, net, x_in, c_noise)
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
         return torch.addcmul(c_skip * x, c_out, in_dtype_of(net(x_in, c_noise, **cond), x))
 
     def slope(self, x: Tensor, sigma: float, **cond) -> Tensor:
@@ -163,7 +165,7 @@ class EDMPrecond(nn.Module):
         c_in, k_x, k_f, c_noise = self._slope_memo.at(self.slope_level, sigma, x)
         net, x_in, (known, p) = self._modules.get("net") or self.net, c_in * x, self._net_param  # NetDenoiser
         if known is not net or (p is not None and p.dtype is not x.dtype):
-            x_in, c_noise = _to_net_dtype(self, net, x_in, c_noise)
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
         f = net(x_in, c_noise, **cond)
         f = f if f.dtype is x.dtype else f.to(x.dtype)
         return torch.addcmul(k_x * x, k_f, f)
@@ -215,7 +217,7 @@ class NetVelocity(nn.Module):
         super().__init__()
         self.net, self.path = net, path
         self._memo = LevelMemo()
-        self._net_param = _first_param(net)  # its dtype is the network's (`_to_net_dtype`)
+        self._net_param = first_param(net)  # its dtype is the network's (`to_net_dtype`)
 
     def level(self, t: Tensor, x_t: Tensor) -> Tensor:
         """The network's noise_cond in x_t's dtype at t of shape (1,) or (B,), formed in float64."""
@@ -224,5 +226,5 @@ class NetVelocity(nn.Module):
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         net, x_in, c_noise, (known, p) = self.net, x_t, self._memo(self.level, t, x_t), self._net_param
         if known is not net or (p is not None and p.dtype is not x_t.dtype):
-            x_in, c_noise = _to_net_dtype(self, net, x_in, c_noise)
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
         return in_dtype_of(net(x_in, c_noise, **cond), x_t)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.config import choice
+from diffspace.data.checks import check_count
 from diffspace.data.files import standardize_stats
 from diffspace.data.images import FITS
 from diffspace.losses import SIGMA_PROPOSALS, T_PROPOSALS, WEIGHTINGS, denoising_loss, flow_matching_loss
@@ -47,6 +48,11 @@ class DataConfig:
     image_size: int = 0  # lfw: 24 or 32 (0: 24); folder: square side (0: the images' own if all share one)
     image_fit: str = choice("crop", *FITS)  # folder: "crop" = shorter side to image_size, centre cut;
     # "resize" = stretch to image_size x image_size
+
+    def validate(self, src: str) -> None:
+        # why here: a 0 or negative count failed deep in make_toy, with a message naming no config key
+        for key, value in (("data.n_train", self.n_train), ("data.n_test", self.n_test)):
+            check_count(value, src, key)
 
 
 @dataclass

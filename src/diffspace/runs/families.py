@@ -69,8 +69,8 @@ def check_family(src: str, d: FamilyDataConfig, e: FamilyEvalConfig, n_sample: i
         raise UserError(f"{src}: data.name = {d.name!r} is not one of {', '.join(FAMILY_DATA)} for this task")
     if d.binarize and d.name != "digits":
         raise UserError(f"{src}: data.binarize applies to digits only, not data.name = {d.name!r}")
-    for key, value in [("data.n_train", d.n_train), ("data.n_test", d.n_test), ("eval.nll_n", e.nll_n),
-                       ("eval.featurenet_steps", e.featurenet_steps), ("sample.n", n_sample)]:
+    for key, value in [("eval.nll_n", e.nll_n), ("eval.featurenet_steps", e.featurenet_steps),
+                       ("sample.n", n_sample)]:  # data.n_train, data.n_test: DataConfig.validate
         if value <= 0:
             raise UserError(f"{src}: {key} must be positive, got {value}")
     if e.n < 0:

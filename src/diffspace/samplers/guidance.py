@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from diffspace.param.wrappers import first_param, to_net_dtype
 from diffspace.types import Denoiser
 from diffspace.utils import bcast, shared_level
 
@@ -66,17 +67,25 @@ class EDMClassifier(nn.Module):
     """A noise-aware classifier net seen in EDM space: logits(x, sigma) = net(c_in x, 250 ln sigma).
 
     The input scaling c_in = 1 / sqrt(sigma^2 + sigma_data^2) and noise condition follow [EDM] Table 1,
-    so one classifier serves denoisers trained on any path (all meet in EDM space).
+    so one classifier serves denoisers trained on any path (all meet in EDM space). x may be of another
+    floating dtype than the net (float64 sampling around a float32 classifier): the net then runs in its
+    own dtype and the logits come back in x's (as the denoiser wrappers of param/wrappers.py).
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
         super().__init__()
         self.net, self.sigma_data = net, sigma_data
+        self._net_param = first_param(net)  # its dtype is the network's (`to_net_dtype`)
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         s = shared_level(sigma)
         c_in = 1 / torch.sqrt(bcast(s, x) ** 2 + self.sigma_data**2)
-        return self.net(c_in * x, 250.0 * torch.log(s))
+        net, x_in, c_noise, (known, p) = self.net, c_in * x, 250.0 * torch.log(s), self._net_param
+        if known is not net or (p is not None and p.dtype is not x.dtype):
+            x_in, c_noise = to_net_dtype(self, net, x_in, c_noise)
+        logits = net(x_in, c_noise)
+        # why not always in x's dtype: under bf16 autocast the logits stay bf16 (see ClassifierGuidance)
+        return logits if x_in.dtype is x.dtype else logits.to(x.dtype)
 
 
 class ClassifierGuidance:
