@@ -96,7 +96,9 @@ def test_likelihood_does_not_depend_on_chunking(tmp_path, monkeypatch, featurene
     monkeypatch.setattr(families, "EVAL_CHUNK", 7)
     monkeypatch.setattr(vae, "BOUND_ELEMENTS", 7 * getattr(run.cfg.eval, "iwae_k", 1))
     chunked = runs.evaluate(run, runs.EvalOptions(n=10, nll=True, nll_n=30, featurenet=featurenet))
-    assert chunked["nll_nats"] == pytest.approx(whole["nll_nats"], rel=1e-12, abs=1e-9)
+    # why not 1e-12: float32 kernels may round differently at another batch size on some CPUs (2.6e-9 on
+    # one Xeon for the flow); examples drawing other noise move it by ~1e-4 (another seed: 1.3e-4)
+    assert chunked["nll_nats"] == pytest.approx(whole["nll_nats"], rel=1e-7)
 
 
 def test_histogram_density_of_an_autoregressive_run(tmp_path):
