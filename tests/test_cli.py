@@ -179,24 +179,29 @@ def test_an_empty_name_or_a_folder_is_no_output_file(run, tmp_path, argv, words)
     assert before == {p: p.stat().st_mtime_ns for p in [*run.rglob("*"), *tmp_path.rglob("*")]}
 
 
-@pytest.mark.parametrize("error,words", [
-    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
-                  "you tried to allocate 40000000000 bytes. Error code 12 (Cannot allocate memory)"),
+@pytest.mark.parametrize("command,error,words", [
+    ("train", RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't "
+                           "allocate memory: you tried to allocate 40000000000 bytes. Error code 12"),
      ["diffspace: train stopped: out of memory (it asked for 40 GB more); use a smaller train.batch_size",
       "--accumulate N"]),
-    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 "
-                                                    "has a total capacity of 79.1 GiB"),
+    ("train", type("OutOfMemoryError", (RuntimeError,), {})("CUDA out of memory. Tried to allocate 20.00 "
+                                                             "GiB. GPU 0 has 79 GiB"),
      ["diffspace: train stopped: out of memory (it asked for 20.00 GiB more)"]),
+    ("sample", PermissionError(13, "Permission denied", "/data/ro/.s.tmpab12cd34.npz"),
+     ["diffspace: sample stopped: Permission denied: /data/ro/.s.tmpab12cd34.npz"]),
+    ("sample", OSError("cannot write /x/last.safetensors: Error while serializing: I/O error: No space left"),
+     ["diffspace: sample stopped: cannot write /x/last.safetensors: Error while serializing"]),
 ])
-def test_out_of_memory_is_one_line_with_what_to_change(monkeypatch, capsys, error, words):
-    """A batch too large for the machine was a RuntimeError traceback from torch's allocator."""
+def test_what_the_machine_refuses_is_one_line(monkeypatch, capsys, command, error, words):
+    """Out of memory (a batch too large), a read-only folder or a full disk was a traceback of 16-39 lines;
+    it is one line naming the size or the file, with what to change where diffspace knows."""
     from diffspace.cli import main as cli_main
 
-    def train(args):
+    def fails(args):
         raise error
 
-    monkeypatch.setitem(cli_main.COMMANDS, "train", train)
-    assert cli_main.main(["train", "cfg.toml"]) == 1
+    monkeypatch.setitem(cli_main.COMMANDS, command, fails)
+    assert cli_main.main([command, "x"]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and all(w in lines[0] for w in words), lines
 
@@ -210,3 +215,28 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch):
     monkeypatch.setitem(cli_main.COMMANDS, "train", train)
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
         cli_main.main(["train", "cfg.toml"])
+
+
+def test_a_trailing_slash_never_writes_beside_a_users_file(run, tmp_path):
+    """`sample --out keep.png/` wrote the samples over the user's keep.npz: 'keep.png/' did not end in .png,
+    so only keep.png was checked, and the arrays went to keep.npz."""
+    (tmp_path / "keep.npz").write_text("the user's own\n")
+    for out in ("keep.png/", "x.npz/"):
+        assert_one_line_error(cli("sample", run, "--n", 5, "--out", f"{tmp_path}/{out}"),
+                              f"{tmp_path}/{out} names a folder; give a file name")
+    assert_one_line_error(cli("export", run, "--out", f"{tmp_path}/w.safetensors/"), "names a folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npz"]
+    assert (tmp_path / "keep.npz").read_text() == "the user's own\n"
+
+
+
+
+def test_resume_cannot_move_a_run_and_a_dangling_link_is_no_run_dir(run, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    res = cli("train", run, "--resume", "--set", f"run.dir={tmp_path / 'elsewhere'}",
+              "--set", "train.steps=8", "--no-progress")
+    assert_one_line_error(res, f"--resume continues the run in {run}", "run.dir cannot send it elsewhere")
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")} and not any(tmp_path.iterdir())
+    (tmp_path / "link").symlink_to(tmp_path / "nowhere")
+    res = cli("train", ROOT / "configs/demo.toml", "--set", f"run.dir={tmp_path / 'link'}", *TINY)
+    assert_one_line_error(res, f"run directory {tmp_path / 'link'} is a link to {tmp_path / 'nowhere'}")

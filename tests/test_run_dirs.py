@@ -330,13 +330,13 @@ def test_a_new_run_that_fails_at_its_first_step_leaves_nothing(tmp_path, monkeyp
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000 bytes")
 
     monkeypatch.setattr(Trainer, "train_step", out_of_memory)
-    run = tmp_path / "run"
+    run = tmp_path / "run" / "deep" / "er"  # every folder made for it goes, none that was there
     if existing:
-        run.mkdir()
+        run.mkdir(parents=True)
     with pytest.raises(RuntimeError, match="allocate"):
         runs.train(CONFIG, [f"run.dir={run}", "model.mlp.hidden=16", "train.steps=3"])
-    assert sorted(p.name for p in tmp_path.iterdir()) == (["run"] if existing else [])
-    assert not existing or not any(run.iterdir())
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == \
+        (["run", "run/deep", "run/deep/er"] if existing else [])
 
 
 def test_a_new_run_that_logged_steps_before_failing_keeps_its_log(tmp_path, monkeypatch):

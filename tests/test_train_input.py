@@ -71,3 +71,15 @@ def test_resume_with_changed_settings_goes_on_and_names_each_change(tmp_path, ca
     with caplog.at_level(logging.INFO, logger="diffspace"):
         runs.train(moved, ["train.steps=8"], resume=True)
     assert _changed(caplog) == []
+
+
+def test_out_of_memory_while_building_is_not_a_config_error():
+    """data.n_train = 10**12 was exit 2 'cannot build data.name ...: [enforce fail at alloc_cpu.cpp...'; it
+    is the out-of-memory line of exit 1 like any other (cli.main)."""
+    from diffspace.runs.registries import config_errors
+
+    with pytest.raises(RuntimeError, match="can't allocate memory"), config_errors("data.name = 'moons'"):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8000 bytes")
+    with pytest.raises(UserError, match=r"^cannot build data.name = 'moons': bad value$"), \
+            config_errors("data.name = 'moons'"):
+        raise ValueError("bad value")

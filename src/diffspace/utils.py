@@ -1,5 +1,7 @@
 """Small helpers shared across roles."""
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -122,3 +124,19 @@ def select_rows(cond: dict, rows: Tensor, batch: int) -> dict:
     anything else (None, a batch-1 tensor that broadcasts) is passed through."""
     return {k: v[rows] if isinstance(v, Tensor) and v.ndim and v.shape[0] == batch else v
             for k, v in cond.items()}
+
+
+_OOM_SIZE = re.compile(r"(?:tried to allocate (\d+) bytes|Tried to allocate ([\d.]+) ([KMGT]i?B))")
+
+
+def out_of_memory(e: BaseException) -> str | None:
+    """What to print for torch's out-of-memory errors (torch.OutOfMemoryError on CUDA, a RuntimeError of the
+    CPU allocator), with the size it asked for where torch says; None for any other error."""
+    text = str(e)
+    if type(e).__name__ != "OutOfMemoryError" and "DefaultCPUAllocator: can't allocate memory" not in text:
+        return None
+    size = _OOM_SIZE.search(text)
+    if size is None:
+        return "out of memory"
+    return f"out of memory (it asked for {int(size[1]) / 1e9:.3g} GB more)" if size[1] else \
+        f"out of memory (it asked for {size[2]} {size[3]} more)"

@@ -4,7 +4,6 @@ and exit codes. Bad input exits 2 with one line; a run that cannot go on exits 1
 import argparse
 import json
 import logging
-import re
 import signal
 import sys
 from pathlib import Path
@@ -71,7 +70,8 @@ def _add_sampling(p):
     for name, (kind, users, meaning) in _sampler_options().items():
         flag = "--" + name.replace("_", "-")
         if kind is bool:
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{', '.join(users)}: {meaning}")
+            p.add_argument(flag, action=argparse.BooleanOptionalAction,
+                           help=f"{', '.join(users)}: {meaning} (default: the sampler's)")
         else:
             p.add_argument(flag, type=kind, help=f"{', '.join(users)}: {meaning} (default: the sampler's)")
 
@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "(default: RUN/samples.npz; text runs: RUN/samples.txt; these are the "
                                  "run's own files, which each sample command replaces)", type=_given)
     s.add_argument("--class", dest="class_labels", type=int, nargs="+", metavar="K",
-                   help="class-conditional runs: the class of the samples (several are cycled)")
+                   help="class-conditional runs: the class of the samples (several are cycled; default: "
+                        "0, 1, .., K-1 cycled)")
     s.add_argument("--classifier", type=_given, metavar="FILE",
                    help="image runs: classifier guidance by this noise-aware classifier (from `diffspace "
                         "train-classifier`) towards --class")
@@ -135,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block", type=int, help="text runs: block size L' for block / semi-AR decoding")
     s.add_argument("--temperature", type=float, help="text runs: sampling temperature; flow runs: x = "
                                                      "f^-1(T z) (default: the run's sample.temperature)")
-    s.add_argument("--top-k", type=int, help="text runs: keep the k most probable tokens (0: all)")
-    s.add_argument("--top-p", type=float, help="text runs: nucleus sampling mass (1: all)")
+    s.add_argument("--top-k", type=int, help="text runs: keep the k most probable tokens (0: all; default: "
+                                             "the run's sample.top_k)")
+    s.add_argument("--top-p", type=float, help="text runs: nucleus sampling mass (1: all; default: the run's "
+                                               "sample.top_p)")
     _add_sampling(s)
     _add_device(s)
 
@@ -364,8 +367,9 @@ def cmd_sample(args) -> None:
     if not args.out:
         check_run_dir(run.dir, "samples", "; give --out FILE")
     else:  # the file named, the arrays beside a .png, the picture beside the arrays: none may exist
-        arrays = Path(args.out).with_suffix(".npz") if args.out.endswith(".png") else Path(args.out)
-        check_new_files(arrays, *([] if run.task == "text" else [arrays.with_suffix(".png")]))
+        arrays = Path(args.out).with_suffix(".npz") if Path(args.out).suffix == ".png" else Path(args.out)
+        # why args.out too: as typed, with a trailing '/' a Path drops ('x.png/' wrote over x.npz)
+        check_new_files(args.out, arrays, *([] if run.task == "text" else [arrays.with_suffix(".png")]))
     with peer_guard("nothing was written"):
         samples = runs.sample(run, opts)
     if samples is None:  # a torchrun rank other than 0: it only helped
@@ -425,8 +429,13 @@ def cmd_eval(args) -> None:
         return
     if args.json is not None:
         write_text(args.json, json.dumps(metrics, indent=2) + "\n")
-    width = max(len(k) for k in metrics)
     print(f"evaluation of {run.dir} (step {run.step})")
+    _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict) -> None:
+    """One indented line per metric, names aligned, floats to 5 significant digits."""
+    width = max(map(len, metrics), default=0)
     for k, v in metrics.items():
         print(f"  {k:<{width}}  {v:.5g}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
 
@@ -578,7 +587,8 @@ def cmd_info(args) -> None:
             print(f"metrics     unreadable: {e}")
         else:
             stale = "" if m.get("step") == run.step else f" (stale: from step {m.get('step')})"
-            print(f"metrics{stale}  " + json.dumps(m))
+            print(f"metrics{stale}")
+            _print_metrics(m)
     if run.task == "continuous":
         from diffspace.runs.sampling import GRIDS_FILE, describe_plan, plan_problem, read_plans
 
@@ -605,25 +615,9 @@ COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "info": 
             "report": cmd_report, "distill": cmd_distill}
 
 
-_OOM_SIZE = re.compile(r"(?:tried to allocate (\d+) bytes|Tried to allocate ([\d.]+) ([KMGT]i?B))")
-
-
 _OOM_HINTS = {"train": "; use a smaller train.batch_size, or --accumulate N for the same batch in N smaller "
                        "passes (a run with a checkpoint continues with --resume)",
               "sample": "; nothing was written", "eval": "; nothing was written"}
-
-
-def _out_of_memory(e: BaseException) -> str | None:
-    """What to print for torch's out-of-memory errors (torch.OutOfMemoryError on CUDA, a RuntimeError of the
-    CPU allocator), with the size it asked for where torch says; None for any other error."""
-    text = str(e)
-    if type(e).__name__ != "OutOfMemoryError" and "DefaultCPUAllocator: can't allocate memory" not in text:
-        return None
-    size = _OOM_SIZE.search(text)
-    if size is None:
-        return "out of memory"
-    return f"out of memory (it asked for {int(size[1]) / 1e9:.3g} GB more)" if size[1] else \
-        f"out of memory (it asked for {size[2]} {size[3]} more)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -641,11 +635,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"diffspace: {args.command} stopped: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:  # torch.OutOfMemoryError is one
-        what = _out_of_memory(e)
+        from diffspace.utils import out_of_memory
+
+        what = out_of_memory(e)
         if what is None:
             raise
         hint = _OOM_HINTS.get(args.command, "")
         print(f"diffspace: {args.command} stopped: {what}{hint}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a read-only folder, a full disk, a name taken by a folder: what the system said
+        where = f": {e.filename}" if e.filename else ""
+        print(f"diffspace: {args.command} stopped: {e.strerror or e}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         if args.command != "train":  # train said where its checkpoint is and how to resume

@@ -82,7 +82,7 @@ def _outputs(out_path: str | Path) -> tuple[Path, Path]:
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: a classifier is saved as a .safetensors file (with a .json beside it)")
     beside = out.with_suffix(".json")
-    check_new_files(out, beside)
+    check_new_files(out_path, beside)  # why out_path: a Path drops a trailing '/'
     return out, beside
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from diffspace.config import apply_overrides, build, load_toml, to_dict, to_toml
+from diffspace.files import missing_folders
 from diffspace.runs import rundir, sampling
 from diffspace.runs.continuous import load_data
 from diffspace.runs.diffusers_io import is_diffusers_dir, load_diffusers
@@ -141,6 +142,10 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
     task = TASKS[cfg.task]
     run_dir = Path(config) if resume and not isinstance(config, dict) and Path(config).is_dir() \
         else Path(cfg.run.dir)
+    if run_dir.resolve() != Path(cfg.run.dir).resolve() and any(o.partition("=")[0].strip() == "run.dir"
+                                                                 for o in overrides):
+        raise UserError(f"--resume continues the run in {run_dir} and writes there; run.dir cannot send it "
+                        "elsewhere (copy the folder and resume the copy)")
     cfg.run.dir = str(run_dir)
     record = to_dict(cfg)
     dev = init_distributed(resolve_device(device if device != "auto" else cfg.run.device))
@@ -168,7 +173,7 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
             rundir.start(run_dir, plan, to_toml(record))
         barrier()
 
-    made = not run_dir.exists()
+    made = missing_folders(run_dir)
     fresh = plan == "create" and (made or not any(run_dir.iterdir()))  # an earlier failed start stays
     try:
         with peer_guard(f"the last checkpoint in {run_dir / 'checkpoints'} is intact; continue with "

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from diffspace.config import build, to_dict
-from diffspace.files import check_new_files, read_json, temp_path
+from diffspace.files import check_new_files, make_folders, new_temp, plain_mode, read_json, remove_folders
 from diffspace.nets.diffusers_model import EXTRA, diffusers_net_class
 from diffspace.param import NetDenoiser
 from diffspace.paths.ddpm import CONFIG_DEFAULTS
@@ -224,12 +224,18 @@ def export_diffusers(run: Run, out: str | Path) -> Path:
                                   num_classes=cfg.model.num_classes, timestep_scale=scale)
     model.net.load_state_dict(run.module.net.state_dict())
     scheduler = getattr(diffusers, scheduler_name).from_config(scheduler_config)
-    tmp = temp_path(out)
-    shutil.rmtree(tmp, ignore_errors=True)
-    if scheduler_name == "DDIMScheduler":
-        diffusers.DDIMPipeline(unet=model.eval(), scheduler=scheduler).save_pretrained(tmp)
-    else:
-        model.eval().save_pretrained(tmp / "unet")
-        scheduler.save_pretrained(tmp / "scheduler")
-    os.replace(tmp, out)
+    made = make_folders(out.parent)
+    tmp = new_temp(out, folder=True)
+    try:
+        if scheduler_name == "DDIMScheduler":
+            diffusers.DDIMPipeline(unet=model.eval(), scheduler=scheduler).save_pretrained(tmp)
+        else:
+            model.eval().save_pretrained(tmp / "unet")
+            scheduler.save_pretrained(tmp / "scheduler")
+        os.chmod(tmp, plain_mode(folder=True))
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # why: made by new_temp for this write, nobody else's
+        remove_folders(made)
+        raise
     return out

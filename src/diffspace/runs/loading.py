@@ -65,12 +65,12 @@ TRAINING_STATE = ("format", "optim_groups", "sched")  # checkpoint metadata a we
 def export_weights(run: Run, out: str | Path) -> Path:
     """Write the run's module weights (the set it was loaded with, meta["weights"]) and its metadata to the
     safetensors file `out`, atomically; returns it. UserError if `out` exists or is no .safetensors name."""
-    out = Path(out)
+    out_given, out = out, Path(out)  # why: the name as given, for check_new_files to see a trailing '/'
     if run.task == "diffusers":
         raise UserError(f"{run.dir} is a diffusers model; its folder already holds its weights")
     if out.suffix != ".safetensors":
         raise UserError(f"--out {out}: a weights file is a .safetensors file")
-    check_new_files(out)
+    check_new_files(out_given)
     meta = {k: v for k, v in run.meta.items() if k not in TRAINING_STATE}
     save_checkpoint(out, run.module.state_dict(), meta, fmt=WEIGHTS_FORMAT)
     return out

@@ -19,6 +19,7 @@ from diffspace.nets.dit import DiT
 from diffspace.nets.mlp import MLP, PlainMLP
 from diffspace.nets.unet import UNet
 from diffspace.types import UserError
+from diffspace.utils import out_of_memory
 
 IMAGE_DATA = ("digits", "lfw", "folder", "npz")
 
@@ -31,6 +32,8 @@ def config_errors(what: str) -> Iterator[None]:
     except UserError:
         raise
     except (ValueError, AssertionError, RuntimeError, OSError, TypeError) as e:
+        if out_of_memory(e):  # why: the CLI says it in one line with the size, not as "cannot build"
+            raise
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"cannot build {what}: {first}") from None
 

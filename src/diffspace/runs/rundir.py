@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from diffspace import __version__
-from diffspace.files import is_temp, write_text
+from diffspace.files import is_temp, remove_folders, write_text
 from diffspace.types import UserError
 
 MARKER = ".diffspace-run"
@@ -101,6 +101,8 @@ def plan_start(run_dir: Path, *, resume: bool, overwrite: bool) -> str:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} is a file")
+    if run_dir.is_symlink() and not run_dir.exists():
+        raise UserError(f"run directory {run_dir} is a link to {os.readlink(run_dir)}, which does not exist")
     if resume:
         if not (run_dir / CHECKPOINT).is_file():
             raise UserError(f"--resume: no checkpoint in {run_dir} (expected {run_dir / CHECKPOINT})")
@@ -148,18 +150,18 @@ def start(run_dir: Path, plan: str, config_toml: str) -> None:
     write_text(run_dir / CONFIG, config_toml + "\n")
 
 
-def undo_start(run_dir: Path, made: bool) -> None:
+def undo_start(run_dir: Path, made: list[Path]) -> None:
     """After a new run failed before it logged anything (out of memory at the first step, a bad batch): remove
-    what `start` wrote, the marker and config.toml, and the folder itself when `made` (it did not exist),
-    so the failed command leaves the place as it found it. A run that wrote more (log rows, pictures) is
-    left as it is, for the user to see why it stopped."""
+    what `start` wrote, the marker and config.toml, and the folders in `made` (the run directory and the
+    parents it needed, as `files.missing_folders` listed them before the start), so the failed command
+    leaves the place as it found it. A run that wrote more (log rows, pictures) is left as it is, for the
+    user to see why it stopped."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir() or any(p.name not in (MARKER, CONFIG) for p in run_dir.iterdir()):
         return
     for name in (MARKER, CONFIG):
         (run_dir / name).unlink(missing_ok=True)
-    if made:
-        run_dir.rmdir()
+    remove_folders(made)
 
 
 def retire_derived(run_dir: Path, step: int) -> list[str]:

@@ -95,7 +95,7 @@ def run_sigmas(run: Run, grid: str, steps: int, sampler: str, sigma_min: float |
 
 def read_plans(stored: Path) -> dict:
     """The table of RUN/grids.json ({} if absent); UserError for a file that is not a JSON object."""
-    if not stored.is_file():
+    if not stored.exists():
         return {}
     try:
         return read_json(stored)

@@ -20,9 +20,14 @@ WEIGHTS_FORMAT = "diffspace-weights-1"  # one module's weights and metadata, no 
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict, fmt: str = FORMAT) -> None:
+    """Write tensors and meta to `path` atomically (files.atomic_write). OSError if it cannot be written
+    (safetensors' own write errors, a full disk, are raised as OSError too)."""
     flat = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     with atomic_write(path) as tmp:
-        save_file(flat, str(tmp), metadata={"diffspace": json.dumps({**meta, "format": fmt})})
+        try:
+            save_file(flat, str(tmp), metadata={"diffspace": json.dumps({**meta, "format": fmt})})
+        except SafetensorError as e:  # why: "Error while serializing: I/O error: No space left on device"
+            raise OSError(f"cannot write {path}: {e}") from None
 
 
 def load_checkpoint(path: Path, formats: tuple[str, ...] = (FORMAT,)) -> tuple[dict[str, torch.Tensor], dict]:
