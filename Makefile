@@ -55,6 +55,7 @@ bench-text: $(VENV)/.bench
 
 bench-scaling: $(VENV)/.bench
 	$(BIN)/python benchmarks/scaling.py
+	$(BIN)/python benchmarks/omp_wait.py
 
 bench-families: $(VENV)/.bench
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/families.py
