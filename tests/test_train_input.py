@@ -83,3 +83,20 @@ def test_out_of_memory_while_building_is_not_a_config_error():
     with pytest.raises(UserError, match=r"^cannot build data.name = 'moons': bad value$"), \
             config_errors("data.name = 'moons'"):
         raise ValueError("bad value")
+
+
+@pytest.mark.parametrize("new,said", [
+    ({"steps": 400}, "the learning rate at step 200 goes from 2e-05 to 0.00105"),
+    ({"steps": 400, "schedule": "constant", "lr": 2e-5}, "the learning rate at step 200 stays 2e-05"),
+])
+def test_an_extended_schedule_says_what_the_learning_rate_does(caplog, new, said):
+    from diffspace.config import to_dict
+    from diffspace.runs.api import _note_extension
+    from diffspace.train.loop import TrainConfig
+
+    old = TrainConfig(steps=200, lr=2e-3, warmup_steps=10, lr_min=2e-5)
+    with caplog.at_level(logging.WARNING, logger="diffspace"):
+        _note_extension(to_dict(old), TrainConfig(**{**to_dict(old), **new}), 200)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"continuing from step 200 to 400: the {new.get('schedule', 'cosine')} learning-rate schedule is "
+        f"recomputed for 400 steps, so {said}"]

@@ -14,6 +14,7 @@ import copy
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -82,9 +83,13 @@ def _note_extension(old_train: dict, new_train: TrainConfig, step: int) -> None:
     if (old.steps, old.lr, old.warmup_steps, old.schedule) == (new_train.steps, new_train.lr,
                                                               new_train.warmup_steps, new_train.schedule):
         return
+    before, after = _lr_at(old, step), _lr_at(new_train, step)
+    # why: 'goes from 0.00062 to 0.00062' said nothing where the two schedules meet at this step
+    now = f"stays {after:.3g}" if math.isclose(before, after, rel_tol=1e-3) else \
+        f"goes from {before:.3g} to {after:.3g}"
     log.warning("continuing from step %d to %d: the %s learning-rate schedule is recomputed for %d steps, so "
-                "the learning rate at step %d goes from %.3g to %.3g", step, new_train.steps,
-                new_train.schedule, new_train.steps, step, _lr_at(old, step), _lr_at(new_train, step))
+                "the learning rate at step %d %s", step, new_train.steps, new_train.schedule, new_train.steps,
+                step, now)
 
 
 # why: [train] is noted by _note_extension; the run's directory and device legitimately differ when a
