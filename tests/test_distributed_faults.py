@@ -56,3 +56,24 @@ def test_killed_rank_stops_the_job_and_the_checkpoint_resumes(tmp_path):
     keys = [k for k in one[0] if k.startswith(("model.", "ema."))]
     diff = max(float((one[0][k].double() - two[0][k].double()).abs().max()) for k in keys)
     assert diff <= 1e-5, f"resumed at world size 1 and 2 differ by {diff:.2e}"
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_corrupt_log_refuses_a_two_rank_resume_without_a_hang(tmp_path):
+    """Only rank 0 reads log.jsonl on resume; its refusal must end the job (the other rank is not left
+    waiting at a collective) and change no file, as in one process (tests/test_run_files.py)."""
+    run = tmp_path / "run"
+    in_process("train", CONFIG, *sets(*TINY, f"run.dir={run}", "train.steps=20", "train.ckpt_every=10",
+                                      "train.log_every=5"), "--no-progress")
+    rows = (run / "log.jsonl").read_text().splitlines(keepends=True)
+    (run / "log.jsonl").write_text("".join([rows[0], '{"step": 6, "lo\n', *rows[1:]]))
+    before = _files(run)
+    resume = torchrun_cmd("train", str(run), "--resume", *sets("train.steps=30"), "--no-progress")
+    out = subprocess.run(resume, env=env(), capture_output=True, text=True, timeout=180)
+    said = out.stdout + out.stderr
+    assert out.returncode != 0, said[-3000:]
+    assert "diffspace: error: " in said and "log.jsonl" in said and "to resume" in said, said[-3000:]
+    assert _files(run) == before
