@@ -3,8 +3,8 @@
 Every write goes through a new temp file beside its target (`.NAME.tmpXXXXXXXX.SUFFIX`: hidden, made
 exclusively, recognised by `is_temp`, and keeping the suffix, from which numpy, matplotlib and pillow
 take the format), fsynced and renamed onto it; readers see the old file or the new one, never half, and
-a write that fails leaves nothing behind. A new output a user names
-(`--out`, `--json`) is checked by `check_new_files` before any work is done.
+a write that fails leaves nothing behind. A new output a user names (`--out`, `--json`) is checked by
+`check_new_files` before any work is done.
 """
 
 import json

@@ -165,12 +165,10 @@ def train(config, overrides: list[str] = (), *, resume: bool = False, overwrite:
 
     def on_start(tr: Trainer) -> None:
         """Runs once the checkpoint (if any) is restored: only now do files change."""
-        if old is not None:
-            _note_extension(old["config"]["train"], cfg.train, tr.step)
-            if is_main():
-                _note_changes(old["config"], record)
         if is_main():
-            if old is not None:
+            if old is not None:  # why rank 0 alone: one note per job, not one per rank
+                _note_extension(old["config"]["train"], cfg.train, tr.step)
+                _note_changes(old["config"], record)
                 moved = rundir.retire_derived(run_dir, old["step"])
                 if moved:
                     log.info("moved %s (from the weights at step %d) to %s", ", ".join(moved), old["step"],
